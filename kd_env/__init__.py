@@ -1,0 +1,15 @@
+"""kd-env: multi-teacher knowledge distillation as a Gymnasium environment.
+
+``import kd_env`` registers ``MultiTeacherKD-CIFAR100-v0``, ``MultiTeacherKD-CIFAR10-v0``,
+``MultiTeacherKD-FashionMNIST-v0`` and ``MultiTeacherKD-Synthetic-v0``.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from kd_env.envs import ENV_IDS, MultiTeacherKDEnv, PerSampleKDVectorEnv, make_sb3_per_sample_env, register_envs
+
+register_envs()
+
+__all__ = ["ENV_IDS", "MultiTeacherKDEnv", "PerSampleKDVectorEnv", "__version__", "make_sb3_per_sample_env", "register_envs"]

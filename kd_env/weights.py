@@ -1,0 +1,67 @@
+"""Teacher weights: the one place where actions become weights and weights are checked.
+
+Every policy (RL agent, SB3 model or classic rule) ends in a weight tensor on the simplex;
+environments map raw actions here, and the engine validates here, so the rules are the same
+for every caller.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def logits_to_simplex(action: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Map unconstrained actions (last dim = teachers) to the simplex: ``softmax(scale * a)``."""
+    return torch.softmax(scale * action, dim=-1)
+
+
+def renormalize_simplex(weights: torch.Tensor) -> torch.Tensor:
+    """Rescale non-negative weights (last dim = teachers) to sum to one."""
+    return weights / weights.sum(dim=-1, keepdim=True)
+
+
+def check_action(action: np.ndarray | torch.Tensor, expected_shape: tuple[int, ...], *, simplex: bool) -> None:
+    """Raise ``ValueError`` naming the problem if an action cannot be applied.
+
+    Args:
+        action: the raw action.
+        expected_shape: the action space's shape.
+        simplex: if True the action holds non-negative weights that are renormalised, so
+            negative entries and rows summing to zero are errors too.
+    """
+    array = action.detach().cpu().numpy() if isinstance(action, torch.Tensor) else np.asarray(action)
+    if tuple(array.shape) != tuple(expected_shape):
+        raise ValueError(
+            f"action has shape {tuple(array.shape)}, expected {tuple(expected_shape)} "
+            "(one entry per teacher, per head)"
+        )
+    if not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"action has dtype {array.dtype}; pass a float array")
+    if not np.all(np.isfinite(array)):
+        raise ValueError("action contains NaN or inf; the student was not updated")
+    if simplex:
+        if np.any(array < 0):
+            raise ValueError("action_mode='simplex' takes non-negative weights, got a negative entry")
+        if np.any(array.sum(axis=-1) <= 0):
+            raise ValueError("action_mode='simplex' weights sum to zero; give at least one teacher weight > 0")
+
+
+def check_weights(weights: torch.Tensor, num_teachers: int, batch_size: int, name: str = "weights") -> torch.Tensor:
+    """Validate teacher weights for one engine step and return them as float32.
+
+    Accepts ``[K]`` (per batch) or ``[B, K]`` (per sample); the values must be finite and
+    non-negative. They need not sum to one (MTKD-RL's warm-up uses all-ones weights).
+    """
+    if not isinstance(weights, torch.Tensor):
+        weights = torch.as_tensor(np.asarray(weights, dtype=np.float32))
+    if weights.shape not in (torch.Size([num_teachers]), torch.Size([batch_size, num_teachers])):
+        raise ValueError(
+            f"{name} has shape {tuple(weights.shape)}; expected ({num_teachers},) per batch or "
+            f"({batch_size}, {num_teachers}) per sample"
+        )
+    if not torch.isfinite(weights).all():
+        raise ValueError(f"{name} contain NaN or inf; nothing was changed")
+    if (weights < 0).any():
+        raise ValueError(f"{name} contain a negative entry; teacher weights must be >= 0")
+    return weights.float()
