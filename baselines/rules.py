@@ -1,0 +1,356 @@
+"""The classic teacher-weighting rules of multi-teacher KD, as pure tensor functions.
+
+Shapes follow the library convention: ``K`` teachers, ``B`` samples, ``C`` classes; teacher
+logits are stacked ``[K, B, C]``, student logits are ``[B, C]``, labels ``[B]``. Every rule
+returns weights on the simplex: ``[B, K]`` per sample or ``[K]`` per batch. The rules are
+vectorised over samples and teachers and stay finite for saturated logits (``+-1e4``).
+
+Sources (see ``reference/baselines.md``): the official CA-MKD repository (``Rorozhl/CA-MKD``,
+``helper/loops.py``), which also holds the re-implementations of AVER and EBKD that the CIFAR-100
+literature runs, and the official AE-KD repository (``AnTuo1998/AE-KD``,
+``helper/optimization.py``). Where the original loss uses weights that do not sum to one, the
+rule here is renormalised to the simplex and :func:`kd_scale_for` gives the factor that
+restores the original loss magnitude.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from kd_env.engine.losses import per_sample_cross_entropy, per_sample_entropy
+
+__all__ = [
+    "aekd_weights",
+    "aver_weights",
+    "best_teacher_weights",
+    "camkd_weights",
+    "capped_simplex_min_norm",
+    "ebkd_weights",
+    "kd_scale_for",
+    "project_capped_simplex",
+    "random_dirichlet_weights",
+]
+
+
+def _check_teacher_logits(teacher_logits: torch.Tensor) -> int:
+    if teacher_logits.dim() != 3:
+        raise ValueError(
+            f"teacher_logits must be stacked [K, B, C], got shape {tuple(teacher_logits.shape)}"
+        )
+    if teacher_logits.shape[0] < 1:
+        raise ValueError("teacher_logits holds no teacher (K = 0)")
+    return int(teacher_logits.shape[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# AVER, EBKD, CA-MKD: closed-form rules
+# ------------------------------------------------------------------------------------------------
+
+
+def aver_weights(
+    num_teachers: int,
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """AVER: equal weights ``w_k = 1/K``.
+
+    Source: CA-MKD repo, ``ensemble_method == "AVERAGE_LOSS"`` (mean over teachers of the KD loss).
+
+    Returns:
+        ``[K]`` if ``batch_size`` is None, else ``[B, K]``.
+    """
+    if num_teachers < 1:
+        raise ValueError(f"num_teachers must be >= 1, got {num_teachers}")
+    shape = (num_teachers,) if batch_size is None else (batch_size, num_teachers)
+    return torch.full(shape, 1.0 / num_teachers, device=device, dtype=dtype)
+
+
+def ebkd_weights(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """EBKD: lower-entropy teachers get more weight, per sample.
+
+    ``H_bk`` is the entropy of ``softmax(z_k)`` at ``T = 1``; ``w_bk = (1 - H_bk / sum_j H_bj) / (K - 1)``.
+    Source: the CA-MKD repo's EBKD branch (``helper/loops.py``), which uses ``1 - H_k / sum_j H_j``
+    (summing to ``K - 1``); dividing by ``K - 1`` puts it on the simplex, and
+    ``kd_scale_for("ebkd", K)`` restores the original magnitude.
+
+    Edge cases: ``K = 1`` gives weight 1. A sample where every teacher has zero entropy
+    (saturated one-hot predictions, where the original formula is 0/0) gets uniform weights;
+    so do identical teachers, by the formula itself.
+
+    Args:
+        teacher_logits: ``[K, B, C]``.
+
+    Returns:
+        ``[B, K]``.
+    """
+    num_teachers = _check_teacher_logits(teacher_logits)
+    batch_size = teacher_logits.shape[1]
+    if num_teachers == 1:
+        return teacher_logits.new_ones(batch_size, 1)
+    entropy = per_sample_entropy(teacher_logits, temperature=1.0)  # [B, K]
+    total = entropy.sum(dim=1, keepdim=True)
+    positive = total > 0
+    ratio = entropy / torch.where(positive, total, torch.ones_like(total))
+    weights = (1.0 - ratio) / (num_teachers - 1)
+    return torch.where(positive, weights, torch.full_like(weights, 1.0 / num_teachers))
+
+
+def camkd_weights(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """CA-MKD: confidence-aware weights from each teacher's cross-entropy with the label, per sample.
+
+    ``w_bk = (1 - softmax_k(CE_b.)_k) / (K - 1)`` with ``CE_bk = -log softmax(z_k)_b[y_b]`` at ``T = 1``.
+    Source: CA-MKD repo, ``helper/loops.py`` (branch ``CAMKD``). The original divides by zero
+    for ``K = 1``; here ``K = 1`` gives weight 1.
+
+    Args:
+        teacher_logits: ``[K, B, C]``.
+        labels: ``[B]`` integer labels.
+
+    Returns:
+        ``[B, K]``.
+    """
+    num_teachers = _check_teacher_logits(teacher_logits)
+    if num_teachers == 1:
+        return teacher_logits.new_ones(teacher_logits.shape[1], 1)
+    cross_entropy = per_sample_cross_entropy(teacher_logits, labels)  # [B, K]
+    return (1.0 - torch.softmax(cross_entropy, dim=1)) / (num_teachers - 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# AEKD: min-norm point of the capped convex hull of the teachers' KD gradients
+# ------------------------------------------------------------------------------------------------
+#
+# The official code solves this QP with scikit-learn's OneClassSVM on a precomputed Gram
+# matrix, a heavy dependency for a problem with 2 to 8 variables, and torch has no well-kept
+# QP solver. The solver below is a few lines of a standard method: accelerated projected
+# gradient (FISTA, with O'Donoghue-Candes adaptive restart) whose projection onto the capped
+# simplex is exact (a search over the 2K breakpoints of a piecewise-linear function).
+
+
+def project_capped_simplex(values: torch.Tensor, cap: float = 1.0) -> torch.Tensor:
+    """Euclidean projection onto ``{x : sum_k x_k = 1, 0 <= x_k <= cap}`` along the last dim.
+
+    The projection is ``x_k = clip(v_k - tau, 0, cap)`` where ``tau`` solves
+    ``s(tau) = sum_k clip(v_k - tau, 0, cap) = 1``. ``s`` is non-increasing and piecewise linear
+    with breakpoints ``v_k`` and ``v_k - cap``, so ``tau`` is found exactly by evaluating ``s`` at
+    the ``2K`` sorted breakpoints and interpolating on the bracketing segment (no iteration).
+
+    Args:
+        values: ``[..., K]``.
+        cap: upper bound of each entry; needs ``cap * K >= 1`` (else the set is empty).
+    """
+    num = values.shape[-1]
+    if cap * num < 1.0 - 1e-12:
+        raise ValueError(f"cap={cap} < 1/K with K={num}: the capped simplex is empty")
+    cap = min(float(cap), 1.0)
+    breakpoints = torch.cat([values - cap, values], dim=-1).sort(dim=-1).values  # [..., 2K]
+    # s(tau) at every breakpoint: [..., 2K], non-increasing
+    sums = (values.unsqueeze(-2) - breakpoints.unsqueeze(-1)).clamp(0.0, cap).sum(-1)
+    # s(first breakpoint) = K * cap >= 1 and s(last breakpoint) = 0, so [j-1, j] brackets s = 1.
+    upper = (sums > 1.0).sum(dim=-1, keepdim=True).clamp(1, 2 * num - 1)
+    b_lo, b_hi = breakpoints.gather(-1, upper - 1), breakpoints.gather(-1, upper)
+    s_lo, s_hi = sums.gather(-1, upper - 1), sums.gather(-1, upper)
+    drop = s_lo - s_hi
+    fraction = torch.where(drop > 0, (s_lo - 1.0) / torch.where(drop > 0, drop, torch.ones_like(drop)), 0.0)
+    tau = b_lo + fraction * (b_hi - b_lo)
+    return (values - tau).clamp(0.0, cap)
+
+
+def capped_simplex_min_norm(
+    gram: torch.Tensor, cap: float = 1.0, max_iter: int = 2000, tol: float = 1e-12
+) -> torch.Tensor:
+    """Solve ``min_a a^T G a`` subject to ``sum_k a_k = 1`` and ``0 <= a_k <= cap``.
+
+    This is the min-norm point of the convex hull of vectors ``g_k`` with Gram matrix
+    ``G_jk = g_j . g_k`` (MGDA), each weight capped at ``cap``. Method: FISTA with adaptive
+    restart and exact projection (:func:`project_capped_simplex`), in float64. The step is
+    ``1/L`` with ``L = 2 * lambda_max(P G P)`` and ``P = I - 11^T/K``: only the curvature along the
+    feasible plane matters, so a component shared by all ``g_k`` does not slow the solver down.
+    It stops when a step moves the iterate by less than ``tol`` (max norm), at most ``max_iter``
+    steps; typical accuracy of the weights is far below 1e-6.
+
+    Degenerate cases return uniform weights: ``cap * K <= 1`` (infeasible, or the single
+    feasible point; the official AE-KD code clamps ``nu`` to 1, which forces uniform weights),
+    and a Gram matrix that is flat on the feasible plane (identical ``g_k``: every feasible
+    point is optimal).
+
+    Args:
+        gram: ``[K, K]`` symmetric positive semi-definite.
+        cap: the per-weight cap ``C`` (AE-KD's "tolerance", default there 0.6).
+
+    Returns:
+        ``[K]`` float64 weights on the capped simplex.
+    """
+    num = gram.shape[0]
+    if gram.shape != (num, num) or num < 1:
+        raise ValueError(f"gram must be a square [K, K] matrix, got shape {tuple(gram.shape)}")
+    g = gram.detach().to(device="cpu", dtype=torch.float64)
+    g = 0.5 * (g + g.T)
+    uniform = torch.full((num,), 1.0 / num, dtype=torch.float64)
+    if num == 1 or cap * num <= 1.0 + 1e-12:
+        return uniform
+    centering = torch.eye(num, dtype=torch.float64) - 1.0 / num
+    lipschitz = 2.0 * float(torch.linalg.eigvalsh(centering @ g @ centering)[-1])
+    scale = float(g.diagonal().max())
+    if not (math.isfinite(lipschitz) and lipschitz > 1e-13 * max(scale, 0.0) and lipschitz > 0.0):
+        return uniform  # flat on the feasible plane (to rounding): every feasible point is optimal
+    step = 2.0 / lipschitz  # gradient of a^T G a is 2 G a
+    x = uniform
+    y = uniform
+    t = 1.0
+    for _ in range(max_iter):
+        x_new = project_capped_simplex(y - step * (g @ y), cap)
+        t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+        if float(torch.dot(y - x_new, x_new - x)) > 0.0:  # momentum points uphill: restart
+            t_new, y = 1.0, x_new
+        else:
+            y = x_new + ((t - 1.0) / t_new) * (x_new - x)
+        moved = float((x_new - x).abs().max())
+        x, t = x_new, t_new
+        if moved < tol:
+            break
+    return x
+
+
+def aekd_weights(
+    teacher_logits: torch.Tensor,
+    student_logits: torch.Tensor,
+    temperature: float = 4.0,
+    cap: float = 0.6,
+) -> torch.Tensor:
+    """AEKD ("Agree to Disagree"): the min-norm convex combination of the teachers' KD gradients.
+
+    ``g_k = mean_b(softmax(z_s/T) - softmax(z_k/T))`` is, up to a positive factor that cancels,
+    the batch-mean gradient of the batchmean ``T^2 * KL`` w.r.t. the student logits, i.e. what
+    the official code gets from K backward passes (``reference/baselines.md`` section 4).
+    ``alpha = argmin |sum_k alpha_k g_k|^2`` s.t. ``sum alpha = 1``, ``0 <= alpha_k <= cap``
+    (:func:`capped_simplex_min_norm`). If ``cap < 1/K`` the constraint is infeasible and, like the
+    official code, the weights are uniform. Source: AE-KD repo, ``helper/loops.py`` and
+    ``helper/optimization.py::find_optimal_svm`` (without the optional ``--svm_norm``).
+
+    Args:
+        teacher_logits: ``[K, B, C]``.
+        student_logits: ``[B, C]`` (detached or not; no gradient flows).
+        temperature: the KD temperature ``T``.
+        cap: the per-teacher cap ``C``.
+
+    Returns:
+        ``[K]`` per-batch weights, in the dtype and on the device of ``teacher_logits``.
+    """
+    _check_teacher_logits(teacher_logits)
+    if student_logits.shape != teacher_logits.shape[1:]:
+        raise ValueError(
+            f"student_logits has shape {tuple(student_logits.shape)}, "
+            f"expected {tuple(teacher_logits.shape[1:])}"
+        )
+    with torch.no_grad():
+        student_probs = torch.softmax(student_logits.double() / temperature, dim=-1).mean(0)  # [C]
+        teacher_probs = torch.softmax(teacher_logits.double() / temperature, dim=-1).mean(1)  # [K, C]
+        gradients = student_probs.unsqueeze(0) - teacher_probs  # [K, C]
+        alpha = capped_simplex_min_norm(gradients @ gradients.T, cap=cap)
+    return alpha.to(device=teacher_logits.device, dtype=teacher_logits.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loss scale, best single teacher, random weights
+# ------------------------------------------------------------------------------------------------
+
+
+def kd_scale_for(method: str, num_teachers: int) -> float:
+    """The factor on ``mean_b sum_k w_bk KL_bk`` that reproduces a method's original KD magnitude.
+
+    ``1/K`` for CA-MKD (its loss is ``(1/(B K)) sum w KL`` with weights summing to 1), ``(K-1)/K``
+    for EBKD (same normalisation, original weights sum to ``K-1``), 1 for AVER, AEKD and every
+    other method (``reference/baselines.md`` section 0.1). With ``K = 1`` every method is vanilla
+    KD and the factor is 1 (the original EBKD would give 0, CA-MKD divides by zero).
+
+    Args:
+        method: a name such as ``"camkd"``, ``"CA-MKD"``, ``"ebkd"``; case, ``-`` and ``_`` are ignored.
+    """
+    if num_teachers < 1:
+        raise ValueError(f"num_teachers must be >= 1, got {num_teachers}")
+    if num_teachers == 1:
+        return 1.0
+    key = method.lower().replace("-", "").replace("_", "")
+    if key == "camkd":
+        return 1.0 / num_teachers
+    if key == "ebkd":
+        return (num_teachers - 1) / num_teachers
+    return 1.0
+
+
+def best_teacher_weights(val_accuracies: torch.Tensor | Sequence[float] | np.ndarray) -> torch.Tensor:
+    """Best single teacher: one-hot ``[K]`` on the highest validation accuracy (ties -> the first)."""
+    if isinstance(val_accuracies, torch.Tensor):
+        accuracies = val_accuracies.detach()
+    else:
+        accuracies = torch.as_tensor(np.asarray(val_accuracies, dtype=np.float64))
+    if accuracies.dim() != 1 or accuracies.numel() < 1:
+        raise ValueError(
+            f"val_accuracies must be a non-empty [K] vector, got shape {tuple(accuracies.shape)}"
+        )
+    weights = torch.zeros(accuracies.numel(), dtype=torch.float32, device=accuracies.device)
+    weights[int(torch.argmax(accuracies.double()))] = 1.0  # argmax returns the first maximum
+    return weights
+
+
+def _log_standard_gamma(
+    shape: tuple[int, ...], concentration: float, generator: torch.Generator
+) -> torch.Tensor:
+    """``log`` of Gamma(concentration, 1) draws, float64, using only ``generator``.
+
+    Marsaglia & Tsang (2000) rejection sampling (acceptance > 95%), redrawing only the rejected
+    entries; for ``concentration < 1`` the boost ``G(a) = G(a + 1) * U^(1/a)``, kept in log space
+    so that tiny concentrations do not underflow. Deterministic given the generator's state.
+    """
+    device = generator.device
+    if concentration == 1.0:  # Gamma(1) is Exp(1) = -log(1 - U), U in [0, 1)
+        uniform = torch.rand(shape, generator=generator, dtype=torch.float64, device=device)
+        return torch.log((-torch.log1p(-uniform)).clamp_min(torch.finfo(torch.float64).tiny))
+    shape_param = concentration + 1.0 if concentration < 1.0 else concentration
+    d = shape_param - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    numel = math.prod(shape)
+    out = torch.empty(numel, dtype=torch.float64, device=device)
+    pending = torch.arange(numel, device=device)
+    while pending.numel() > 0:
+        normal = torch.randn(pending.numel(), generator=generator, dtype=torch.float64, device=device)
+        uniform = torch.rand(pending.numel(), generator=generator, dtype=torch.float64, device=device)
+        v = (1.0 + c * normal) ** 3
+        log_v = torch.log(v.clamp_min(torch.finfo(torch.float64).tiny))
+        accept = (v > 0) & (torch.log(uniform) < 0.5 * normal * normal + d - d * v + d * log_v)
+        out[pending[accept]] = math.log(d) + log_v[accept]
+        pending = pending[~accept]
+    if concentration < 1.0:
+        uniform = torch.rand(numel, generator=generator, dtype=torch.float64, device=device)
+        out = out + torch.log1p(-uniform) / concentration  # log(U') with U' = 1 - U in (0, 1]
+    return out.view(shape)
+
+
+def random_dirichlet_weights(
+    num_teachers: int,
+    generator: torch.Generator,
+    batch_size: int | None = None,
+    concentration: float = 1.0,
+) -> torch.Tensor:
+    """Random weights from a symmetric Dirichlet(concentration), drawn only from ``generator``.
+
+    ``w = softmax(log Gamma_k)`` (= normalised Gamma draws, computed in log space so it never
+    divides by zero). ``concentration = 1`` is the uniform distribution on the simplex. Same
+    generator state -> same weights; the global torch RNG is not touched.
+
+    Returns:
+        float32 ``[K]`` if ``batch_size`` is None, else ``[B, K]``, on the generator's device.
+    """
+    if num_teachers < 1:
+        raise ValueError(f"num_teachers must be >= 1, got {num_teachers}")
+    if not concentration > 0 or not math.isfinite(concentration):
+        raise ValueError(f"concentration must be a positive finite number, got {concentration}")
+    shape = (num_teachers,) if batch_size is None else (batch_size, num_teachers)
+    log_gamma = _log_standard_gamma(shape, float(concentration), generator)
+    return torch.softmax(log_gamma, dim=-1).float()
