@@ -1,0 +1,543 @@
+"""The distillation engine: one student, K frozen teachers, one weighted training step at a time.
+
+Plain PyTorch, no Gymnasium. The environments, agents, baselines and benchmarks all drive this one
+class, so the loss, the per-sample quantities and the bookkeeping exist once.
+
+The step protocol matches the design card: the engine *prepares* batch t (teachers once under
+``torch.inference_mode()``, the student forward with its autograd graph kept, every per-sample
+quantity computed once), a policy looks at :attr:`DistillationEngine.current` and chooses
+weights, :meth:`DistillationEngine.step` applies them to that same batch and prepares batch t+1.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from kd_env.data import BatchTransform, DatasetSplits, batch_indices, default_augmentation
+from kd_env.engine.adapters import build_adapters
+from kd_env.engine.losses import (
+    feature_cosine,
+    per_sample_cross_entropy,
+    per_sample_entropy,
+    per_sample_feature_mse,
+    per_sample_kd_loss,
+    weighted_teacher_sum,
+)
+from kd_env.models import KDModel
+from kd_env.weights import check_weights
+
+
+@dataclass
+class EngineConfig:
+    """Hyperparameters of the student's training. Defaults follow MTKD-RL's official code.
+
+    The LR decays by ``lr_decay_rate`` at the fractions ``lr_decay_at`` of the epoch budget
+    (0.625 / 0.75 / 0.875 of 240 epochs = epochs 150 / 180 / 210), so short budgets keep the shape.
+    """
+
+    epochs: int = 240
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    lr_decay_at: tuple[float, ...] = (0.625, 0.75, 0.875)
+    lr_decay_rate: float = 0.1
+    temperature: float = 4.0
+    alpha: float = 1.0
+    """Weight of the logit-KD term."""
+    beta: float = 5.0
+    """Weight of the feature-KD term (MTKD-RL's ``--feat-weight 5``)."""
+    feature_kd: bool = True
+    kd_scale: float = 1.0
+    """Extra factor on the logit-KD term, to match a published method's loss magnitude."""
+    augment: bool | None = None
+    """Batched random crop / flip; ``None`` takes the dataset's default."""
+    cache_teacher_outputs: bool = True
+    """Run the teachers once over the training set when augmentation is off."""
+    max_steps_per_epoch: int | None = None
+    """Cap on updates per epoch (quick trials); ``None`` runs full epochs."""
+    eval_batch_size: int = 1000
+    evaluate_test: bool = True
+    """Also measure test accuracy at epoch ends (reported only; selection uses validation)."""
+    channels_last: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class StepBatch:
+    """Everything known about the prepared batch before the update. ``[B, K]`` per-sample tensors.
+
+    Tensors marked "graph" still carry the student's autograd graph; the others are detached.
+    """
+
+    indices: torch.Tensor
+    labels: torch.Tensor
+    teacher_logits: torch.Tensor  # [K, B, C]
+    teacher_embeddings: list[torch.Tensor]  # K x [B, D_k]
+    teacher_ce: torch.Tensor  # [B, K]
+    teacher_entropy: torch.Tensor  # [B, K], at T = 1
+    teacher_correct: torch.Tensor  # [B, K] float 0/1
+    student_logits: torch.Tensor  # [B, C], graph
+    student_ce: torch.Tensor  # [B], graph
+    kd_loss: torch.Tensor  # [B, K], graph: T^2 KL(teacher || student)
+    feature_mse: torch.Tensor | None  # [B, K], graph; None without feature KD
+    feature_cosine: torch.Tensor | None  # [B, K]; None without feature KD
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass
+class StepResult:
+    """What one update did. Per-sample tensors are detached and on the engine's device."""
+
+    loss: float
+    student_ce: torch.Tensor  # [B]
+    kd_loss: torch.Tensor  # [B, K]
+    feature_mse: torch.Tensor | None  # [B, K]
+    per_sample_loss: torch.Tensor  # [B]: CE + alpha * sum_k w KD + beta * sum_k w MSE
+    logit_weights: torch.Tensor  # [B, K] as applied
+    feature_weights: torch.Tensor | None
+    diverged: bool = False
+    epoch_end: bool = False
+    done: bool = False
+    val_acc: float | None = None
+    test_acc: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class DistillationEngine:
+    """Multi-teacher KD on tensors: student, frozen teachers, adapters, SGD and the LR schedule.
+
+    Args:
+        student_factory: builds a fresh student (called under a seeded RNG at each :meth:`reset`).
+        teachers: the frozen teachers (put in eval mode, gradients off).
+        data: the dataset splits; they are moved to ``device`` once.
+        config: training hyperparameters.
+        device: where the student, teachers and data live.
+        teacher_names: names used in logs and observations.
+    """
+
+    def __init__(
+        self,
+        student_factory: Callable[[], KDModel],
+        teachers: list[KDModel],
+        data: DatasetSplits,
+        config: EngineConfig | None = None,
+        device: str | torch.device = "cpu",
+        teacher_names: list[str] | None = None,
+    ) -> None:
+        if not teachers:
+            raise ValueError("the engine needs at least one teacher")
+        self.config = config or EngineConfig()
+        self.device = torch.device(device)
+        self.data = data.to(self.device)
+        self.student_factory = student_factory
+        self.teacher_names = list(teacher_names or [f"teacher{k}" for k in range(len(teachers))])
+        if len(self.teacher_names) != len(teachers):
+            raise ValueError(f"{len(self.teacher_names)} teacher names for {len(teachers)} teachers")
+        self.memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        self.teachers = [self._freeze(teacher) for teacher in teachers]
+        for teacher in self.teachers:
+            if teacher.num_classes != data.num_classes:
+                raise ValueError(
+                    f"a teacher predicts {teacher.num_classes} classes but {data.name} has {data.num_classes}"
+                )
+        augment = self.config.augment
+        augmentation = default_augmentation(data.name) if augment is None else (
+            {"crop_padding": 4, "horizontal_flip": True} if augment else {}
+        )
+        self.augmenting = bool(augmentation)
+        self.train_transform = BatchTransform(data.mean, data.std, **augmentation)
+        self.eval_transform = BatchTransform(data.mean, data.std)
+        num_train = int(self.data.train_labels.shape[0])
+        full_steps = num_train // self.config.batch_size  # drop_last: every batch has B samples
+        if full_steps == 0:
+            raise ValueError(f"batch size {self.config.batch_size} exceeds the {num_train} training samples")
+        cap = self.config.max_steps_per_epoch
+        self.steps_per_epoch = min(full_steps, cap) if cap else full_steps
+        self.teacher_shapes = self._probe_teacher_shapes()
+        self._teacher_cache: dict[str, Any] | None = None
+        if self.config.cache_teacher_outputs and not self.augmenting:
+            self._teacher_cache = self._run_teachers_over_training_set()
+        self.student: KDModel | None = None
+        self.adapters: nn.ModuleList | None = None
+        self.current: StepBatch | None = None
+
+    # ------------------------------------------------------------------ set-up
+    def _freeze(self, teacher: KDModel) -> KDModel:
+        teacher = teacher.to(self.device, memory_format=self.memory_format).eval()
+        for parameter in teacher.parameters():
+            parameter.requires_grad_(False)
+        return teacher
+
+    @property
+    def num_teachers(self) -> int:
+        return len(self.teachers)
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.epochs * self.steps_per_epoch
+
+    @property
+    def done(self) -> bool:
+        return self.global_step >= self.total_steps
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    @property
+    def progress(self) -> float:
+        return self.global_step / self.total_steps
+
+    def _images(self, images: torch.Tensor) -> torch.Tensor:
+        return images.contiguous(memory_format=self.memory_format)
+
+    @torch.inference_mode()
+    def _probe_teacher_shapes(self) -> list[tuple[int, int, int]]:
+        sample = self.eval_transform(self.data.train_images[:2], train=False)
+        return [tuple(teacher.forward_all(self._images(sample)).feature_map.shape[1:]) for teacher in self.teachers]
+
+    @torch.inference_mode()
+    def _teacher_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """All teachers, once each, without autograd: stacked logits, embeddings, feature maps."""
+        outputs = [teacher.forward_all(images) for teacher in self.teachers]
+        logits = torch.stack([output.logits for output in outputs])
+        return logits, [output.embedding for output in outputs], [output.feature_map for output in outputs]
+
+    def _run_teachers_over_training_set(self) -> dict[str, Any]:
+        """Teacher outputs for every training image, computed once (augmentation is off)."""
+        logits, embeddings, feature_maps = [], [], []
+        images = self.data.train_images
+        for start in range(0, images.shape[0], self.config.eval_batch_size):
+            batch = self._images(self.eval_transform(images[start : start + self.config.eval_batch_size], train=False))
+            batch_logits, batch_embeddings, batch_maps = self._teacher_outputs(batch)
+            logits.append(batch_logits)
+            embeddings.append(batch_embeddings)
+            if self.config.feature_kd:
+                feature_maps.append(batch_maps)
+        cache: dict[str, Any] = {
+            "logits": torch.cat(logits, dim=1),
+            "embeddings": [torch.cat(parts) for parts in zip(*embeddings)],
+        }
+        if self.config.feature_kd:
+            cache["feature_maps"] = [torch.cat(parts) for parts in zip(*feature_maps)]
+        return cache
+
+    # ------------------------------------------------------------------ episode
+    def reset(self, seed: int) -> StepBatch:
+        """Start a fresh student: new init, optimizer, schedule and data order, all from ``seed``."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            student = self.student_factory().to(self.device, memory_format=self.memory_format)
+            adapters = (
+                build_adapters(student.feature_channels, self.teacher_shapes).to(self.device)
+                if self.config.feature_kd
+                else nn.ModuleList()
+            )
+        self.student = student.train()
+        self.adapters = adapters.train()
+        parameters = list(self.student.parameters()) + list(self.adapters.parameters())
+        self.optimizer = torch.optim.SGD(
+            parameters,
+            lr=self.config.lr,
+            momentum=self.config.momentum,
+            nesterov=self.config.nesterov and self.config.momentum > 0,
+            weight_decay=self.config.weight_decay,
+        )
+        milestones = sorted({max(1, round(fraction * self.config.epochs)) for fraction in self.config.lr_decay_at})
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=milestones, gamma=self.config.lr_decay_rate
+        )
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.epoch = 0
+        self.global_step = 0
+        self.step_in_epoch = 0
+        self.best_val_acc = -1.0
+        self.best_epoch = -1
+        self.best_student_state: dict[str, torch.Tensor] | None = None
+        self.last_val_acc: float | None = None
+        self.last_test_acc: float | None = None
+        self._epoch_batches = self._new_epoch_order()
+        self.current = self._prepare()
+        return self.current
+
+    def _new_epoch_order(self) -> list[torch.Tensor]:
+        order = batch_indices(
+            int(self.data.train_labels.shape[0]), self.config.batch_size, self.generator, shuffle=True, drop_last=True
+        )
+        return order[: self.steps_per_epoch]
+
+    def _prepare(self) -> StepBatch:
+        """Forward passes and per-sample quantities for the next batch (before its update)."""
+        self._generator_state_at_prepare = self.generator.get_state()
+        indices = self._epoch_batches[self.step_in_epoch]
+        labels = self.data.train_labels[indices]
+        images = self._images(self.train_transform(self.data.train_images[indices], self.generator, train=True))
+        if self._teacher_cache is not None:
+            teacher_logits = self._teacher_cache["logits"][:, indices]
+            teacher_embeddings = [embedding[indices] for embedding in self._teacher_cache["embeddings"]]
+            teacher_maps = (
+                [feature_map[indices] for feature_map in self._teacher_cache["feature_maps"]]
+                if self.config.feature_kd
+                else []
+            )
+        else:
+            teacher_logits, teacher_embeddings, teacher_maps = self._teacher_outputs(images)
+        assert self.student is not None and self.adapters is not None
+        student_output = self.student.forward_all(images)
+        temperature = self.config.temperature
+        with torch.no_grad():
+            teacher_ce = per_sample_cross_entropy(teacher_logits, labels)
+            teacher_entropy = per_sample_entropy(teacher_logits)
+            teacher_correct = (teacher_logits.argmax(-1) == labels).transpose(0, 1).float()
+        feature_mse = cosine = None
+        if self.config.feature_kd:
+            adapted = [adapter(student_output.feature_map) for adapter in self.adapters]
+            # one loop over teachers is unavoidable here: each adapter has its own channel count
+            feature_mse = torch.stack(
+                [per_sample_feature_mse(a, t) for a, t in zip(adapted, teacher_maps)], dim=1
+            )
+            with torch.no_grad():
+                cosine = torch.stack(
+                    [feature_cosine(a.mean(dim=(2, 3)), e) for a, e in zip(adapted, teacher_embeddings)], dim=1
+                )
+        return StepBatch(
+            indices=indices,
+            labels=labels,
+            teacher_logits=teacher_logits,
+            teacher_embeddings=teacher_embeddings,
+            teacher_ce=teacher_ce,
+            teacher_entropy=teacher_entropy,
+            teacher_correct=teacher_correct,
+            student_logits=student_output.logits,
+            student_ce=per_sample_cross_entropy(student_output.logits, labels),
+            kd_loss=per_sample_kd_loss(student_output.logits, teacher_logits, temperature),
+            feature_mse=feature_mse,
+            feature_cosine=cosine,
+        )
+
+    # ------------------------------------------------------------------ the step
+    def step(
+        self, logit_weights: torch.Tensor, feature_weights: torch.Tensor | None = None
+    ) -> StepResult:
+        """Update the student on the prepared batch with the given teacher weights.
+
+        Args:
+            logit_weights: ``[K]`` or ``[B, K]``, finite and non-negative.
+            feature_weights: the same for feature KD; defaults to ``logit_weights``.
+
+        Raises:
+            ValueError: bad weights (shape, NaN/inf, negative); nothing is changed.
+            RuntimeError: the episode is over or :meth:`reset` was never called.
+        """
+        if self.student is not None and self.done:
+            raise RuntimeError("the training budget is spent; call reset(seed) to start a new student")
+        if self.current is None:
+            raise RuntimeError("no prepared batch: call reset(seed) first (the last episode ended or diverged)")
+        batch = self.current
+        size, teachers = batch.batch_size, self.num_teachers
+        logit_weights = check_weights(logit_weights, teachers, size, "logit weights").to(self.device)
+        if feature_weights is None:
+            feature_weights = logit_weights
+        else:
+            feature_weights = check_weights(feature_weights, teachers, size, "feature weights").to(self.device)
+        logit_weights = logit_weights.expand(size, teachers)
+        feature_weights = feature_weights.expand(size, teachers)
+
+        config = self.config
+        kd_term = weighted_teacher_sum(batch.kd_loss, logit_weights)
+        per_sample_loss = batch.student_ce + config.alpha * config.kd_scale * kd_term
+        if batch.feature_mse is not None:
+            per_sample_loss = per_sample_loss + config.beta * weighted_teacher_sum(batch.feature_mse, feature_weights)
+        loss = per_sample_loss.mean()
+        diverged = not bool(torch.isfinite(loss))
+        result = StepResult(
+            loss=float(loss.detach()),
+            student_ce=batch.student_ce.detach(),
+            kd_loss=batch.kd_loss.detach(),
+            feature_mse=None if batch.feature_mse is None else batch.feature_mse.detach(),
+            per_sample_loss=per_sample_loss.detach(),
+            logit_weights=logit_weights,
+            feature_weights=feature_weights if batch.feature_mse is not None else None,
+            diverged=diverged,
+        )
+        if diverged:
+            # a non-finite loss must not reach the weights: the student stays as it was
+            self.current = None
+            result.done = True
+            return result
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.global_step += 1
+        self.step_in_epoch += 1
+        if self.step_in_epoch == self.steps_per_epoch:
+            self._end_epoch(result)
+        result.done = self.done
+        self.current = None if self.done else self._prepare()
+        return result
+
+    def _end_epoch(self, result: StepResult) -> None:
+        self.scheduler.step()
+        val_acc, val_loss = self.evaluate("val")
+        result.epoch_end = True
+        result.val_acc = val_acc
+        result.metrics["val_loss"] = val_loss
+        if self.config.evaluate_test:
+            result.test_acc, result.metrics["test_loss"] = self.evaluate("test")
+        self.last_val_acc, self.last_test_acc = result.val_acc, result.test_acc
+        if val_acc > self.best_val_acc:
+            self.best_val_acc, self.best_epoch = val_acc, self.epoch
+            assert self.student is not None
+            self.best_student_state = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
+        self.epoch += 1
+        self.step_in_epoch = 0
+        if not self.done:
+            self._epoch_batches = self._new_epoch_order()
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.inference_mode()
+    def evaluate(self, split: str = "val", model: nn.Module | None = None) -> tuple[float, float]:
+        """Top-1 accuracy and mean CE of ``model`` (default: the student) on ``"val"`` or ``"test"``."""
+        if split not in ("val", "test"):
+            raise ValueError(f"split must be 'val' or 'test', got {split!r}")
+        images = getattr(self.data, f"{split}_images")
+        labels = getattr(self.data, f"{split}_labels")
+        if labels.numel() == 0:
+            return float("nan"), float("nan")
+        model = model if model is not None else self.student
+        assert model is not None
+        was_training = model.training
+        model.eval()
+        correct, total_loss = 0, 0.0
+        for start in range(0, labels.shape[0], self.config.eval_batch_size):
+            batch = self._images(self.eval_transform(images[start : start + self.config.eval_batch_size], train=False))
+            logits = model(batch)
+            batch_labels = labels[start : start + self.config.eval_batch_size]
+            correct += int((logits.argmax(1) == batch_labels).sum())
+            total_loss += float(per_sample_cross_entropy(logits, batch_labels).sum())
+        model.train(was_training)
+        return correct / labels.shape[0], total_loss / labels.shape[0]
+
+    @torch.inference_mode()
+    def probe_loss(self, num_samples: int = 512) -> float:
+        """Student CE on a fixed slice of the validation set (eval mode): a cheap progress signal."""
+        assert self.student is not None
+        labels = self.data.val_labels[:num_samples]
+        if labels.numel() == 0:
+            raise ValueError("probe_loss needs a validation split (val_fraction > 0)")
+        images = self._images(self.eval_transform(self.data.val_images[:num_samples], train=False))
+        self.student.eval()
+        loss = float(per_sample_cross_entropy(self.student(images), labels).mean())
+        self.student.train()
+        return loss
+
+    @torch.inference_mode()
+    def evaluate_teachers(self, split: str = "val") -> list[float]:
+        """Each teacher's accuracy on a split."""
+        return [self.evaluate(split, teacher)[0] for teacher in self.teachers]
+
+    def best_student(self) -> KDModel:
+        """A copy of the student with the best validation accuracy seen so far (or the current one)."""
+        assert self.student is not None
+        model = copy.deepcopy(self.student)
+        if self.best_student_state is not None:
+            model.load_state_dict(self.best_student_state)
+        return model.eval()
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly: models, optimizer, schedule, data order, RNG."""
+        if self.student is None or self.adapters is None:
+            raise RuntimeError("nothing to save: call reset(seed) first")
+        return {
+            "config": self.config.to_dict(),
+            "teacher_names": self.teacher_names,
+            "student": self.student.state_dict(),
+            "adapters": self.adapters.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator_state": self._generator_state_at_prepare,
+            "epoch_batches": torch.stack(self._epoch_batches).cpu(),
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "step_in_epoch": self.step_in_epoch,
+            "best_val_acc": self.best_val_acc,
+            "best_epoch": self.best_epoch,
+            "best_student_state": self.best_student_state,
+            "last_val_acc": self.last_val_acc,
+            "last_test_acc": self.last_test_acc,
+            "torch_rng_state": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; the prepared batch is rebuilt exactly as it was."""
+        if list(state.get("teacher_names", [])) != self.teacher_names:
+            raise ValueError(
+                f"checkpoint was made with teachers {state.get('teacher_names')}, this engine has {self.teacher_names}"
+            )
+        for key in ("batch_size", "epochs", "feature_kd", "max_steps_per_epoch"):
+            if state["config"].get(key) != getattr(self.config, key):
+                raise ValueError(
+                    f"checkpoint has {key}={state['config'].get(key)!r}, this engine has {getattr(self.config, key)!r}"
+                )
+        self.reset(seed=0)  # builds student, adapters, optimizer, schedule of the right shapes
+        assert self.student is not None and self.adapters is not None
+        self.student.load_state_dict(state["student"])
+        self.adapters.load_state_dict(state["adapters"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.step_in_epoch = int(state["step_in_epoch"])
+        self.best_val_acc = float(state["best_val_acc"])
+        self.best_epoch = int(state["best_epoch"])
+        self.best_student_state = state["best_student_state"]
+        self.last_val_acc, self.last_test_acc = state["last_val_acc"], state["last_test_acc"]
+        self._epoch_batches = list(state["epoch_batches"].to(self.device).unbind(0))
+        self.generator.set_state(state["generator_state"])
+        torch.set_rng_state(state["torch_rng_state"])
+        if self.done:
+            self.current = None
+            return
+        # the saved BN statistics already include the prepared batch's forward: keep them as saved
+        with self._frozen_buffers():
+            self.current = self._prepare()
+
+    @contextmanager
+    def _frozen_buffers(self) -> Iterator[None]:
+        """Forward passes inside leave BatchNorm statistics untouched.
+
+        Momentum 0 makes the running-statistics update an exact no-op. Restoring the buffers
+        afterwards instead would bump the version of tensors the autograd graph saved.
+        """
+        assert self.student is not None and self.adapters is not None
+        norms = [m for model in (self.student, self.adapters) for m in model.modules() if isinstance(m, _BatchNorm)]
+        saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+        for module in norms:
+            module.momentum = 0.0
+        try:
+            yield
+        finally:
+            for module, (momentum, tracked) in zip(norms, saved):
+                module.momentum = momentum
+                if tracked is not None:
+                    module.num_batches_tracked.copy_(tracked)

@@ -1,0 +1,144 @@
+"""The distillation engine: the loss it optimises, determinism, bad input, caching, resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kd_env.engine import per_sample_cross_entropy, per_sample_kd_loss
+
+
+def _params(engine):
+    return [p.detach().clone() for p in list(engine.student.parameters()) + list(engine.adapters.parameters())]
+
+
+def _run(engine, steps, weights):
+    losses = []
+    for _ in range(steps):
+        losses.append(engine.step(weights).loss)
+    return losses
+
+
+def test_step_optimises_the_documented_loss(make_engine):
+    engine = make_engine(alpha=0.7, beta=2.0, kd_scale=0.5)
+    batch = engine.reset(seed=1)
+    weights = torch.tensor([[0.2, 0.8]]).expand(batch.batch_size, 2).contiguous()
+    ce = per_sample_cross_entropy(batch.student_logits, batch.labels)
+    kd = per_sample_kd_loss(batch.student_logits, batch.teacher_logits, 4.0)
+    expected = ce + 0.7 * 0.5 * (weights * kd).sum(1) + 2.0 * (weights * batch.feature_mse).sum(1)
+    result = engine.step(weights)
+    assert result.loss == pytest.approx(float(expected.detach().mean()), rel=1e-5)
+    torch.testing.assert_close(result.per_sample_loss, expected.detach())
+    assert result.kd_loss.shape == (batch.batch_size, 2)
+
+
+def test_same_seed_same_run(make_engine):
+    first, second = make_engine(), make_engine()
+    first.reset(seed=7)
+    second.reset(seed=7)
+    weights = torch.tensor([0.3, 0.7])
+    assert _run(first, 10, weights) == _run(second, 10, weights)
+    other = make_engine()
+    other.reset(seed=8)
+    assert _run(other, 3, weights) != _run(make_engine_reset(make_engine, 7), 3, weights)
+
+
+def make_engine_reset(make_engine, seed):
+    engine = make_engine()
+    engine.reset(seed=seed)
+    return engine
+
+
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        (torch.tensor([float("nan"), 0.5]), "NaN"),
+        (torch.tensor([float("inf"), 0.5]), "NaN or inf"),
+        (torch.tensor([0.2, 0.3, 0.5]), "shape"),
+        (torch.tensor([-0.5, 1.5]), "negative"),
+    ],
+)
+def test_bad_weights_raise_and_change_nothing(make_engine, weights, message):
+    engine = make_engine()
+    engine.reset(seed=0)
+    before = _params(engine)
+    step_before = engine.global_step
+    with pytest.raises(ValueError, match=message):
+        engine.step(weights)
+    assert engine.global_step == step_before
+    for old, new in zip(before, _params(engine)):
+        assert torch.equal(old, new)
+    engine.step(torch.tensor([0.5, 0.5]))  # the engine is still usable
+
+
+def test_divergence_skips_the_update(make_engine):
+    engine = make_engine()
+    engine.reset(seed=0)
+    engine.current.student_ce = engine.current.student_ce * float("nan")
+    before = _params(engine)
+    result = engine.step(torch.tensor([0.5, 0.5]))
+    assert result.diverged and result.done
+    for old, new in zip(before, _params(engine)):
+        assert torch.equal(old, new)
+
+
+def test_cached_teacher_outputs_change_nothing(make_engine):
+    cached, live = make_engine(cache_teacher_outputs=True), make_engine(cache_teacher_outputs=False)
+    assert cached._teacher_cache is not None and live._teacher_cache is None
+    cached.reset(seed=3)
+    live.reset(seed=3)
+    weights = torch.tensor([0.6, 0.4])
+    for a, b in zip(_run(cached, 6, weights), _run(live, 6, weights)):
+        assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_epochs_end_with_evaluation_and_the_budget_terminates(make_engine):
+    engine = make_engine(epochs=2, max_steps_per_epoch=3)
+    engine.reset(seed=0)
+    results = [engine.step(torch.tensor([0.5, 0.5])) for _ in range(6)]
+    assert [r.epoch_end for r in results] == [False, False, True, False, False, True]
+    assert results[2].val_acc is not None and results[2].test_acc is not None
+    assert results[-1].done and engine.done and engine.current is None
+    assert engine.best_student_state is not None
+    with pytest.raises(RuntimeError, match="budget"):
+        engine.step(torch.tensor([0.5, 0.5]))
+    assert engine.lr < engine.config.lr  # the schedule decayed
+
+
+def test_resume_mid_epoch_matches_an_uninterrupted_run(make_engine, tmp_path):
+    weights = torch.tensor([0.25, 0.75])
+    reference = make_engine(epochs=2)
+    reference.reset(seed=5)
+    reference_losses = _run(reference, 2 * reference.steps_per_epoch, weights)
+
+    interrupted = make_engine(epochs=2)
+    interrupted.reset(seed=5)
+    cut = reference.steps_per_epoch + 3  # mid-way through the second epoch
+    first_part = _run(interrupted, cut, weights)
+    torch.save(interrupted.state_dict(), tmp_path / "engine.pt")
+    del interrupted
+    resumed = make_engine(epochs=2)
+    resumed.load_state_dict(torch.load(tmp_path / "engine.pt", weights_only=True))
+    second_part = _run(resumed, 2 * reference.steps_per_epoch - cut, weights)
+    assert first_part + second_part == reference_losses
+    assert resumed.evaluate("test") == reference.evaluate("test")
+
+
+def test_load_refuses_a_mismatched_checkpoint(make_engine):
+    engine = make_engine(epochs=2)
+    engine.reset(seed=0)
+    state = engine.state_dict()
+    with pytest.raises(ValueError, match="batch_size"):
+        make_engine(batch_size=16).load_state_dict(state)
+    state["teacher_names"] = ["a", "b"]
+    with pytest.raises(ValueError, match="teachers"):
+        make_engine().load_state_dict(state)
+
+
+def test_per_batch_and_per_sample_weights_agree(make_engine):
+    per_batch, per_sample = make_engine(), make_engine()
+    per_batch.reset(seed=2)
+    batch = per_sample.reset(seed=2)
+    a = per_batch.step(torch.tensor([0.1, 0.9])).loss
+    b = per_sample.step(torch.tensor([[0.1, 0.9]]).repeat(batch.batch_size, 1)).loss
+    assert a == pytest.approx(b)
