@@ -1,0 +1,217 @@
+"""The per-sample multi-teacher KD environment (MTKD-RL's formulation) as a Gymnasium VectorEnv."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from kd_env.engine import DistillationEngine
+from kd_env.envs.batch_env import CHECKPOINT_FORMAT, compat_settings, load_env_checkpoint
+from kd_env.envs.common import KDEnvSettings, RewardTracker, action_to_weights, build_engine, validate_action
+from kd_env.features import SampleStateSpec, per_sample_state
+from kd_env.utils import atomic_torch_save
+
+
+class PerSampleKDVectorEnv(VectorEnv):
+    """
+    ## Description
+
+    MTKD-RL's formulation of multi-teacher KD: every sample of a training batch is a decision.
+    The vector env's sub-envs are the sample slots of one batch (``num_envs`` = batch size);
+    one vector ``step`` applies each slot's teacher weights to that sample's loss terms and makes
+    one student update. Everything else (engine, data, teachers, rewards, episode) is the
+    batch-level :class:`~kd_env.envs.batch_env.MultiTeacherKDEnv`'s.
+
+    ## Action Space
+
+    Per slot ``Box(-1, 1, (K,))``, or ``(2K,)`` with feature KD (logit head then feature head),
+    mapped per sample by ``softmax(scale * a)``; ``action_mode="simplex"`` takes non-negative
+    weights and renormalises them. The batched ``action_space`` is ``[num_envs, ...]``. NaN,
+    inf, a wrong shape (or negative / all-zero simplex rows) raise ``ValueError`` and leave the
+    student unchanged.
+
+    ## Observation Space
+
+    Per slot, MTKD-RL's state for each teacher: ``[feature cosine, KL, teacher CE, teacher
+    embedding, teacher logits]`` (cosine only with feature KD), raw and unnormalised as in the
+    official code, clipped to ``[-obs_clip, obs_clip]`` for finite bounds.
+    ``include_embeddings=False`` drops the embeddings; ``logits=k`` keeps the k largest teacher
+    logits, ``logits=None`` none. ``state_parts`` selects the ``performance`` / ``gap`` groups.
+    ``feature_names`` names every column.
+
+    ## Rewards
+
+    * ``"neg_loss"`` (default here, the paper's): each sample's negative weighted loss,
+      z-scored within the batch and clipped to [0, 1].
+    * ``"val_loss_delta"`` and ``"val_acc"``: as in the batch env; every slot gets the update's
+      reward (they measure the whole update, not one sample).
+
+    ## Starting State
+
+    As the batch env: ``reset(seed=...)`` starts a fresh student, every draw from the seed.
+
+    ## Episode End
+
+    All slots terminate together when the training budget is spent or the student diverges
+    (``infos["diverged"]``). Autoreset is ``NEXT_STEP``: the ``step`` after the end resets
+    (new seed from the env's generator), ignores its actions and returns zero rewards.
+
+    ## Arguments
+
+    ```python
+    import gymnasium as gym
+    import kd_env
+
+    envs = gym.make_vec("MultiTeacherKD-FashionMNIST-v0", num_envs=64, vectorization_mode="vector_entry_point")
+    ```
+
+    ``num_envs`` > 1 sets the batch size (``num_envs=1``, ``gym.make_vec``'s default, keeps the
+    ``batch_size`` argument or the dataset default). ``include_embeddings``, ``logits``,
+    ``obs_clip``, and every argument of the batch-level env except ``steps_per_action``.
+
+    ## Version History
+
+    * v0: initial release.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        include_embeddings: bool = True,
+        logits: str | int | None = "all",
+        obs_clip: float = 1e3,
+        render_mode: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if render_mode is not None:
+            raise ValueError("the per-sample env has no render modes")
+        self.render_mode = None
+        if num_envs > 1:
+            if kwargs.get("batch_size") not in (None, num_envs):
+                raise ValueError(f"num_envs={num_envs} and batch_size={kwargs['batch_size']} disagree: they are the same thing here")
+            kwargs["batch_size"] = num_envs
+        kwargs.setdefault("reward_mode", "neg_loss")
+        self.settings = KDEnvSettings.from_kwargs(**kwargs)
+        self.engine: DistillationEngine = build_engine(self.settings)
+        self.num_envs = self.engine.config.batch_size
+        self.teacher_names = list(self.engine.teacher_names)
+        self.num_teachers = self.engine.num_teachers
+        self.heads = 2 if self.settings.feature_kd else 1
+        self.obs_clip = float(obs_clip)
+        embedding_dims = tuple(int(shape[0]) for shape in self.engine.teacher_shapes)
+        self.state_spec = SampleStateSpec(
+            tuple(self.teacher_names),
+            embedding_dims,
+            self.engine.num_classes,
+            self.settings.feature_kd,
+            include_embeddings,
+            logits,
+            tuple(self.settings.state_parts),
+        )
+        self.feature_names = self.state_spec.names
+        self.single_observation_space = spaces.Box(-self.obs_clip, self.obs_clip, (self.state_spec.size,), dtype=np.float32)
+        action_low = 0.0 if self.settings.action_mode == "simplex" else -1.0
+        self.single_action_space = spaces.Box(action_low, 1.0, (self.heads * self.num_teachers,), dtype=np.float32)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.rewards = RewardTracker(self.engine, self.settings.reward_mode, self.settings.probe_size, self.settings.reward_scale)
+        self._last_observation: np.ndarray | None = None
+        self._needs_reset = True
+        self._episode_seed: int | None = None
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._episode_seed = int(self.np_random.integers(0, 2**31 - 1))
+        self.engine.reset(self._episode_seed)
+        self.rewards.reset()
+        self._needs_reset = False
+        return self._observation(), {}
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if self._last_observation is None:
+            raise RuntimeError("call reset() before step()")
+        if self._needs_reset:  # NEXT_STEP autoreset: this step only starts the next episode
+            observation, _ = self.reset()
+            zeros = np.zeros(self.num_envs, dtype=bool)
+            return observation, np.zeros(self.num_envs), zeros, zeros.copy(), {}
+        array = validate_action(actions, self.action_space.shape, self.settings.action_mode)
+        logit_weights, feature_weights = action_to_weights(
+            array, self.num_teachers, self.heads, self.settings.action_mode, self.settings.scale
+        )
+        result = self.engine.step(logit_weights, feature_weights)
+        if result.diverged:
+            rewards = np.full(self.num_envs, float(self.settings.divergence_penalty))
+        else:
+            rewards = self.rewards.sample_rewards(result)
+        terminated = bool(result.diverged or result.done)
+        self._needs_reset = terminated
+        observation = self._last_observation.copy() if terminated else self._observation()
+        infos = self._infos(result)
+        flags = np.full(self.num_envs, terminated, dtype=bool)
+        return observation, rewards.astype(np.float64), flags, np.zeros(self.num_envs, dtype=bool), infos
+
+    def _observation(self) -> np.ndarray:
+        assert self.engine.current is not None
+        state = per_sample_state(self.engine.current, self.state_spec, self.obs_clip)
+        self._last_observation = state.cpu().numpy().astype(np.float32)
+        return self._last_observation.copy()
+
+    def _infos(self, result: Any) -> dict[str, Any]:
+        """Vector-env infos: one value per slot, with Gymnasium's ``_key`` masks (all slots)."""
+        per_slot: dict[str, Any] = {
+            "weights": result.logit_weights.cpu().numpy().astype(np.float32),
+            "kd_loss": result.kd_loss.cpu().numpy().astype(np.float32),
+            "ce": result.student_ce.cpu().numpy().astype(np.float64),
+            "loss": np.full(self.num_envs, result.loss),
+            "epoch": np.full(self.num_envs, self.engine.epoch),
+            "step": np.full(self.num_envs, self.engine.global_step),
+            "lr": np.full(self.num_envs, self.engine.lr),
+            "diverged": np.full(self.num_envs, result.diverged),
+        }
+        if result.feature_weights is not None:
+            per_slot["feature_weights"] = result.feature_weights.cpu().numpy().astype(np.float32)
+        if result.epoch_end:
+            per_slot["val_acc"] = np.full(self.num_envs, result.val_acc)
+            if result.test_acc is not None:
+                per_slot["test_acc"] = np.full(self.num_envs, result.test_acc)
+        infos = dict(per_slot)
+        infos.update({f"_{key}": np.ones(self.num_envs, dtype=bool) for key in per_slot})
+        return infos
+
+    def close_extras(self, **kwargs: Any) -> None:
+        self.engine.current = None
+        self._last_observation = None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the training state atomically (see :meth:`MultiTeacherKDEnv.save`)."""
+        if self._last_observation is None:
+            raise RuntimeError("nothing to save: call reset() first")
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "kind": type(self).__name__,
+            "settings": compat_settings(self.settings, self.teacher_names),
+            "engine": self.engine.state_dict(),
+            "rewards": self.rewards.state_dict(),
+            "np_random": self.np_random.bit_generator.state,
+            "episode_seed": self._episode_seed,
+            "needs_reset": self._needs_reset,
+            "last_observation": torch.from_numpy(self._last_observation.copy()),
+        }
+        return atomic_torch_save(state, path)
+
+    def load(self, path: str | Path) -> None:
+        state = load_env_checkpoint(path, type(self).__name__, compat_settings(self.settings, self.teacher_names))
+        self.engine.load_state_dict(state["engine"])
+        self.rewards.load_state_dict(state["rewards"])
+        self.np_random.bit_generator.state = state["np_random"]
+        self._episode_seed = state["episode_seed"]
+        self._needs_reset = bool(state["needs_reset"])
+        self._last_observation = state["last_observation"].numpy().astype(np.float32)

@@ -1,0 +1,313 @@
+"""The Gymnasium environments: registration, the checkers, determinism, bad input, resume."""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import kd_env
+from kd_env.envs import ENV_IDS, MultiTeacherKDEnv, PerSampleKDVectorEnv, TeacherSetupError
+
+SYNTHETIC = "MultiTeacherKD-Synthetic-v0"
+FAST = {"epochs": 2, "max_steps_per_epoch": 4}
+
+
+def _student_params(env):
+    engine = env.unwrapped.engine
+    return [p.detach().clone() for p in engine.student.parameters()]
+
+
+def _rollout(env, seed, steps, action_seed=0):
+    rng = np.random.default_rng(action_seed)
+    observation, info = env.reset(seed=seed)
+    trace = [(observation, None, None, info)]
+    for _ in range(steps):
+        action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+        observation, reward, terminated, truncated, info = env.step(action)
+        trace.append((observation, reward, terminated, info))
+        if terminated or truncated:
+            break
+    return trace
+
+
+def _assert_same_trace(first, second):
+    assert len(first) == len(second)
+    for (obs_a, rew_a, term_a, info_a), (obs_b, rew_b, term_b, info_b) in zip(first, second):
+        np.testing.assert_array_equal(obs_a, obs_b)
+        assert rew_a == rew_b and term_a == term_b
+        assert info_a.keys() == info_b.keys()
+        for key in info_a:
+            np.testing.assert_array_equal(info_a[key], info_b[key])
+
+
+def test_import_registers_every_id():
+    for env_id in ENV_IDS:
+        assert env_id in gym.registry
+    assert gym.registry["MultiTeacherKD-CIFAR100-v0"].vector_entry_point is not None
+
+
+def test_module_prefixed_id_builds_without_import():
+    env = gym.make("kd_env:MultiTeacherKD-Synthetic-v0", **FAST)
+    assert isinstance(env.unwrapped, MultiTeacherKDEnv)
+    env.close()
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"feature_kd": False}, {"action_mode": "simplex"}, {"reward_mode": "neg_loss"}])
+def test_checkers_pass_without_warnings(kwargs):
+    env = gym.make(SYNTHETIC, **FAST, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gym_check_env(env.unwrapped)
+        if kwargs.get("action_mode") != "simplex":
+            sb3_check_env(env.unwrapped, warn=True)
+    if kwargs.get("action_mode") == "simplex":
+        # Box(0, 1) is meant for weighting rules, not SB3 agents; SB3 says so, and only that
+        with pytest.warns(UserWarning, match="symmetric and normalized Box action space"):
+            sb3_check_env(env.unwrapped, warn=True)
+    env.close()
+
+
+def test_spaces_names_and_types():
+    env = gym.make(SYNTHETIC, **FAST).unwrapped
+    k = env.num_teachers
+    assert env.action_space.shape == (2 * k,)
+    assert env.observation_space.dtype == np.float32
+    assert np.isfinite(env.observation_space.low).all() and np.isfinite(env.observation_space.high).all()
+    assert len(env.feature_names) == env.observation_space.shape[0]
+    assert env.feature_names[-3:] == ["progress", "lr", "student_ce"]
+    observation, _ = env.reset(seed=0)
+    assert env.observation_space.contains(observation)
+    observation, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    assert type(reward) is float and type(terminated) is bool and type(truncated) is bool
+    assert info["weights"].shape == (k,) and info["weights"].sum() == pytest.approx(1.0, abs=1e-5)
+    assert set(info) >= {"weights", "kd_loss", "ce", "epoch", "step", "lr", "diverged", "feature_weights"}
+    no_feature_kd = gym.make(SYNTHETIC, feature_kd=False, **FAST).unwrapped
+    assert no_feature_kd.action_space.shape == (k,)
+    gap_only = gym.make(SYNTHETIC, state_parts=["gap"], **FAST).unwrapped
+    assert all(name.split("/")[-1] in ("kd_loss", "feature_cosine") for name in gap_only.feature_names[:-3])
+
+
+def test_softmax_mapping_and_simplex_mode():
+    env = gym.make(SYNTHETIC, feature_kd=False, scale=2.0, **FAST).unwrapped
+    env.reset(seed=0)
+    action = np.array([1.0, -1.0, 0.0], dtype=np.float32)
+    _, _, _, _, info = env.step(action)
+    np.testing.assert_allclose(info["weights"], torch.softmax(torch.tensor(2.0 * action), 0).numpy(), rtol=1e-5)
+    simplex = gym.make(SYNTHETIC, feature_kd=False, action_mode="simplex", **FAST).unwrapped
+    simplex.reset(seed=0)
+    _, _, _, _, info = simplex.step(np.array([2.0, 1.0, 1.0], dtype=np.float32) / 4 * 2)
+    np.testing.assert_allclose(info["weights"], [0.5, 0.25, 0.25], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "action, mode, message",
+    [
+        (np.array([np.nan, 0, 0, 0, 0, 0], dtype=np.float32), "softmax", "NaN"),
+        (np.array([np.inf, 0, 0, 0, 0, 0], dtype=np.float32), "softmax", "NaN or inf"),
+        (np.zeros(5, dtype=np.float32), "softmax", "shape"),
+        (np.array([-0.1, 0.5, 0.6, 0.3, 0.3, 0.4], dtype=np.float32), "simplex", "negative"),
+        (np.zeros(6, dtype=np.float32), "simplex", "sum to zero"),
+    ],
+)
+def test_bad_actions_raise_and_leave_the_student_unchanged(action, mode, message):
+    env = gym.make(SYNTHETIC, action_mode=mode, **FAST).unwrapped
+    env.reset(seed=0)
+    before = _student_params(env)
+    with pytest.raises(ValueError, match=message):
+        env.step(action)
+    for old, new in zip(before, _student_params(env)):
+        assert torch.equal(old, new)
+    assert env.engine.global_step == 0
+
+
+def test_same_seed_same_rollout_and_budget_terminates():
+    first = _rollout(gym.make(SYNTHETIC, **FAST), seed=3, steps=20)
+    second = _rollout(gym.make(SYNTHETIC, **FAST), seed=3, steps=20)
+    _assert_same_trace(first, second)
+    assert len(first) == 9  # reset + 2 epochs x 4 updates
+    assert first[-1][2] is True
+    assert "val_acc" in first[4][3] and "test_acc" in first[4][3]
+    other = _rollout(gym.make(SYNTHETIC, **FAST), seed=4, steps=3)
+    assert not np.array_equal(first[1][0], other[1][0])
+
+
+def test_reward_modes():
+    for mode in ("neg_loss", "val_loss_delta", "val_acc"):
+        trace = _rollout(gym.make(SYNTHETIC, reward_mode=mode, **FAST), seed=0, steps=20)
+        rewards = [step[1] for step in trace[1:]]
+        assert all(np.isfinite(rewards))
+        if mode == "neg_loss":
+            assert all(r < 0 for r in rewards)
+        if mode == "val_acc":  # sparse: only at epoch ends
+            assert [r != 0 for r in rewards].count(True) <= 2 and rewards[0] == 0
+
+
+def test_steps_per_action_sums_updates():
+    env = gym.make(SYNTHETIC, steps_per_action=2, **FAST).unwrapped
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(env.action_space.sample())
+    assert info["step"] == 2
+
+
+def test_divergence_terminates_with_penalty():
+    env = gym.make(SYNTHETIC, lr=1e6, **FAST).unwrapped
+    env.reset(seed=0)
+    info = {}
+    for _ in range(8):
+        _, reward, terminated, _, info = env.step(np.ones(env.action_space.shape, dtype=np.float32))
+        if terminated:
+            break
+    assert info["diverged"] is True and terminated and reward == env.settings.divergence_penalty
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+
+
+def test_pickle_and_idempotent_close():
+    env = gym.make(SYNTHETIC, **FAST)
+    env.reset(seed=0)
+    clone = pickle.loads(pickle.dumps(env.unwrapped))
+    _assert_same_trace(_rollout(clone, 1, 3), _rollout(env.unwrapped, 1, 3))
+    env.close()
+    env.close()
+
+
+def test_save_and_load_resume_mid_epoch(tmp_path):
+    kwargs = {"epochs": 2, "max_steps_per_epoch": 5}
+    action = np.linspace(-1, 1, 6).astype(np.float32)
+    reference = gym.make(SYNTHETIC, **kwargs).unwrapped
+    reference.reset(seed=11)
+    uninterrupted = [reference.step(action) for _ in range(10)]
+
+    first = gym.make(SYNTHETIC, **kwargs).unwrapped
+    first.reset(seed=11)
+    before = [first.step(action) for _ in range(7)]
+    first.save(tmp_path / "env.pt")
+    assert not list(tmp_path.glob("*.tmp"))
+    resumed = gym.make(SYNTHETIC, **kwargs).unwrapped
+    resumed.load(tmp_path / "env.pt")
+    after = [resumed.step(action) for _ in range(3)]
+    for (o1, r1, t1, _, i1), (o2, r2, t2, _, i2) in zip(uninterrupted, before + after):
+        np.testing.assert_array_equal(o1, o2)
+        assert r1 == r2 and t1 == t2 and i1.get("test_acc") == i2.get("test_acc")
+    assert uninterrupted[-1][4]["val_acc"] == after[-1][4]["val_acc"]
+
+
+def test_load_refuses_other_envs_and_corrupt_files(tmp_path):
+    env = gym.make(SYNTHETIC, **FAST).unwrapped
+    env.reset(seed=0)
+    path = env.save(tmp_path / "env.pt")
+    with pytest.raises(ValueError, match="batch_size"):
+        gym.make(SYNTHETIC, batch_size=16, **FAST).unwrapped.load(path)
+    (tmp_path / "bad.pt").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        env.load(tmp_path / "bad.pt")
+
+
+def test_missing_data_and_missing_teachers_say_how_to_fix(tmp_path, monkeypatch):
+    from kd_env.data import DatasetNotFoundError
+
+    monkeypatch.setenv("KD_ENV_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(DatasetNotFoundError):
+        gym.make("MultiTeacherKD-CIFAR100-v0", data_root=str(tmp_path / "nowhere"))
+    with pytest.raises(TeacherSetupError, match="kd-env teachers train"):
+        gym.make(SYNTHETIC, teachers=["cnn_w16"], train_teachers=False, cache_dir=str(tmp_path / "cache"), **FAST)
+
+
+def test_unknown_arguments_are_refused():
+    with pytest.raises(TypeError, match="unknown environment argument"):
+        gym.make(SYNTHETIC, epoch=3)
+    with pytest.raises(ValueError, match="reward_mode"):
+        gym.make(SYNTHETIC, reward_mode="accuracy")
+
+
+# ---------------------------------------------------------------------- per-sample env
+def test_per_sample_env_via_make_vec():
+    envs = gym.make_vec(SYNTHETIC, num_envs=16, vectorization_mode="vector_entry_point", **FAST)
+    assert isinstance(envs, PerSampleKDVectorEnv) and envs.num_envs == 16
+    observations, _ = envs.reset(seed=0)
+    assert observations.shape == (16, envs.single_observation_space.shape[0])
+    assert envs.observation_space.contains(observations)
+    k = envs.num_teachers
+    actions = envs.action_space.sample()
+    observations, rewards, terminations, truncations, infos = envs.step(actions)
+    assert rewards.shape == (16,) and terminations.dtype == bool
+    assert ((rewards >= 0) & (rewards <= 1)).all()  # MTKD-RL's clipped batch-normalised reward
+    assert infos["weights"].shape == (16, k) and infos["_weights"].all()
+    np.testing.assert_allclose(infos["weights"].sum(1), 1.0, rtol=1e-5)
+    # per-sample weights really are per sample
+    assert not np.allclose(infos["weights"][0], infos["weights"][1])
+    envs.close()
+    envs.close()
+
+
+def test_per_sample_state_layout_options():
+    full = PerSampleKDVectorEnv(dataset="synthetic", **FAST)
+    small = PerSampleKDVectorEnv(dataset="synthetic", include_embeddings=False, logits=2, **FAST)
+    k, classes = full.num_teachers, full.engine.num_classes
+    embeddings = sum(shape[0] for shape in full.engine.teacher_shapes)
+    assert full.single_observation_space.shape[0] == k * (3 + classes) + embeddings
+    assert small.single_observation_space.shape[0] == k * (3 + 2)
+    assert small.feature_names[:5] == ["mlp/feature_cosine", "mlp/kd_loss", "mlp/teacher_ce", "mlp/logit0", "mlp/logit1"]
+
+
+def test_per_sample_determinism_autoreset_and_bad_actions():
+    def run(seed):
+        envs = PerSampleKDVectorEnv(dataset="synthetic", epochs=1, max_steps_per_epoch=2)
+        observations, _ = envs.reset(seed=seed)
+        trace = [observations]
+        for step in range(3):
+            actions = np.full(envs.action_space.shape, 0.1 * step, dtype=np.float32)
+            observations, rewards, terminations, _, _ = envs.step(actions)
+            trace += [observations, rewards, terminations]
+        return envs, trace
+
+    envs, first = run(5)
+    _, second = run(5)
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    assert first[6].all()  # the budget (2 updates) ends the episode on the second step
+    assert not first[9].any() and (first[8] == 0).all()  # the next step only resets
+    with pytest.raises(ValueError, match="shape"):
+        envs.step(np.zeros((3, 6), dtype=np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        envs.step(np.full(envs.action_space.shape, np.nan, dtype=np.float32))
+
+
+def test_per_sample_save_load(tmp_path):
+    kwargs = {"dataset": "synthetic", "epochs": 1, "max_steps_per_epoch": 4}
+    actions = np.zeros((32, 6), dtype=np.float32)
+    reference = PerSampleKDVectorEnv(**kwargs)
+    reference.reset(seed=2)
+    expected = [reference.step(actions)[1] for _ in range(4)]
+    first = PerSampleKDVectorEnv(**kwargs)
+    first.reset(seed=2)
+    got = [first.step(actions)[1] for _ in range(2)]
+    first.save(tmp_path / "vec.pt")
+    resumed = PerSampleKDVectorEnv(**kwargs)
+    resumed.load(tmp_path / "vec.pt")
+    got += [resumed.step(actions)[1] for _ in range(2)]
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sb3_adapter_is_a_working_vecenv():
+    from stable_baselines3.common.vec_env import VecEnv
+
+    venv = kd_env.make_sb3_per_sample_env(SYNTHETIC, num_envs=8, epochs=1, max_steps_per_epoch=2)
+    assert isinstance(venv, VecEnv) and venv.num_envs == 8
+    venv.seed(0)
+    observations = venv.reset()
+    assert observations.shape == (8, venv.observation_space.shape[0])
+    observations, rewards, dones, infos = venv.step(np.zeros((8, venv.action_space.shape[0]), dtype=np.float32))
+    assert not dones.any() and len(infos) == 8 and rewards.dtype == np.float32
+    observations, rewards, dones, infos = venv.step(np.zeros((8, venv.action_space.shape[0]), dtype=np.float32))
+    assert dones.all() and "terminal_observation" in infos[0]
+    assert venv.get_attr("teacher_names")[0] == ["mlp", "cnn_w8", "cnn_w16"]
+    venv.close()
