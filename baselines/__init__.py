@@ -1,9 +1,23 @@
 """Classic multi-teacher KD baselines (installed as ``kd_env.baselines``).
 
-``rules`` holds the teacher-weighting rules as pure tensor functions; policy classes that wrap
-them in the ``predict`` protocol live in sibling modules.
+``rules`` holds the teacher-weighting rules as pure tensor functions; ``policies`` wraps them
+as policies with SB3's ``predict`` protocol, driven through the environments like the agents
+(``make_baseline("camkd", env)``, ``BASELINES``).
 """
 
+from .policies import (
+    AEKD,
+    AVER,
+    BASELINES,
+    CAMKD,
+    EBKD,
+    BaselinePolicy,
+    BestTeacher,
+    RandomDirichlet,
+    load_baseline,
+    make_baseline,
+    published_kd_scale,
+)
 from .rules import (
     aekd_weights,
     aver_weights,
@@ -17,6 +31,14 @@ from .rules import (
 )
 
 __all__ = [
+    "AEKD",
+    "AVER",
+    "BASELINES",
+    "CAMKD",
+    "EBKD",
+    "BaselinePolicy",
+    "BestTeacher",
+    "RandomDirichlet",
     "aekd_weights",
     "aver_weights",
     "best_teacher_weights",
@@ -24,6 +46,9 @@ __all__ = [
     "capped_simplex_min_norm",
     "ebkd_weights",
     "kd_scale_for",
+    "load_baseline",
+    "make_baseline",
     "project_capped_simplex",
+    "published_kd_scale",
     "random_dirichlet_weights",
 ]

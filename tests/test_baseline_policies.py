@@ -1,0 +1,283 @@
+"""The baseline policies driven through the environments: the weights they apply are the rules'."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
+
+import kd_env  # noqa: F401  (registers the env ids)
+from kd_env.baselines import (
+    AEKD,
+    BASELINES,
+    CAMKD,
+    EBKD,
+    BaselinePolicy,
+    BestTeacher,
+    RandomDirichlet,
+    load_baseline,
+    make_baseline,
+    published_kd_scale,
+    rules,
+)
+from kd_env.envs import PerSampleKDVectorEnv
+from kd_env.envs.sb3_vec import SB3VecEnvAdapter
+
+SYNTHETIC = "MultiTeacherKD-Synthetic-v0"
+FAST = {"action_mode": "simplex", "epochs": 1, "max_steps_per_epoch": 3}
+SLOTS = 8  # per-sample env batch size: small keeps the test fast
+RANDOM_SEED = 7
+
+
+@pytest.fixture(scope="module")
+def batch_env():
+    env = gym.make(SYNTHETIC, **FAST)
+    yield env
+    env.close()
+
+
+@pytest.fixture(scope="module")
+def sample_env():
+    env = PerSampleKDVectorEnv(num_envs=SLOTS, dataset="synthetic", **FAST)
+    yield env
+    env.close()
+
+
+def _rule_weights(name: str, engine) -> torch.Tensor:
+    """The rule computed directly from the prepared batch, independently of the policy classes."""
+    batch = engine.current
+    k = engine.num_teachers
+    if name == "aver":
+        return rules.aver_weights(k)
+    if name == "ebkd":
+        return rules.ebkd_weights(batch.teacher_logits)
+    if name == "camkd":
+        return rules.camkd_weights(batch.teacher_logits, batch.labels)
+    if name == "aekd":
+        return rules.aekd_weights(
+            batch.teacher_logits, batch.student_logits.detach(), engine.config.temperature, cap=0.6
+        )
+    if name == "best":
+        return rules.best_teacher_weights(engine.evaluate_teachers("val"))
+    raise AssertionError(name)
+
+
+def _expected_and_reference(name: str, engine, generator: torch.Generator | None) -> torch.Tensor:
+    if name == "random":
+        assert generator is not None
+        return rules.random_dirichlet_weights(engine.num_teachers, generator)
+    return _rule_weights(name, engine)
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_batch_env_applies_the_rule(batch_env, name):
+    engine = batch_env.unwrapped.engine
+    k = engine.num_teachers
+    policy = make_baseline(name, batch_env, seed=RANDOM_SEED)
+    reference_generator = torch.Generator().manual_seed(RANDOM_SEED) if name == "random" else None
+    observation, _ = batch_env.reset(seed=1)
+    steps = 0
+    terminated = False
+    while not terminated:
+        expected = _expected_and_reference(name, engine, reference_generator)
+        if expected.dim() == 2:  # a per-sample rule on the batch env: averaged over the batch
+            expected = expected.mean(0)
+        action, state = policy.predict(observation, deterministic=True)
+        assert state is None
+        assert action.shape == (2 * k,) and action.dtype == np.float32
+        observation, _, terminated, _, info = batch_env.step(action)
+        np.testing.assert_allclose(info["weights"], expected.numpy(), atol=1e-6)
+        # the feature head gets the logit head's weights
+        np.testing.assert_allclose(info["feature_weights"], info["weights"], atol=1e-7)
+        steps += 1
+    assert steps == 3
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_per_sample_env_applies_the_rule(sample_env, name):
+    engine = sample_env.engine
+    k = engine.num_teachers
+    policy = make_baseline(name, sample_env, seed=RANDOM_SEED)
+    reference_generator = torch.Generator().manual_seed(RANDOM_SEED) if name == "random" else None
+    observation, _ = sample_env.reset(seed=2)
+    saw_per_sample_difference = False
+    for _ in range(3):
+        expected = _expected_and_reference(name, engine, reference_generator).expand(SLOTS, k)
+        action, _ = policy.predict(observation)
+        assert action.shape == (SLOTS, 2 * k)
+        observation, rewards, terminated, _, infos = sample_env.step(action)
+        np.testing.assert_allclose(infos["weights"], expected.numpy(), atol=1e-6)
+        np.testing.assert_allclose(infos["feature_weights"], infos["weights"], atol=1e-7)
+        saw_per_sample_difference |= bool(np.ptp(infos["weights"], axis=0).max() > 1e-4)
+    assert terminated.all()
+    # per-sample rules really vary across the batch here; per-batch rules are broadcast
+    assert saw_per_sample_difference == (name in ("ebkd", "camkd"))
+    # the episode is over (no prepared batch): a valid action is still returned, and the
+    # autoreset step that ignores it starts the next episode
+    assert engine.current is None
+    action, _ = policy.predict(observation)
+    np.testing.assert_allclose(action, np.full((SLOTS, 2 * k), 1.0 / k), atol=1e-7)
+    _, rewards, terminated, _, _ = sample_env.step(action)
+    assert not terminated.any() and np.all(rewards == 0) and engine.current is not None
+
+
+def test_random_per_sample_draws_one_point_per_sample(sample_env):
+    policy = RandomDirichlet(sample_env, seed=3, per_sample=True)
+    observation, _ = sample_env.reset(seed=0)
+    expected = rules.random_dirichlet_weights(
+        sample_env.num_teachers, torch.Generator().manual_seed(3), batch_size=SLOTS
+    )
+    action, _ = policy.predict(observation)
+    _, _, _, _, infos = sample_env.step(action)
+    np.testing.assert_allclose(infos["weights"], expected.numpy(), atol=1e-6)
+    assert np.ptp(infos["weights"], axis=0).max() > 1e-3
+
+
+def test_without_feature_kd_the_action_has_one_head():
+    env = gym.make(SYNTHETIC, feature_kd=False, **FAST)
+    policy = CAMKD(env)
+    observation, _ = env.reset(seed=0)
+    expected = rules.camkd_weights(env.unwrapped.engine.current.teacher_logits, env.unwrapped.engine.current.labels)
+    action, _ = policy.predict(observation)
+    assert action.shape == (env.unwrapped.num_teachers,)
+    _, _, _, _, info = env.step(action)
+    np.testing.assert_allclose(info["weights"], expected.mean(0).numpy(), atol=1e-6)
+    assert "feature_weights" not in info
+
+
+def test_sb3_evaluate_policy_on_the_batch_env():
+    env = Monitor(gym.make(SYNTHETIC, **FAST))
+    policy = CAMKD(env)  # built on the wrapped env; evaluate_policy adds a DummyVecEnv around it
+    k = env.unwrapped.num_teachers
+    seen_actions: list[np.ndarray] = []
+
+    def record(locals_, globals_):
+        seen_actions.append(np.asarray(locals_["actions"]))
+        weights = locals_["infos"][0]["weights"]
+        np.testing.assert_allclose(weights.sum(), 1.0, atol=1e-6)
+
+    rewards, lengths = evaluate_policy(policy, env, n_eval_episodes=2, return_episode_rewards=True, callback=record)
+    assert lengths == [3, 3]
+    assert CAMKD(DummyVecEnv([lambda: env])).env is env.unwrapped  # SB3's one-copy VecEnv resolves too
+    assert all(np.isfinite(rewards))
+    assert len(seen_actions) == 6 and all(action.shape == (1, 2 * k) for action in seen_actions)
+    env.close()
+
+
+def test_sb3_evaluate_policy_on_the_per_sample_adapter():
+    venv = SB3VecEnvAdapter(PerSampleKDVectorEnv(num_envs=SLOTS, dataset="synthetic", **FAST))
+    policy = make_baseline("ebkd", venv)
+    rewards, lengths = evaluate_policy(policy, VecMonitor(venv), n_eval_episodes=SLOTS, return_episode_rewards=True)
+    assert lengths == [3] * SLOTS and len(rewards) == SLOTS
+    venv.close()
+
+
+def test_best_teacher_picks_the_best_validation_teacher():
+    # a noise teacher first, so that "always teacher 0" would fail
+    env = gym.make(SYNTHETIC, teachers=["random:cnn_w8:3", "cnn_w16"], **FAST)
+    engine = env.unwrapped.engine
+    val_accuracies = engine.evaluate_teachers("val")
+    assert val_accuracies[1] > val_accuracies[0]
+    policy = BestTeacher(env)
+    assert policy.best_index == 1 and policy.best_name == env.unwrapped.teacher_names[1]
+    assert policy.val_accuracies == pytest.approx(val_accuracies)
+    observation, _ = env.reset(seed=0)
+    action, _ = policy.predict(observation)
+    np.testing.assert_array_equal(action, np.array([0, 1, 0, 1], dtype=np.float32))
+    _, _, _, _, info = env.step(action)
+    np.testing.assert_array_equal(info["weights"], np.array([0, 1], dtype=np.float32))
+    env.close()
+
+
+def test_random_dirichlet_is_seeded(batch_env):
+    observation, _ = batch_env.reset(seed=0)
+
+    def draws(policy: BaselinePolicy) -> list[np.ndarray]:
+        return [policy.predict(observation)[0] for _ in range(3)]
+
+    first = draws(RandomDirichlet(batch_env, seed=11))
+    second = draws(make_baseline("random", batch_env, seed=11))
+    other = draws(RandomDirichlet(batch_env, seed=12))
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(first[0], other[0])
+    assert not np.allclose(first[0], first[1])  # a new point per step
+    k = batch_env.unwrapped.num_teachers
+    for action in first:
+        np.testing.assert_allclose(action[:k].sum(), 1.0, atol=1e-6)
+        np.testing.assert_array_equal(action[:k], action[k:])
+
+
+def test_softmax_env_is_refused():
+    env = gym.make(SYNTHETIC, epochs=1, max_steps_per_epoch=3)  # action_mode="softmax" by default
+    for cls in BASELINES.values():
+        with pytest.raises(ValueError, match='action_mode="simplex"'):
+            cls(env)
+    env.close()
+
+
+def test_foreign_env_is_refused():
+    env = gym.make("CartPole-v1")
+    with pytest.raises(ValueError, match="kd-env environment"):
+        EBKD(env)
+    env.close()
+
+
+def test_wrong_observation_shape_is_refused(batch_env, sample_env):
+    policy = EBKD(batch_env)
+    observation, _ = batch_env.reset(seed=0)
+    for bad in (observation[:-1], np.stack([observation, observation]), observation[None, None]):
+        with pytest.raises(ValueError, match="observation has shape"):
+            policy.predict(bad)
+    sample_policy = EBKD(sample_env)
+    sample_observation, _ = sample_env.reset(seed=0)
+    with pytest.raises(ValueError, match="observation has shape"):
+        sample_policy.predict(sample_observation[0])
+    with pytest.raises(ValueError, match="observation has shape"):
+        sample_policy.predict(observation)  # a batch-env observation given to a per-sample policy
+
+
+def test_save_load_and_learn(batch_env, tmp_path):
+    policy = AEKD(batch_env, cap=0.8)
+    assert policy.learn(total_timesteps=1000) is policy
+    path = policy.save(tmp_path / "aekd.pt")
+    loaded = BaselinePolicy.load(path, env=batch_env)
+    assert isinstance(loaded, AEKD) and loaded.cap == 0.8 and loaded.config == policy.config
+    observation, _ = batch_env.reset(seed=0)
+    np.testing.assert_array_equal(loaded.predict(observation)[0], policy.predict(observation)[0])
+    assert isinstance(AEKD.load(path, batch_env), AEKD)
+    with pytest.raises(ValueError, match="holds the 'aekd' baseline"):
+        EBKD.load(path, batch_env)
+    with pytest.raises(ValueError, match="pass env="):
+        AEKD.load(path)
+
+    random_policy = RandomDirichlet(batch_env, seed=5, concentration=0.5)
+    first_draw = random_policy.predict(observation)[0]
+    reloaded = load_baseline(random_policy.save(tmp_path / "random.pt"), batch_env)
+    assert isinstance(reloaded, RandomDirichlet) and reloaded.seed == 5 and reloaded.concentration == 0.5
+    np.testing.assert_array_equal(reloaded.predict(observation)[0], first_draw)  # restarts from the seed
+
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_baseline(tmp_path / "junk.pt", batch_env)
+
+
+def test_published_kd_scale_and_registry(batch_env):
+    assert published_kd_scale("camkd", 3) == pytest.approx(1 / 3)
+    assert published_kd_scale("CA-MKD", 4) == pytest.approx(1 / 4)
+    assert published_kd_scale("ebkd", 3) == pytest.approx(2 / 3)
+    for name in ("aver", "aekd", "best", "random", "BestTeacher"):
+        assert published_kd_scale(name, 3) == 1.0
+    assert CAMKD(batch_env).kd_scale == pytest.approx(1 / batch_env.unwrapped.num_teachers)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        published_kd_scale("mmkd", 3)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        make_baseline("mmkd", batch_env)
+    assert isinstance(make_baseline("CA-MKD", batch_env), CAMKD)
+    assert make_baseline("aekd", batch_env, seed=3, cap=0.9).cap == 0.9
+    with pytest.raises(ValueError, match="cap"):
+        AEKD(batch_env, cap=0.0)
