@@ -134,6 +134,9 @@ def test_same_seed_same_rollout_and_budget_terminates():
     assert len(first) == 9  # reset + 2 epochs x 4 updates
     assert first[-1][2] is True
     assert "val_acc" in first[4][3] and "test_acc" in first[4][3]
+    final = first[-1][3]  # the run's reportable numbers come with the last step
+    assert 0 <= final["final_test_acc"] <= 1 and final["best_val_acc"] == max(first[4][3]["val_acc"], final["val_acc"])
+    assert "final_test_acc" not in first[4][3]
     other = _rollout(gym.make(SYNTHETIC, **FAST), seed=4, steps=3)
     assert not np.array_equal(first[1][0], other[1][0])
 

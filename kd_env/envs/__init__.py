@@ -32,6 +32,9 @@ def register_envs() -> None:
             entry_point="kd_env.envs.batch_env:MultiTeacherKDEnv",
             vector_entry_point="kd_env.envs.per_sample_env:PerSampleKDVectorEnv",
             kwargs={"dataset": dataset},
+            # the env enforces reset-before-step itself; without the wrapper an env restored by
+            # ``env.unwrapped.load(path)`` can continue its episode through ``gym.make``'s wrappers
+            order_enforce=False,
             # deterministic on CPU; on GPU cuDNN may not be, see the README
             nondeterministic=False,
         )

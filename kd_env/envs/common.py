@@ -298,4 +298,14 @@ def step_info(engine: DistillationEngine, result: StepResult) -> dict[str, Any]:
         info["val_acc"] = float(result.val_acc) if result.val_acc is not None else float("nan")
         if result.test_acc is not None:
             info["test_acc"] = float(result.test_acc)
+    info.update(final_metrics(engine, result))
     return info
+
+
+def final_metrics(engine: DistillationEngine, result: StepResult) -> dict[str, float]:
+    """At the end of a training run: the best validation accuracy, its epoch, and the test
+    accuracy of that best-validation student (the number to report). Empty before the end."""
+    if not result.done or result.diverged or engine.best_student_state is None:
+        return {}
+    test_acc, _ = engine.evaluate("test", engine.best_student())
+    return {"best_val_acc": float(engine.best_val_acc), "best_epoch": float(engine.best_epoch), "final_test_acc": float(test_acc)}

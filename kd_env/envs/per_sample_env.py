@@ -13,7 +13,14 @@ from gymnasium.vector.utils import batch_space
 
 from kd_env.engine import DistillationEngine
 from kd_env.envs.batch_env import CHECKPOINT_FORMAT, compat_settings, load_env_checkpoint
-from kd_env.envs.common import KDEnvSettings, RewardTracker, action_to_weights, build_engine, validate_action
+from kd_env.envs.common import (
+    KDEnvSettings,
+    RewardTracker,
+    action_to_weights,
+    build_engine,
+    final_metrics,
+    validate_action,
+)
 from kd_env.features import SampleStateSpec, per_sample_state
 from kd_env.utils import atomic_torch_save
 
@@ -182,6 +189,8 @@ class PerSampleKDVectorEnv(VectorEnv):
             per_slot["val_acc"] = np.full(self.num_envs, result.val_acc)
             if result.test_acc is not None:
                 per_slot["test_acc"] = np.full(self.num_envs, result.test_acc)
+        for key, value in final_metrics(self.engine, result).items():
+            per_slot[key] = np.full(self.num_envs, value)
         infos = dict(per_slot)
         infos.update({f"_{key}": np.ones(self.num_envs, dtype=bool) for key in per_slot})
         return infos
