@@ -114,11 +114,20 @@ def camkd_weights(teacher_logits: torch.Tensor, labels: torch.Tensor) -> torch.T
     Returns:
         ``[B, K]``.
     """
-    num_teachers = _check_teacher_logits(teacher_logits)
+    _check_teacher_logits(teacher_logits)
+    return camkd_weights_from_ce(per_sample_cross_entropy(teacher_logits, labels))
+
+
+def camkd_weights_from_ce(teacher_ce: torch.Tensor) -> torch.Tensor:
+    """CA-MKD's confidence rule on given teacher cross-entropies ``[B, K]``:
+    ``(1 - softmax_k(CE)) / (K - 1)``; ``K = 1`` gives weight 1.
+
+    Shared by :func:`camkd_weights` and MTKD-RL's confidence prior (whose state holds the CE).
+    """
+    num_teachers = teacher_ce.shape[-1]
     if num_teachers == 1:
-        return teacher_logits.new_ones(teacher_logits.shape[1], 1)
-    cross_entropy = per_sample_cross_entropy(teacher_logits, labels)  # [B, K]
-    return (1.0 - torch.softmax(cross_entropy, dim=1)) / (num_teachers - 1)
+        return torch.ones_like(teacher_ce)
+    return (1.0 - torch.softmax(teacher_ce, dim=-1)) / (num_teachers - 1)
 
 
 # ------------------------------------------------------------------------------------------------

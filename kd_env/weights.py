@@ -21,14 +21,15 @@ def renormalize_simplex(weights: torch.Tensor) -> torch.Tensor:
     return weights / weights.sum(dim=-1, keepdim=True)
 
 
-def check_action(action: np.ndarray | torch.Tensor, expected_shape: tuple[int, ...], *, simplex: bool) -> None:
+def check_action(action: np.ndarray | torch.Tensor, expected_shape: tuple[int, ...], *, mode: str = "softmax") -> None:
     """Raise ``ValueError`` naming the problem if an action cannot be applied.
 
     Args:
         action: the raw action.
         expected_shape: the action space's shape.
-        simplex: if True the action holds non-negative weights that are renormalised, so
-            negative entries and rows summing to zero are errors too.
+        mode: ``"softmax"`` (any finite values), ``"simplex"`` (non-negative, each head
+            renormalised, so a head summing to zero is an error too) or ``"raw"`` (non-negative
+            weights applied as they are).
     """
     array = action.detach().cpu().numpy() if isinstance(action, torch.Tensor) else np.asarray(action)
     if tuple(array.shape) != tuple(expected_shape):
@@ -40,11 +41,8 @@ def check_action(action: np.ndarray | torch.Tensor, expected_shape: tuple[int, .
         raise ValueError(f"action has dtype {array.dtype}; pass a float array")
     if not np.all(np.isfinite(array)):
         raise ValueError("action contains NaN or inf; the student was not updated")
-    if simplex:
-        if np.any(array < 0):
-            raise ValueError("action_mode='simplex' takes non-negative weights, got a negative entry")
-        if np.any(array.sum(axis=-1) <= 0):
-            raise ValueError("action_mode='simplex' weights sum to zero; give at least one teacher weight > 0")
+    if mode in ("simplex", "raw") and np.any(array < 0):
+        raise ValueError(f"action_mode={mode!r} takes non-negative weights, got a negative entry")
 
 
 def check_weights(weights: torch.Tensor, num_teachers: int, batch_size: int, name: str = "weights") -> torch.Tensor:

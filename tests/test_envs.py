@@ -104,6 +104,10 @@ def test_softmax_mapping_and_simplex_mode():
     simplex.reset(seed=0)
     _, _, _, _, info = simplex.step(np.array([2.0, 1.0, 1.0], dtype=np.float32) / 4 * 2)
     np.testing.assert_allclose(info["weights"], [0.5, 0.25, 0.25], rtol=1e-6)
+    raw = gym.make(SYNTHETIC, feature_kd=False, action_mode="raw", **FAST).unwrapped
+    raw.reset(seed=0)
+    _, _, _, _, info = raw.step(np.ones(3, dtype=np.float32))
+    np.testing.assert_array_equal(info["weights"], [1.0, 1.0, 1.0])  # applied as given, not renormalised
 
 
 @pytest.mark.parametrize(
@@ -113,7 +117,8 @@ def test_softmax_mapping_and_simplex_mode():
         (np.array([np.inf, 0, 0, 0, 0, 0], dtype=np.float32), "softmax", "NaN or inf"),
         (np.zeros(5, dtype=np.float32), "softmax", "shape"),
         (np.array([-0.1, 0.5, 0.6, 0.3, 0.3, 0.4], dtype=np.float32), "simplex", "negative"),
-        (np.zeros(6, dtype=np.float32), "simplex", "sum to zero"),
+        (np.array([0, 0, 0, 1, 0, 0], dtype=np.float32), "simplex", "sum to zero"),
+        (np.array([-1, 0, 0, 1, 0, 0], dtype=np.float32), "raw", "negative"),
     ],
 )
 def test_bad_actions_raise_and_leave_the_student_unchanged(action, mode, message):

@@ -47,7 +47,9 @@ class MultiTeacherKDEnv(gym.Env[np.ndarray, np.ndarray]):
     ``Box(-1, 1, (K,), float32)``, or ``(2K,)`` with feature KD on (first the logit head, then the
     feature head). Each head is mapped to the simplex by ``softmax(scale * a)``.
     With ``action_mode="simplex"`` the space is ``Box(0, 1)`` of the same shape and each head is
-    renormalised to sum to one (negative entries or an all-zero head raise ``ValueError``).
+    renormalised to sum to one (negative entries or an all-zero head raise ``ValueError``);
+    with ``action_mode="raw"`` the non-negative weights are applied as they are (MTKD-RL's
+    warm-up epoch uses all-ones weights, a K-times KD scale).
     NaN, inf or a wrong shape raise ``ValueError`` and leave the student unchanged.
 
     ## Observation Space
@@ -131,7 +133,7 @@ class MultiTeacherKDEnv(gym.Env[np.ndarray, np.ndarray]):
         self.max_lr = max(1.0, float(self.engine.config.lr))
         low, high = self.feature_spec.bounds(self.max_lr)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
-        action_low = 0.0 if self.settings.action_mode == "simplex" else -1.0
+        action_low = -1.0 if self.settings.action_mode == "softmax" else 0.0
         self.action_space = spaces.Box(action_low, 1.0, (self.heads * self.num_teachers,), dtype=np.float32)
         self.rewards = RewardTracker(self.engine, self.settings.reward_mode, self.settings.probe_size, self.settings.reward_scale)
         self._last_observation: np.ndarray | None = None
@@ -154,7 +156,7 @@ class MultiTeacherKDEnv(gym.Env[np.ndarray, np.ndarray]):
             raise RuntimeError("call reset() before step()")
         if self.engine.current is None:
             raise RuntimeError("the episode has ended; call reset() to start a new student")
-        array = validate_action(action, self.action_space.shape, self.settings.action_mode)
+        array = validate_action(action, self.action_space.shape, self.settings.action_mode, self.num_teachers)
         logit_weights, feature_weights = action_to_weights(
             array, self.num_teachers, self.heads, self.settings.action_mode, self.settings.scale
         )

@@ -19,7 +19,7 @@ from kd_env.teachers import TEACHER_POOLS, load_teacher, teacher_path, train_com
 from kd_env.weights import check_action, logits_to_simplex, renormalize_simplex
 
 REWARD_MODES = ("neg_loss", "val_loss_delta", "val_acc")
-ACTION_MODES = ("softmax", "simplex")
+ACTION_MODES = ("softmax", "simplex", "raw")
 
 # Per-dataset defaults: the CIFAR ones are MTKD-RL's recipe; the CPU ones are sized for 2 cores.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -126,7 +126,7 @@ def resolve_teachers(settings: KDEnvSettings, data: DatasetSplits) -> tuple[list
             _, arch, *seed = spec.split(":")
             with torch.random.fork_rng():
                 torch.manual_seed(int(seed[0]) if seed else 0)
-                model = create_model(arch, num_classes=data.num_classes, in_channels=channels)
+                model = create_model(arch, data.num_classes, channels, image_size=data.image_shape[-1])
             models.append(model.eval().requires_grad_(False))
             names.append(f"random_{arch}")
             continue
@@ -177,7 +177,7 @@ def build_engine(settings: KDEnvSettings) -> DistillationEngine:
         max_steps_per_epoch=settings.max_steps_per_epoch,
     )
     return DistillationEngine(
-        StudentFactory(student_name, num_classes, channels),
+        StudentFactory(student_name, num_classes, channels, data.image_shape[-1]),
         teachers,
         data,
         config,
@@ -193,27 +193,40 @@ class StudentFactory:
     arch: str
     num_classes: int
     in_channels: int
+    image_size: int | None = None
 
     def __call__(self) -> KDModel:
-        return create_model(self.arch, num_classes=self.num_classes, in_channels=self.in_channels)
+        return create_model(self.arch, self.num_classes, self.in_channels, image_size=self.image_size)
 
 
 def action_to_weights(
     action: np.ndarray, num_teachers: int, heads: int, action_mode: str, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Map a checked action ``[..., heads * K]`` to (logit weights, feature weights) on the simplex."""
+    """Map a checked action ``[..., heads * K]`` to (logit weights, feature weights).
+
+    ``softmax`` and ``simplex`` give weights on the simplex; ``raw`` applies them as they are.
+    """
     tensor = torch.as_tensor(np.asarray(action, dtype=np.float32))
     tensor = tensor.reshape(*tensor.shape[:-1], heads, num_teachers)
-    weights = logits_to_simplex(tensor, scale) if action_mode == "softmax" else renormalize_simplex(tensor)
+    if action_mode == "softmax":
+        weights = logits_to_simplex(tensor, scale)
+    elif action_mode == "simplex":
+        weights = renormalize_simplex(tensor)
+    else:
+        weights = tensor
     logit_weights = weights[..., 0, :]
     feature_weights = weights[..., 1, :] if heads == 2 else None
     return logit_weights, feature_weights
 
 
-def validate_action(action: Any, shape: tuple[int, ...], action_mode: str) -> np.ndarray:
+def validate_action(action: Any, shape: tuple[int, ...], action_mode: str, num_teachers: int) -> np.ndarray:
     """Check an action (ValueError naming the problem) and return it as a float32 array."""
     array = np.asarray(action)
-    check_action(array, shape, simplex=action_mode == "simplex")
+    check_action(array, shape, mode=action_mode)
+    if action_mode == "simplex":
+        head_sums = array.reshape(*array.shape[:-1], -1, num_teachers).sum(-1)
+        if np.any(head_sums <= 0):
+            raise ValueError("action_mode='simplex' weights of a head sum to zero; give at least one teacher weight > 0")
     return array.astype(np.float32)
 
 

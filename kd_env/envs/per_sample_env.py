@@ -39,7 +39,8 @@ class PerSampleKDVectorEnv(VectorEnv):
 
     Per slot ``Box(-1, 1, (K,))``, or ``(2K,)`` with feature KD (logit head then feature head),
     mapped per sample by ``softmax(scale * a)``; ``action_mode="simplex"`` takes non-negative
-    weights and renormalises them. The batched ``action_space`` is ``[num_envs, ...]``. NaN,
+    weights and renormalises them, ``action_mode="raw"`` applies non-negative weights as they
+    are. The batched ``action_space`` is ``[num_envs, ...]``. NaN,
     inf, a wrong shape (or negative / all-zero simplex rows) raise ``ValueError`` and leave the
     student unchanged.
 
@@ -125,7 +126,7 @@ class PerSampleKDVectorEnv(VectorEnv):
         )
         self.feature_names = self.state_spec.names
         self.single_observation_space = spaces.Box(-self.obs_clip, self.obs_clip, (self.state_spec.size,), dtype=np.float32)
-        action_low = 0.0 if self.settings.action_mode == "simplex" else -1.0
+        action_low = -1.0 if self.settings.action_mode == "softmax" else 0.0
         self.single_action_space = spaces.Box(action_low, 1.0, (self.heads * self.num_teachers,), dtype=np.float32)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
@@ -149,7 +150,7 @@ class PerSampleKDVectorEnv(VectorEnv):
             observation, _ = self.reset()
             zeros = np.zeros(self.num_envs, dtype=bool)
             return observation, np.zeros(self.num_envs), zeros, zeros.copy(), {}
-        array = validate_action(actions, self.action_space.shape, self.settings.action_mode)
+        array = validate_action(actions, self.action_space.shape, self.settings.action_mode, self.num_teachers)
         logit_weights, feature_weights = action_to_weights(
             array, self.num_teachers, self.heads, self.settings.action_mode, self.settings.scale
         )

@@ -6,6 +6,7 @@ import ``register_model`` without a circular import through the package ``__init
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, TypeVar
 
 from kd_env.models.base import KDModel
@@ -34,13 +35,17 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def create_model(name: str, num_classes: int = 100, in_channels: int = 3, **kwargs: Any) -> KDModel:
+def create_model(
+    name: str, num_classes: int = 100, in_channels: int = 3, image_size: int | None = None, **kwargs: Any
+) -> KDModel:
     """Build the registered model ``name``.
 
     Args:
         name: a registry name, e.g. ``"resnet32x4"`` (see :func:`list_models`).
         num_classes: size of the classifier output.
         in_channels: channels of the input images (the first conv is built for this).
+        image_size: input height (= width). Passed only to factories whose layers depend on it
+            (e.g. ``mlp``); convolutional models pool adaptively and ignore it.
         **kwargs: extra, model-specific options passed to the factory.
 
     Raises:
@@ -50,4 +55,6 @@ def create_model(name: str, num_classes: int = 100, in_channels: int = 3, **kwar
         factory = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+    if image_size is not None and "image_size" in inspect.signature(factory).parameters:
+        kwargs.setdefault("image_size", int(image_size))
     return factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
