@@ -1,0 +1,485 @@
+"""MTKD-RL (Yang et al., AAAI 2025), reproduced from the official code (``winycg/MTKD-RL``).
+
+The agent runs on the per-sample environment
+(:class:`~kd_env.envs.per_sample_env.PerSampleKDVectorEnv`, ``action_mode="raw"``): each
+sample of a training batch is one decision, its observation is the official state (per teacher
+``[cos, KL, CE, embedding, logits]``) and its action the teacher weights of that sample, one
+simplex per head (logit KD, then feature KD). See ``reference/mtkd_rl.md`` for the official
+code's state, agent, reward and update, which this module follows line by line.
+
+Only the learned part lives here. The per-sample state, the student's loss, the weighted KD
+terms and the z-scored, clipped reward are the environment's (``reward_mode="neg_loss"``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from kd_env.envs.per_sample_env import PerSampleKDVectorEnv
+
+from kd_env.baselines.rules import camkd_weights_from_ce
+
+from .base import BaseAgent, EnvLike, StepRecord
+
+__all__ = [
+    "MTKDRL",
+    "MTKDRLNetwork",
+    "PriorColumns",
+    "confidence_prior",
+    "reward_weighted_log_loss",
+    "state_layout_of",
+]
+
+WARMUP_MODES = ("official", "uniform", "none")
+
+# torch's binary_cross_entropy clamps log(p) at -100 so a zero weight gives a finite loss; the
+# official agent loss is that BCE, so the same floor keeps it identical.
+BCE_LOG_FLOOR = -100.0
+
+
+# ------------------------------------------------------------------------------------------------
+# the heuristic priors and the agent network (official ``models/policy.py: PolicyTrans``)
+# ------------------------------------------------------------------------------------------------
+
+
+# CA-MKD's rule on the CE columns of the state: one formula, owned by the baselines
+confidence_prior = camkd_weights_from_ce
+
+
+@dataclass(frozen=True)
+class PriorColumns:
+    """Where the prior inputs sit in the flat per-sample state: one column index per teacher.
+
+    ``feature_cosine`` is None without feature KD (no feature head).
+    """
+
+    teacher_ce: tuple[int, ...]
+    kd_loss: tuple[int, ...]
+    feature_cosine: tuple[int, ...] | None
+
+    @classmethod
+    def from_feature_names(
+        cls, feature_names: Sequence[str], teacher_names: Sequence[str], feature_kd: bool
+    ) -> PriorColumns:
+        """Find the columns by name (``"<teacher>/teacher_ce"``, ...) in the env's ``feature_names``.
+
+        Raises:
+            ValueError: a needed column is missing (the state must keep both the ``performance``
+                and the ``gap`` groups: MTKD-RL's priors read CE, KL and cosine).
+        """
+        position = {name: index for index, name in enumerate(feature_names)}
+
+        def columns(column: str) -> tuple[int, ...]:
+            names = [f"{teacher}/{column}" for teacher in teacher_names]
+            missing = [name for name in names if name not in position]
+            if missing:
+                raise ValueError(
+                    f"the per-sample state has no column(s) {missing}; MTKD-RL's priors need teacher_ce, "
+                    "kd_loss (and feature_cosine with feature KD): keep state_parts=['performance', 'gap']"
+                )
+            return tuple(position[name] for name in names)
+
+        return cls(columns("teacher_ce"), columns("kd_loss"), columns("feature_cosine") if feature_kd else None)
+
+    def to_dict(self) -> dict[str, list[int] | None]:
+        return {
+            "teacher_ce": list(self.teacher_ce),
+            "kd_loss": list(self.kd_loss),
+            "feature_cosine": None if self.feature_cosine is None else list(self.feature_cosine),
+        }
+
+    @classmethod
+    def from_dict(cls, columns: dict[str, list[int] | None]) -> PriorColumns:
+        cosine = columns["feature_cosine"]
+        return cls(
+            tuple(columns["teacher_ce"] or ()),
+            tuple(columns["kd_loss"] or ()),
+            None if cosine is None else tuple(cosine),
+        )
+
+
+class MTKDRLNetwork(nn.Module):
+    """The official ``PolicyTrans``: a shared stem, one softmax head per KD term, fixed priors.
+
+    ``stem``: Linear(state_dim -> hidden, no bias) + ReLU over all teachers' rows at once;
+    ``logit_head`` / ``feature_head``: Linear(hidden -> K) + softmax over teachers. Each head's
+    output is mixed with two parameter-free priors read from the state:
+
+    * logit KD: agent, confidence ``(1 - softmax(CE)) / (K - 1)``, logit gap ``softmax(KL)``;
+    * feature KD: agent, confidence, feature gap ``softmax(cos)``;
+
+    with equal weights 1/3, or with ``dynamic=True`` a learnable 3-vector per head (initialised
+    to ones) through a softmax. All are convex mixes of simplex rows, so every output row is on
+    the simplex.
+
+    Args:
+        state_dim: size of the flat per-sample state.
+        columns: where CE, KL and cosine sit in it.
+        num_teachers: ``K``.
+        heads: 2 with feature KD (logit and feature heads), 1 without.
+        dynamic: learn the mixing coefficients.
+        hidden: stem width (128 in the official code).
+    """
+
+    def __init__(
+        self,
+        state_dim: int,
+        columns: PriorColumns,
+        num_teachers: int,
+        heads: int = 2,
+        dynamic: bool = False,
+        hidden: int = 128,
+    ) -> None:
+        super().__init__()
+        if heads not in (1, 2):
+            raise ValueError(f"heads must be 1 (logit KD) or 2 (logit and feature KD), got {heads}")
+        if heads == 2 and columns.feature_cosine is None:
+            raise ValueError("the feature head needs the feature_cosine columns of the state")
+        self.num_teachers = num_teachers
+        self.heads = heads
+        self.dynamic = dynamic
+        self.stem = nn.Sequential(nn.Linear(state_dim, hidden, bias=False), nn.ReLU())
+        self.logit_head = nn.Linear(hidden, num_teachers)
+        self.feature_head = nn.Linear(hidden, num_teachers) if heads == 2 else None
+        # three sources (agent, confidence, gap) per head, as hard-coded in the official code
+        self.logit_mix = nn.Parameter(torch.ones(3)) if dynamic else None
+        self.feature_mix = nn.Parameter(torch.ones(3)) if dynamic and heads == 2 else None
+        # prior column indices travel with the module (and its state_dict) as buffers
+        self.register_buffer("ce_index", torch.tensor(columns.teacher_ce, dtype=torch.long), persistent=False)
+        self.register_buffer("kl_index", torch.tensor(columns.kd_loss, dtype=torch.long), persistent=False)
+        cos = columns.feature_cosine if columns.feature_cosine is not None else []
+        self.register_buffer("cos_index", torch.tensor(cos, dtype=torch.long), persistent=False)
+
+    def priors(self, states: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The parameter-free prior weights ``[B, K]``: ``confidence``, ``logit_gap`` (and ``feature_gap``)."""
+        priors = {
+            "confidence": confidence_prior(states[:, self.ce_index]),
+            "logit_gap": torch.softmax(states[:, self.kl_index], dim=-1),
+        }
+        if self.heads == 2:
+            priors["feature_gap"] = torch.softmax(states[:, self.cos_index], dim=-1)
+        return priors
+
+    @staticmethod
+    def _mix(mix: nn.Parameter | None) -> torch.Tensor:
+        """Coefficients of (agent, confidence, gap): 1/3 each, or softmax of the learned 3-vector."""
+        if mix is None:
+            return torch.full((3,), 1.0 / 3.0)
+        return torch.softmax(mix, dim=0)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """Teacher weights ``[B, heads, K]`` (each row on the simplex) for states ``[B, state_dim]``."""
+        hidden = self.stem(states)
+        priors = self.priors(states)
+        sources = [(self.logit_head, priors["logit_gap"], self.logit_mix)]
+        if self.feature_head is not None:
+            sources.append((self.feature_head, priors["feature_gap"], self.feature_mix))
+        weights = []
+        for head, gap_prior, mix in sources:  # at most two heads, each with its own layer
+            agent = torch.softmax(head(hidden), dim=-1)
+            coefficients = self._mix(mix).to(states)
+            mixed = coefficients[0] * agent + coefficients[1] * priors["confidence"] + coefficients[2] * gap_prior
+            weights.append(mixed)
+        return torch.stack(weights, dim=1)
+
+
+def reward_weighted_log_loss(weights: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """The official agent loss: ``sum_heads mean_{i,k} [-r_i * log w[i, head, k]]``.
+
+    This is ``F.binary_cross_entropy(w, ones, weight=r[:, None])`` per head, summed over heads
+    (``train_loops.py: train_agent``), with the same ``log`` floor of -100.
+
+    Args:
+        weights: ``[B, heads, K]`` from :class:`MTKDRLNetwork`.
+        rewards: ``[B]`` per-sample rewards.
+    """
+    log_weights = torch.log(weights).clamp_min(BCE_LOG_FLOOR)
+    per_head = -(rewards[:, None, None] * log_weights).mean(dim=(0, 2))
+    return per_head.sum()
+
+
+# ------------------------------------------------------------------------------------------------
+# the agent
+# ------------------------------------------------------------------------------------------------
+
+
+def _per_sample_env(env: Any) -> PerSampleKDVectorEnv:
+    """The per-sample env under any wrappers, checked for what MTKD-RL needs."""
+    base = getattr(env, "unwrapped", env)
+    if not isinstance(base, PerSampleKDVectorEnv):
+        raise ValueError(
+            "MTKDRL runs on the per-sample env (PerSampleKDVectorEnv, e.g. gym.make_vec(id, num_envs=B, "
+            f"vectorization_mode='vector_entry_point', action_mode='raw')), got {type(base).__name__}"
+        )
+    if base.settings.action_mode != "raw":
+        raise ValueError(
+            "MTKDRL gives its weights exactly (simplex rows, and all-ones in the warm-up epoch): build the "
+            f"per-sample env with action_mode='raw' (got {base.settings.action_mode!r})"
+        )
+    return base
+
+
+def state_layout_of(env: PerSampleKDVectorEnv) -> dict[str, Any]:
+    """What the agent's network depends on in the env's state (JSON-able; checked on load)."""
+    columns = PriorColumns.from_feature_names(env.feature_names, env.teacher_names, env.heads == 2)
+    return {
+        "state_dim": int(env.single_observation_space.shape[0]),
+        "num_teachers": int(env.num_teachers),
+        "heads": int(env.heads),
+        "teacher_names": list(env.teacher_names),
+        "columns": columns.to_dict(),
+    }
+
+
+class MTKDRL(BaseAgent):
+    """MTKD-RL's agent, **code-faithful**: it reproduces the official ``winycg/MTKD-RL`` code.
+
+    Per sample, the agent (:class:`MTKDRLNetwork`) maps the state to two simplex weight vectors
+    (logit KD, feature KD), each a mix of its learned softmax head with the confidence prior
+    and the logit-gap or feature-gap prior. Actions are deterministic (no sampling, no
+    exploration), as in the official code; ``predict``'s ``deterministic`` changes nothing.
+
+    **Training loop** (:meth:`learn`), as the official ``train_loops.py: train``:
+
+    * every ``env.step`` is one student update; the agent stores the step's states and
+      per-sample rewards (on the CPU; the official code keeps them on the GPU);
+    * at each epoch end (``"val_acc"`` in the env's info), and after every ``agent_step``-th
+      batch of an epoch (official ``--agent-step 1000``; a CIFAR-100 epoch has 782 batches, so
+      there only the epoch end counts), the agent makes one SGD step (lr 0.1, no momentum) per
+      stored batch, in order, on :func:`reward_weighted_log_loss` with the weights recomputed by
+      the current agent from the stored states, and clears the buffer;
+    * warm-up: in the first epoch of each training run (episode) the student trains with
+      all-ones weights for both heads, i.e. the *sum* over teachers of the KD terms (K times
+      AVER's scale); those states and rewards still train the agent at the end of the epoch.
+
+    A step whose student diverged is not stored (its penalty is not the official reward); a
+    run that ends mid-epoch (divergence) trains the agent on the batches it has.
+
+    **How the warm-up is applied.** The env runs in ``action_mode="raw"``, which applies
+    non-negative weights as they are, so the all-ones warm-up weights reach the loss unchanged
+    (the official K-times KD scale) and the agent's simplex rows afterwards are applied as they
+    are too. ``warmup="uniform"`` sends ``1/K`` instead (epoch 0 is AVER at its usual scale);
+    ``warmup="none"`` uses the agent from the first step.
+
+    **This is not a policy gradient.** The loss is ``mean_{i,k}[-r_i log w_ik]`` per head, a
+    reward-weighted cross-entropy toward the all-ones target. Under the simplex constraint
+    ``sum_k log w_k`` is largest at uniform weights (its gradient through a softmax head is
+    proportional to ``1 - K w_k``), so the update pulls the weights of low-loss samples
+    (reward > 0) toward uniform and ignores samples with above-average loss (reward clipped to
+    0). No action is sampled and the reward is not tied to which teacher got the weight: there
+    is no per-teacher credit assignment. ``reference/mtkd_rl.md`` section 4 and issue #2 of the
+    official repository make this point; the paper describes a policy gradient. With the equal
+    mix the learned head is one third of the final weights, the two priors the rest.
+
+    Args:
+        env: the per-sample env (``action_mode="raw"``; ``reward_mode="neg_loss"``, its
+            default, is the paper's reward), possibly wrapped; None for a predict-only agent.
+        seed: seeds the agent's initialisation (the global RNG is untouched) and the env's
+            first reset.
+        dynamic: learn the mixing coefficients of agent and priors (``--dynamic``).
+        learning_rate: the agent's SGD learning rate (0.1).
+        hidden: stem width (128).
+        warmup: ``"official"``, ``"uniform"`` or ``"none"`` (see above).
+        warmup_epochs: length of the warm-up in student epochs (1).
+        agent_step: also update after every ``agent_step``-th batch of an epoch (the official
+            ``batch_idx % agent_step == 0 and batch_idx != 0``); None updates at epoch ends only.
+        max_buffer_batches: keep at most this many batches, dropping the oldest; None keeps all
+            (the official behaviour). A bound trades fidelity for memory: the buffer holds
+            ``batches x B x state_dim`` floats (about 340 MB for a CIFAR-100 epoch).
+        state_layout: the env's state layout (:func:`state_layout_of`); :meth:`load` passes it,
+            leave it None otherwise.
+        observation_space, action_space: for an agent without env (see :meth:`load`).
+    """
+
+    def __init__(
+        self,
+        env: EnvLike | None,
+        seed: int = 0,
+        *,
+        dynamic: bool = False,
+        learning_rate: float = 0.1,
+        hidden: int = 128,
+        warmup: str = "official",
+        warmup_epochs: int = 1,
+        agent_step: int | None = 1000,
+        max_buffer_batches: int | None = None,
+        state_layout: dict[str, Any] | None = None,
+        observation_space: spaces.Box | None = None,
+        action_space: spaces.Box | None = None,
+    ) -> None:
+        if warmup not in WARMUP_MODES:
+            raise ValueError(f"warmup must be one of {WARMUP_MODES}, got {warmup!r}")
+        for name, value, minimum in (("warmup_epochs", warmup_epochs, 0), ("hidden", hidden, 1)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+        for name, value in (("agent_step", agent_step), ("max_buffer_batches", max_buffer_batches)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+                raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
+        self.dynamic = bool(dynamic)
+        self.learning_rate = self._check_positive("learning_rate", learning_rate)
+        self.hidden = int(hidden)
+        self.warmup = warmup
+        self.warmup_epochs = int(warmup_epochs)
+        self.agent_step = None if agent_step is None else int(agent_step)
+        self.max_buffer_batches = None if max_buffer_batches is None else int(max_buffer_batches)
+        self.kd_env: PerSampleKDVectorEnv | None = None
+        if env is not None:
+            self.kd_env = _per_sample_env(env)
+            layout = state_layout_of(self.kd_env)
+            if state_layout is not None and state_layout != layout:
+                differences = [key for key in layout if layout[key] != state_layout.get(key)]
+                raise ValueError(
+                    f"the env's state layout does not match the agent's ({', '.join(differences)} differ): "
+                    "build the env with the same teachers and state options"
+                )
+        elif state_layout is None:
+            raise ValueError("a predict-only MTKDRL needs state_layout; use MTKDRL.load(path) for a trained agent")
+        else:
+            layout = state_layout
+        super().__init__(env, seed, observation_space, action_space)
+        if layout["state_dim"] != self.observation_dim or layout["heads"] * layout["num_teachers"] != self.action_dim:
+            raise ValueError(
+                f"state_layout (state_dim {layout['state_dim']}, {layout['heads']} x {layout['num_teachers']} "
+                f"weights) does not fit the spaces ({self.observation_dim}, {self.action_dim})"
+            )
+        self.state_layout = layout
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            self.policy = MTKDRLNetwork(
+                layout["state_dim"],
+                PriorColumns.from_dict(layout["columns"]),
+                layout["num_teachers"],
+                layout["heads"],
+                self.dynamic,
+                self.hidden,
+            )
+        self.policy.eval()  # no dropout or norm layers: train/eval only mirrors the official calls
+        self.optimizer = torch.optim.SGD(self.policy.parameters(), lr=self.learning_rate)
+        self.num_updates = 0
+        self._discard_rollout()
+
+    # ------------------------------------------------------------------ BaseAgent hooks
+    def _hyperparameters(self) -> dict[str, Any]:
+        return {
+            "dynamic": self.dynamic,
+            "learning_rate": self.learning_rate,
+            "hidden": self.hidden,
+            "warmup": self.warmup,
+            "warmup_epochs": self.warmup_epochs,
+            "agent_step": self.agent_step,
+            "max_buffer_batches": self.max_buffer_batches,
+            "state_layout": self.state_layout,
+        }
+
+    def _discard_rollout(self) -> None:
+        self.buffer: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=self.max_buffer_batches)
+        self._pending_states: torch.Tensor | None = None
+        self._epoch = 0
+        self._batch_in_epoch = 0
+
+    def _in_warmup(self) -> bool:
+        return self.warmup != "none" and self._epoch < self.warmup_epochs
+
+    def _collect_action(self, observation: np.ndarray) -> np.ndarray:
+        self._pending_states = torch.from_numpy(np.array(observation, dtype=np.float32))
+        if not self._in_warmup():
+            return self._predict(observation, deterministic=True)
+        # all-ones for both heads as the official epoch 0 (raw mode applies them as they are)
+        fill = 1.0 if self.warmup == "official" else 1.0 / self.state_layout["num_teachers"]
+        return np.full((observation.shape[0], self.action_dim), fill, dtype=np.float32)
+
+    def _collect_outcome(
+        self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, next_observation: np.ndarray
+    ) -> dict[str, float] | None:
+        assert self._pending_states is not None
+        self.buffer.append((self._pending_states, torch.as_tensor(rewards, dtype=torch.float32)))
+        self._pending_states = None
+        return None  # the update waits for the epoch end, which only the info shows (_one_step)
+
+    def _one_step(self) -> StepRecord:
+        record = super()._one_step()
+        info = record["info"]
+        if bool(np.any(info.get("diverged", False))) and self.buffer:
+            self.buffer.pop()  # no loss was computed: the divergence penalty is not the official reward
+        epoch_end = "val_acc" in info
+        # the official ``batch_idx % agent_step == 0 and batch_idx != 0``, batch_idx counted in the epoch
+        step_in_epoch = self._batch_in_epoch
+        mid_epoch = self.agent_step is not None and step_in_epoch > 0 and step_in_epoch % self.agent_step == 0
+        ended_early = record["done"] and bool(self.buffer)  # a diverged run: its batches still count
+        losses = self.train_on_buffer() if epoch_end or mid_epoch or ended_early else None
+        self._batch_in_epoch += 1
+        if epoch_end:
+            self._epoch += 1
+            self._batch_in_epoch = 0
+        if record["done"]:  # the next step starts a fresh student, with its own warm-up
+            self._epoch = 0
+            self._batch_in_epoch = 0
+        if losses is not None:
+            self.last_losses = losses
+            record["losses"] = losses
+        return record
+
+    # ------------------------------------------------------------------ acting and the update
+    def weights(self, observation: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The agent's weights ``[B, heads, K]`` for per-sample states ``[B, state_dim]`` (no gradient)."""
+        states = torch.as_tensor(np.asarray(observation, dtype=np.float32))
+        if states.dim() != 2 or states.shape[1] != self.observation_dim:
+            raise ValueError(f"observation has shape {tuple(states.shape)}, expected (B, {self.observation_dim})")
+        with torch.no_grad():
+            return self.policy(states)
+
+    def _predict(self, observation: np.ndarray, deterministic: bool) -> np.ndarray:
+        # deterministic either way: the official agent never samples
+        return self.weights(observation).flatten(1).numpy().astype(np.float32)
+
+    def train_on_buffer(self) -> dict[str, float] | None:
+        """The official ``train_agent``: one SGD step per stored batch, in order, then clear the buffer.
+
+        Returns:
+            ``{"agent_loss": mean loss over the steps, "agent_steps": steps}``, or None if the
+            buffer was empty.
+        """
+        if not self.buffer:
+            return None
+        self.policy.train()
+        total, steps = 0.0, 0
+        for states, rewards in self.buffer:  # sequential: each step starts from the previous one's result
+            loss = reward_weighted_log_loss(self.policy(states), rewards)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss.detach())
+            steps += 1
+        self.buffer.clear()
+        self.policy.eval()
+        self.num_updates += 1
+        return {"agent_loss": total / steps, "agent_steps": float(steps)}
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "num_updates": self.num_updates,
+            "epoch": self._epoch,
+            "batch_in_epoch": self._batch_in_epoch,
+            "buffer_states": [states for states, _ in self.buffer],
+            "buffer_rewards": [rewards for _, rewards in self.buffer],
+        }
+
+    def _load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.num_updates = int(state["num_updates"])
+        self._epoch = int(state["epoch"])
+        self._batch_in_epoch = int(state["batch_in_epoch"])
+        self.buffer.clear()
+        self.buffer.extend(zip(state["buffer_states"], state["buffer_rewards"]))
