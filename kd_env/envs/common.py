@@ -53,6 +53,8 @@ class KDEnvSettings:
     device: str = "cpu"
     data_root: str | None = None
     download: bool = False
+    verify_checksums: bool = True
+    """Check CIFAR files against the official md5 sums (off only for self-written test files)."""
     cache_dir: str | None = None
     train_teachers: bool | None = None
     """Train missing pool teachers on first use (with a progress bar). Default: only for synthetic."""
@@ -155,6 +157,7 @@ def build_engine(settings: KDEnvSettings) -> DistillationEngine:
         settings.dataset,
         settings.data_root,
         download=settings.download,
+        verify_checksums=settings.verify_checksums,
         val_fraction=settings.val_fraction,
         split_seed=settings.split_seed,
         device=settings.device,

@@ -1,0 +1,265 @@
+"""Teacher training, checkpoint integrity, pools and the ``kd-env teachers`` CLI (synthetic data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from kd_env import teachers as T
+from kd_env.cli import main as cli_main
+from kd_env.data import BatchTransform, load_dataset
+from kd_env.models import create_model
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return load_dataset("synthetic")
+
+
+def _train(splits, tmp_path: Path, arch: str = "cnn_w8", epochs: int = 2, name: str | None = None, **kwargs) -> Path:
+    path = tmp_path / "teachers" / "synthetic" / (name or f"{arch}-s{kwargs.get('seed', 0)}.pt")
+    return T.train_teacher(arch, splits, epochs=epochs, path=path, progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trained(splits, tmp_path_factory) -> Path:
+    return _train(splits, tmp_path_factory.mktemp("cache"))
+
+
+def _state(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def _no_stray_files(folder: Path) -> None:
+    stray = [p.name for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith((".tmp", ".partial.pt"))]
+    assert stray == []
+
+
+# ------------------------------------------------------------------------------------- save/load
+
+
+def test_save_load_round_trip_outputs_and_metadata(tmp_path):
+    torch.manual_seed(1)
+    model = create_model("cnn_w8", num_classes=4, in_channels=1).eval()
+    meta = {"arch": "cnn_w8", "dataset": "synthetic", "num_classes": 4, "in_channels": 1, "epochs": 0, "seed": 3, "note": [1, 2.5, "x"]}
+    path = T.save_teacher(model, tmp_path / "t.pt", meta)
+    loaded = T.load_teacher(path, expected_arch="cnn_w8", expected_dataset="synthetic")
+    x = torch.randn(5, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    read = T.read_teacher_metadata(path)
+    for key, value in meta.items():
+        assert read[key] == value
+        assert loaded.teacher_metadata[key] == value
+    assert read["sha256"] == T.state_dict_sha256(model.state_dict())
+    assert set(read["versions"]) == {"kd_env", "torch", "torchvision"}
+    assert not loaded.training
+    assert all(not p.requires_grad for p in loaded.parameters())
+    _no_stray_files(tmp_path)
+
+
+def test_trained_checkpoint_metadata_and_test_acc(trained, splits):
+    meta = T.read_teacher_metadata(trained)
+    assert meta["arch"] == "cnn_w8" and meta["dataset"] == "synthetic"
+    assert meta["num_classes"] == 4 and meta["in_channels"] == 1 and meta["epochs"] == 2 and meta["seed"] == 0
+    assert 0.0 <= meta["val_acc"] <= 1.0 and meta["val_acc"] == max(h["val_acc"] for h in meta["history"])
+    model = T.load_teacher(trained)
+    acc = T.evaluate_accuracy(model, splits.test_images, splits.test_labels, BatchTransform(splits.mean, splits.std))
+    assert acc == pytest.approx(meta["test_acc"])
+    _no_stray_files(trained.parent)
+
+
+def test_mlp_teacher_rebuilds_with_image_size(splits, tmp_path):
+    path = _train(splits, tmp_path, arch="mlp", epochs=1)
+    model = T.load_teacher(path)
+    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 4)
+
+
+def test_same_seed_same_weights(splits, tmp_path, trained):
+    again = _train(splits, tmp_path)
+    a, b = _state(trained), _state(again)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    other = _state(_train(splits, tmp_path, seed=1))
+    assert any(not torch.equal(a[k], other[k]) for k in a if a[k].is_floating_point())
+
+
+# ------------------------------------------------------------------------------------- integrity
+
+
+def test_truncated_file_raises_corrupt_error(trained, tmp_path):
+    bad = tmp_path / "truncated.pt"
+    data = trained.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(T.TeacherCheckpointError) as info:
+        T.load_teacher(bad)
+    message = str(info.value)
+    assert str(bad) in message and "corrupt or truncated" in message and "retrain" in message
+    with pytest.raises(T.TeacherCheckpointError, match="truncated"):
+        T.read_teacher_metadata(bad)
+
+
+def test_flipped_payload_bytes_raise_checksum_error(trained, tmp_path):
+    data = bytearray(trained.read_bytes())
+    weight = _state(trained)["classifier.weight"]
+    start = data.find(weight.numpy().tobytes())
+    assert start > 0
+    data[start + 5] ^= 0xFF
+    bad = tmp_path / "flipped.pt"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(T.TeacherChecksumError) as info:
+        T.load_teacher(bad)
+    assert str(bad) in str(info.value) and "checksum" in str(info.value)
+
+
+def test_wrong_expected_arch_or_dataset(trained):
+    with pytest.raises(T.TeacherMismatchError) as info:
+        T.load_teacher(trained, expected_arch="resnet8")
+    assert "cnn_w8" in str(info.value) and "resnet8" in str(info.value)
+    with pytest.raises(T.TeacherMismatchError) as info:
+        T.load_teacher(trained, expected_dataset="cifar100")
+    assert "synthetic" in str(info.value) and "cifar100" in str(info.value)
+
+
+def test_missing_file_names_train_command(tmp_path):
+    path = T.teacher_path("cnn_w16", "fashion_mnist", seed=2, cache_dir=tmp_path)
+    with pytest.raises(T.TeacherNotFoundError) as info:
+        T.load_teacher(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert f"kd-env teachers train --dataset fashion_mnist --arch cnn_w16 --seed 2 --cache-dir {tmp_path}" in message
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_not_a_teacher_checkpoint(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"weights": torch.ones(2)}, path)
+    with pytest.raises(T.TeacherCheckpointError, match="not a kd_env teacher checkpoint"):
+        T.load_teacher(path)
+
+
+# ------------------------------------------------------------------------------------- resume / atomic
+
+
+def test_interrupted_training_resumes_and_matches(splits, tmp_path, trained):
+    # ``trained``: the uninterrupted 2-epoch run with the same settings
+    seen: list[int] = []
+
+    def interrupt(epoch, info):
+        seen.append(epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(splits, tmp_path, on_epoch_end=interrupt)
+    folder = tmp_path / "teachers" / "synthetic"
+    assert (folder / "cnn_w8-s0.partial.pt").is_file() and not (folder / "cnn_w8-s0.pt").exists()
+    path = _train(splits, tmp_path, on_epoch_end=interrupt)
+    assert seen == [1, 2]  # the second call started at epoch 2
+    a, b = _state(trained), _state(path)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert T.read_teacher_metadata(path)["history"] == T.read_teacher_metadata(trained)["history"]
+    _no_stray_files(folder)
+
+
+def test_resume_false_starts_over(splits, tmp_path):
+    def stop(epoch, info):
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        _train(splits, tmp_path, epochs=2, on_epoch_end=stop)
+    seen: list[int] = []
+    _train(splits, tmp_path, epochs=2, resume=False, on_epoch_end=lambda e, i: seen.append(e))
+    assert seen == [1, 2]
+
+
+def test_partial_with_other_settings_is_ignored(splits, tmp_path):
+    def stop(epoch, info):
+        raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError):
+        _train(splits, tmp_path, epochs=2, on_epoch_end=stop)
+    seen: list[int] = []
+    with pytest.warns(UserWarning, match="other settings"):
+        _train(splits, tmp_path, epochs=3, on_epoch_end=lambda e, i: seen.append(e))
+    assert seen == [1, 2, 3]
+
+
+def test_failed_save_keeps_old_file_and_no_temp(trained, tmp_path, monkeypatch):
+    path = tmp_path / "t.pt"
+    path.write_bytes(trained.read_bytes())
+
+    def broken_save(obj, handle, *args, **kwargs):
+        handle.write(b"partial bytes")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(T.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        T.save_teacher(create_model("cnn_w8", 4, 1), path, {"arch": "cnn_w8", "dataset": "synthetic", "num_classes": 4, "in_channels": 1})
+    monkeypatch.undo()
+    assert path.read_bytes() == trained.read_bytes()
+    _no_stray_files(tmp_path)
+
+
+# ------------------------------------------------------------------------------------- pools / CLI
+
+
+def test_pools_and_recipes():
+    assert T.TEACHER_POOLS["cifar100"] == ["RegNetY_400MF", "RegNetX_400MF", "resnet32x4", "wrn_28_4"]
+    for dataset, pool in T.TEACHER_POOLS.items():
+        assert set(T.TEACHER_POOL_EPOCHS[dataset]) == set(pool)
+        assert 3 <= len(pool) <= 4
+    assert T.default_recipe("resnet32x4", "cifar100") == {"epochs": 240, "lr": 0.05, "batch_size": 64}
+    assert T.default_recipe("MobileNetV2", "cifar100")["lr"] == 0.01
+    assert T.default_recipe("ShuffleV2", "cifar10")["lr"] == 0.01
+    assert T.lr_milestones(240) == [150, 180, 210]
+    assert T.teacher_path("mlp", "fashion_mnist", 3, "/c") == Path("/c/teachers/fashion_mnist/mlp-s3.pt")
+
+
+def test_ensure_teacher_pool(tmp_path):
+    with pytest.raises(T.TeacherNotFoundError) as info:
+        T.ensure_teacher_pool("synthetic", cache_dir=tmp_path)
+    message = str(info.value)
+    for arch in T.TEACHER_POOLS["synthetic"]:
+        assert str(T.teacher_path(arch, "synthetic", cache_dir=tmp_path)) in message
+    assert "kd-env teachers train --dataset synthetic --arch mlp --arch cnn_w8 --arch cnn_w16" in message
+    paths = T.ensure_teacher_pool("synthetic", cache_dir=tmp_path, train_missing=True, epochs=1, progress=False)
+    assert [p.name for p in paths] == [f"{a}-s0.pt" for a in T.TEACHER_POOLS["synthetic"]]
+    assert T.ensure_teacher_pool("synthetic", cache_dir=tmp_path) == paths
+    listed = T.list_teachers(tmp_path)
+    assert sorted(e["arch"] for e in listed) == sorted(T.TEACHER_POOLS["synthetic"])
+    (paths[0].parent / "junk-s0.pt").write_bytes(b"not a zip")
+    assert any("error" in e for e in T.list_teachers(tmp_path, dataset="synthetic"))
+
+
+def test_cli_train_and_list(tmp_path, capsys):
+    args = ["teachers", "train", "--dataset", "synthetic", "--arch", "mlp", "--arch", "cnn_w8", "--epochs", "1", "--cache-dir", str(tmp_path), "--no-progress"]
+    assert cli_main(args) == 0
+    for arch in ("mlp", "cnn_w8"):
+        meta = T.read_teacher_metadata(T.teacher_path(arch, "synthetic", cache_dir=tmp_path))
+        assert meta["epochs"] == 1
+    capsys.readouterr()
+    assert cli_main(args) == 0  # existing checkpoints are skipped
+    assert "skipping" in capsys.readouterr().out
+    assert cli_main(["teachers", "list", "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mlp" in out and "cnn_w8" in out and "test_acc" in out
+    assert cli_main(["teachers", "list", "--cache-dir", str(tmp_path), "--json"]) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert {e["arch"] for e in entries} == {"mlp", "cnn_w8"}
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert cli_main(["teachers", "train", "--dataset", "nope", "--cache-dir", str(tmp_path)]) == 2
+    assert "no default teacher pool" in capsys.readouterr().err
+    assert cli_main([]) == 2
+    assert cli_main(["teachers"]) == 2
+
+
+def test_no_validation_split_keeps_last_epoch(tmp_path):
+    splits = load_dataset("synthetic", val_fraction=0.0)
+    path = _train(splits, tmp_path, epochs=2)
+    meta = T.read_teacher_metadata(path)
+    assert meta["val_acc"] is None and meta["best_epoch"] == 2 and 0.0 <= meta["test_acc"] <= 1.0
