@@ -7,6 +7,10 @@ an ``add_..._parser(subparsers)`` and a ``cmd_...`` function and call the former
 :func:`build_parser`.
 
 Commands:
+    kd-env demo                                   # the main job (see README)
+    kd-env train --env ID --agent NAME [--per-sample] [--env-arg k=v ...] [--resume]
+    kd-env bench --preset quick|fmnist|cifar100-paper [--out DIR]
+    kd-env data check|fetch DATASET
     kd-env teachers train --dataset fashion_mnist [--arch mlp --arch cnn_w16 ...] [--epochs N]
     kd-env teachers list [--dataset NAME] [--json]
 """
@@ -17,6 +21,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -162,24 +167,187 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
     return 2
 
 
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def add_data_parser(subparsers: Any) -> None:
+    """``kd-env data {check,fetch}``."""
+    data = subparsers.add_parser("data", help="find or fetch datasets")
+    data.set_defaults(func=lambda args: _print_help(data))
+    sub = data.add_subparsers(dest="data_command", metavar="{check,fetch}")
+    for name, help_text, func in (
+        ("check", "say where a dataset is found (exit 1 if nowhere)", cmd_data_check),
+        ("fetch", "prepare a dataset in the cache (with --download: download it if missing)", cmd_data_fetch),
+    ):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("dataset", help="cifar100, cifar10 or fashion_mnist")
+        command.add_argument("--data-root", default=None)
+        if name == "fetch":
+            command.add_argument("--download", action="store_true", help="download with torchvision if missing")
+        command.set_defaults(func=func)
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from kd_env.data import find_data_root
+
+    print(f"{args.dataset}: {find_data_root(args.dataset, args.data_root)}")
+    return 0
+
+
+def cmd_data_fetch(args: argparse.Namespace) -> int:
+    from kd_env.data import load_dataset
+
+    splits = load_dataset(args.dataset, args.data_root, download=args.download)
+    print(f"{args.dataset}: {splits.train_labels.numel()} train, {splits.val_labels.numel()} val, {splits.test_labels.numel()} test images ready")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# train (the runner) and bench (the sweep)
+
+
+def _key_values(pairs: Sequence[str] | None, what: str) -> dict[str, Any]:
+    """``key=value`` pairs; values are read as JSON where they parse (numbers, lists, true), else strings."""
+    result: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise SystemExit(f"error: {what} takes key=value, got {pair!r}")
+        try:
+            result[key] = json.loads(value)
+        except json.JSONDecodeError:
+            result[key] = value
+    return result
+
+
+def add_train_parser(subparsers: Any) -> None:
+    from kd_env.run import AGENTS
+
+    train = subparsers.add_parser(
+        "train",
+        help="train an agent or run a baseline on an env (TensorBoard, checkpoints, --resume)",
+        description="One student training run driven by any policy. Example: kd-env train --env "
+        "MultiTeacherKD-FashionMNIST-v0 --agent reinforce --env-arg epochs=3",
+    )
+    train.add_argument("--env", default="MultiTeacherKD-FashionMNIST-v0", help="a registered env id")
+    train.add_argument("--agent", required=True, choices=AGENTS)
+    train.add_argument("--per-sample", action="store_true", help="use the per-sample env (MTKD-RL's formulation)")
+    train.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help="env keyword argument (repeatable), e.g. epochs=3 device=cuda")
+    train.add_argument("--agent-arg", action="append", metavar="KEY=VALUE", help="agent keyword argument (repeatable), e.g. n_steps=32")
+    train.add_argument("--total-steps", type=int, default=None, help="student updates to run (default: one training run)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--run-dir", default=None, help="default: runs/<env>__<agent>__seed<seed>")
+    train.add_argument("--checkpoint-every", type=int, default=500, help="student updates between checkpoints (0: only at the end)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--no-tensorboard", action="store_true")
+    train.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from kd_env.run import RunConfig, train
+
+    run_dir = args.run_dir or f"runs/{args.env}__{args.agent}{'-per-sample' if args.per_sample else ''}__seed{args.seed}"
+    config = RunConfig(
+        env_id=args.env,
+        agent=args.agent,
+        run_dir=run_dir,
+        per_sample=args.per_sample,
+        env_kwargs=_key_values(args.env_arg, "--env-arg"),
+        agent_kwargs=_key_values(args.agent_arg, "--agent-arg"),
+        total_steps=args.total_steps,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        tensorboard=not args.no_tensorboard,
+        progress=not args.no_progress,
+    )
+    result = train(config, resume=args.resume)
+    for index, episode in enumerate(result.episodes):
+        print(
+            f"student run {index + 1}: test accuracy {episode['final_test_acc']:.4f} "
+            f"(best-validation checkpoint, val {episode['best_val_acc']:.4f} at epoch {int(episode['best_epoch']) + 1})"
+        )
+    print(f"{result.env_steps} student updates in {result.wall_time_s:.0f} s; TensorBoard: {run_dir}/tb")
+    return 0
+
+
+def add_bench_parser(subparsers: Any) -> None:
+    from kd_env.bench import PRESETS
+
+    bench = subparsers.add_parser(
+        "bench",
+        help="run methods x seeds on one env configuration; tables and plots",
+        description="Presets: " + "; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items()),
+    )
+    bench.add_argument("--preset", default="quick", choices=sorted(PRESETS))
+    bench.add_argument("--out", default=None, help="output folder (default: results/<preset>)")
+    bench.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help="override an env argument of every run")
+    bench.add_argument("--no-progress", action="store_true")
+    bench.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from kd_env.bench import run_benchmark
+
+    out = args.out or f"results/{args.preset}"
+    run_benchmark(args.preset, out, _key_values(args.env_arg, "--env-arg"), progress=not args.no_progress)
+    print((Path(out) / "results.md").read_text())
+    print(f"tables, plots and TensorBoard runs: {out}")
+    return 0
+
+
+def add_demo_parser(subparsers: Any) -> None:
+    demo = subparsers.add_parser(
+        "demo",
+        help="the main job: teacher pool (trained once, then cached) and the quick benchmark on Fashion-MNIST",
+    )
+    demo.add_argument("--out", default="results/quick")
+    demo.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from kd_env.data import load_dataset
+    from kd_env.teachers import ensure_teacher_pool, read_teacher_metadata
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    dataset = "fashion_mnist"
+    load_dataset(dataset)  # a missing dataset fails here, with the places it looked
+    paths = ensure_teacher_pool(dataset, train_missing=True)
+    print("teachers (test accuracy):")
+    for path in paths:
+        meta = read_teacher_metadata(path)
+        print(f"  {meta['arch']:>8}: {meta['test_acc']:.4f}")
+    print("students distilled from them (quick preset: 1 epoch, 1 seed):")
+    return cmd_bench(argparse.Namespace(preset="quick", out=args.out, env_arg=None, no_progress=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kd-env`` parser: one subparser per command group."""
     parser = argparse.ArgumentParser(prog="kd-env", description="kd-env: multi-teacher knowledge distillation as a Gymnasium env")
     parser.set_defaults(func=lambda args: _print_help(parser))
     subparsers = parser.add_subparsers(dest="command", metavar="<command>")
+    add_demo_parser(subparsers)
+    add_train_parser(subparsers)
+    add_bench_parser(subparsers)
     add_teachers_parser(subparsers)
+    add_data_parser(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (errors of the library print one message, status 1)."""
+    from kd_env.data import DatasetNotFoundError
+    from kd_env.envs import TeacherSetupError
     from kd_env.teachers import TeacherCheckpointError
 
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except TeacherCheckpointError as exc:
+    except (TeacherCheckpointError, TeacherSetupError, DatasetNotFoundError, FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,0 +1,44 @@
+# Set-up and everyday commands. `make demo` and `make test` work from a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The only torch / torchvision pair that imports on our CPU machines; installed before the
+# package so that pip does not pull the newest torch. A GPU machine with its own torch can
+# skip this and `pip install -e .` directly (setup.cfg keeps ranges).
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install data demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $@
+
+# Fashion-MNIST where it is missing: Debian's package when apt is there and we are root,
+# torchvision's download otherwise (into the kd-env cache).
+data: install
+	@if $(BIN)/kd-env data check fashion_mnist >/dev/null 2>&1; then \
+		echo "Fashion-MNIST: found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Fashion-MNIST: installing Debian's dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else \
+		$(BIN)/kd-env data fetch fashion_mnist --download; \
+	fi
+	@$(BIN)/kd-env data check fashion_mnist
+
+demo: install data
+	$(BIN)/kd-env demo
+
+test: install data
+	$(BIN)/python -m pytest
+
+bench: install data
+	$(BIN)/python benchmarks/bench_speed.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
