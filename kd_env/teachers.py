@@ -39,7 +39,6 @@ import datetime as _dt
 import hashlib
 import os
 import shlex
-import secrets
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -48,6 +47,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from kd_env.utils import atomic_torch_save
 
 __all__ = [
     "TEACHER_FORMAT",
@@ -194,35 +195,6 @@ def train_command(
 # atomic files and checksums
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not supported everywhere (e.g. Windows)
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temp file next to ``path``, fsync it, then ``os.replace`` it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # like mkstemp, but with the usual umask-governed permissions rather than 0600
-    tmp_name = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(path.parent)
-
-
 def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     """SHA-256 hex digest of a state dict, independent of how ``torch.save`` lays it out.
 
@@ -303,7 +275,7 @@ def save_teacher(
     meta["sha256"] = state_dict_sha256(state_dict)
     meta["sha256_scheme"] = _SHA_SCHEME
     path = Path(path)
-    _atomic_torch_save({"format": TEACHER_FORMAT, "metadata": meta, "state_dict": state_dict}, path)
+    atomic_torch_save({"format": TEACHER_FORMAT, "metadata": meta, "state_dict": state_dict}, path)
     return path
 
 
@@ -439,23 +411,6 @@ def load_teacher(
 # training
 
 
-def _model_kwargs(arch: str, image_shape: Sequence[int], extra: dict[str, Any] | None) -> dict[str, Any]:
-    """Factory kwargs beyond num_classes/in_channels: ``image_size`` where the factory takes it
-    (e.g. ``mlp``, whose first layer depends on it), plus the caller's ``extra``."""
-    import inspect
-
-    from kd_env.models.registry import MODELS
-
-    kwargs: dict[str, Any] = {}
-    factory = MODELS.get(arch)
-    if factory is not None:
-        with contextlib.suppress(TypeError, ValueError):
-            if "image_size" in inspect.signature(factory).parameters:
-                kwargs["image_size"] = int(image_shape[-1])
-    kwargs.update(extra or {})
-    return kwargs
-
-
 def _uses_conv(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
@@ -576,7 +531,9 @@ def train_teacher(
     test_x, test_y = splits.test_images.to(device), splits.test_labels.to(device)
     num_classes = int(splits.num_classes)
     in_channels = int(train_x.shape[1])
-    model_kwargs = _model_kwargs(arch, tuple(train_x.shape[1:]), model_kwargs)
+    # image_size reaches only the factories that depend on it (e.g. mlp); it is stored so that
+    # load_teacher rebuilds the same model
+    model_kwargs = {"image_size": int(train_x.shape[-1]), **(model_kwargs or {})}
     transform = BatchTransform(splits.mean, splits.std, **default_augmentation(dataset_name))
 
     torch.manual_seed(seed)
@@ -686,7 +643,7 @@ def train_teacher(
                 best_val, best_epoch, best_state = val_acc, epoch + 1, _cpu_state_dict(model)
             history.append({"epoch": epoch + 1, "lr": epoch_lr, "train_loss": train_loss, "val_acc": val_acc if has_val else None})
             elapsed = elapsed_before + time.perf_counter() - t_start
-            _atomic_torch_save(
+            atomic_torch_save(
                 {
                     "format": PARTIAL_FORMAT,
                     "config": config,
