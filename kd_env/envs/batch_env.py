@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 
-from kd_env.engine import DistillationEngine
-from kd_env.envs.common import (
-    KDEnvSettings,
-    RewardTracker,
-    action_to_weights,
-    build_engine,
-    step_info,
-    validate_action,
-)
+from kd_env.envs.common import KDEnvCore, step_info
 from kd_env.features import BatchFeatureSpec, batch_features
-from kd_env.utils import atomic_torch_save
-
-CHECKPOINT_FORMAT = "kd_env.env/1"
 
 
-class MultiTeacherKDEnv(gym.Env[np.ndarray, np.ndarray]):
+class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
     """
     ## Description
 
@@ -118,11 +105,7 @@ class MultiTeacherKDEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ValueError(f"steps_per_action must be >= 1, got {steps_per_action}")
         self.render_mode = render_mode
         self.steps_per_action = int(steps_per_action)
-        self.settings = KDEnvSettings.from_kwargs(**kwargs)
-        self.engine: DistillationEngine = build_engine(self.settings)
-        self.teacher_names = list(self.engine.teacher_names)
-        self.num_teachers = self.engine.num_teachers
-        self.heads = 2 if self.settings.feature_kd else 1
+        self._setup_core(kwargs)
         self.feature_spec = BatchFeatureSpec(
             tuple(self.teacher_names),
             self.engine.num_classes,
@@ -133,20 +116,13 @@ class MultiTeacherKDEnv(gym.Env[np.ndarray, np.ndarray]):
         self.max_lr = max(1.0, float(self.engine.config.lr))
         low, high = self.feature_spec.bounds(self.max_lr)
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
-        action_low = -1.0 if self.settings.action_mode == "softmax" else 0.0
-        self.action_space = spaces.Box(action_low, 1.0, (self.heads * self.num_teachers,), dtype=np.float32)
-        self.rewards = RewardTracker(self.engine, self.settings.reward_mode, self.settings.probe_size, self.settings.reward_scale)
-        self._last_observation: np.ndarray | None = None
+        self.action_space = self._single_action_space()
         self._last_info: dict[str, Any] = {}
-        self._episode_seed: int | None = None
 
     # ------------------------------------------------------------------ Gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        # every random draw of the episode derives from this one integer
-        self._episode_seed = int(self.np_random.integers(0, 2**31 - 1))
-        self.engine.reset(self._episode_seed)
-        self.rewards.reset()
+        self._start_episode()
         observation = self._observation()
         self._last_info = {"epoch": 0, "step": 0, "lr": float(self.engine.lr)}
         return observation, dict(self._last_info)
@@ -156,10 +132,7 @@ class MultiTeacherKDEnv(gym.Env[np.ndarray, np.ndarray]):
             raise RuntimeError("call reset() before step()")
         if self.engine.current is None:
             raise RuntimeError("the episode has ended; call reset() to start a new student")
-        array = validate_action(action, self.action_space.shape, self.settings.action_mode, self.num_teachers)
-        logit_weights, feature_weights = action_to_weights(
-            array, self.num_teachers, self.heads, self.settings.action_mode, self.settings.scale
-        )
+        logit_weights, feature_weights = self._weights_for(action, self.action_space.shape)
         reward, terminated, info = 0.0, False, {}
         for _ in range(self.steps_per_action):
             result = self.engine.step(logit_weights, feature_weights)
@@ -204,61 +177,3 @@ class MultiTeacherKDEnv(gym.Env[np.ndarray, np.ndarray]):
         observation[self.feature_names.index("lr")] = np.float32(min(self.engine.lr, self.max_lr))
         self._last_observation = observation
         return observation.copy()
-
-    # ------------------------------------------------------------------ checkpoints
-    def save(self, path: str | Path) -> Path:
-        """Write the whole training state (student, adapters, optimizer, schedule, data order,
-        RNG, reward state) atomically. ``load`` on an env built with the same arguments resumes it."""
-        if self._last_observation is None:
-            raise RuntimeError("nothing to save: call reset() first")
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "kind": type(self).__name__,
-            "settings": self._compat_settings(),
-            "engine": self.engine.state_dict(),
-            "rewards": self.rewards.state_dict(),
-            "np_random": self.np_random.bit_generator.state,
-            "episode_seed": self._episode_seed,
-            "last_observation": torch.from_numpy(self._last_observation.copy()),
-        }
-        return atomic_torch_save(state, path)
-
-    def load(self, path: str | Path) -> None:
-        """Restore a :meth:`save` checkpoint; raises ``ValueError`` naming what does not match."""
-        state = load_env_checkpoint(path, type(self).__name__, self._compat_settings())
-        self.engine.load_state_dict(state["engine"])
-        self.rewards.load_state_dict(state["rewards"])
-        self.np_random.bit_generator.state = state["np_random"]
-        self._episode_seed = state["episode_seed"]
-        self._last_observation = state["last_observation"].numpy().astype(np.float32)
-
-    def _compat_settings(self) -> dict[str, Any]:
-        return compat_settings(self.settings, self.teacher_names)
-
-
-def compat_settings(settings: KDEnvSettings, teacher_names: list[str]) -> dict[str, Any]:
-    """The settings that must match between a checkpoint and the env that loads it."""
-    keys = ("dataset", "student", "epochs", "batch_size", "feature_kd", "reward_mode", "max_steps_per_epoch")
-    values = {key: getattr(settings, key) for key in keys}
-    values["teacher_names"] = list(teacher_names)
-    return values
-
-
-def load_env_checkpoint(path: str | Path, kind: str, expected: dict[str, Any]) -> dict[str, Any]:
-    """Read an env checkpoint and check that it belongs to an env like this one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no environment checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which and why
-        raise ValueError(f"environment checkpoint {path} is corrupt or truncated ({exc}); save it again") from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a kd-env environment checkpoint (format {CHECKPOINT_FORMAT})")
-    if state.get("kind") != kind:
-        raise ValueError(f"{path} holds a {state.get('kind')} checkpoint, this env is a {kind}")
-    mismatched = {k: (state["settings"].get(k), v) for k, v in expected.items() if state["settings"].get(k) != v}
-    if mismatched:
-        details = ", ".join(f"{k}: checkpoint {a!r} vs env {b!r}" for k, (a, b) in mismatched.items())
-        raise ValueError(f"checkpoint {path} was made by a different environment ({details}); build the env with the same arguments")
-    return state

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from kd_env.engine import DistillationEngine
-from kd_env.envs.batch_env import CHECKPOINT_FORMAT, compat_settings, load_env_checkpoint
-from kd_env.envs.common import (
-    KDEnvSettings,
-    RewardTracker,
-    action_to_weights,
-    build_engine,
-    final_metrics,
-    validate_action,
-)
+from kd_env.envs.common import KDEnvCore, final_metrics
 from kd_env.features import SampleStateSpec, per_sample_state
-from kd_env.utils import atomic_torch_save
 
 
-class PerSampleKDVectorEnv(VectorEnv):
+class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
     """
     ## Description
 
@@ -107,12 +95,8 @@ class PerSampleKDVectorEnv(VectorEnv):
                 raise ValueError(f"num_envs={num_envs} and batch_size={kwargs['batch_size']} disagree: they are the same thing here")
             kwargs["batch_size"] = num_envs
         kwargs.setdefault("reward_mode", "neg_loss")
-        self.settings = KDEnvSettings.from_kwargs(**kwargs)
-        self.engine: DistillationEngine = build_engine(self.settings)
+        self._setup_core(kwargs)
         self.num_envs = self.engine.config.batch_size
-        self.teacher_names = list(self.engine.teacher_names)
-        self.num_teachers = self.engine.num_teachers
-        self.heads = 2 if self.settings.feature_kd else 1
         self.obs_clip = float(obs_clip)
         embedding_dims = tuple(int(shape[0]) for shape in self.engine.teacher_shapes)
         self.state_spec = SampleStateSpec(
@@ -126,20 +110,14 @@ class PerSampleKDVectorEnv(VectorEnv):
         )
         self.feature_names = self.state_spec.names
         self.single_observation_space = spaces.Box(-self.obs_clip, self.obs_clip, (self.state_spec.size,), dtype=np.float32)
-        action_low = -1.0 if self.settings.action_mode == "softmax" else 0.0
-        self.single_action_space = spaces.Box(action_low, 1.0, (self.heads * self.num_teachers,), dtype=np.float32)
+        self.single_action_space = self._single_action_space()
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self.rewards = RewardTracker(self.engine, self.settings.reward_mode, self.settings.probe_size, self.settings.reward_scale)
-        self._last_observation: np.ndarray | None = None
         self._needs_reset = True
-        self._episode_seed: int | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
-        self._episode_seed = int(self.np_random.integers(0, 2**31 - 1))
-        self.engine.reset(self._episode_seed)
-        self.rewards.reset()
+        self._start_episode()
         self._needs_reset = False
         return self._observation(), {}
 
@@ -150,10 +128,7 @@ class PerSampleKDVectorEnv(VectorEnv):
             observation, _ = self.reset()
             zeros = np.zeros(self.num_envs, dtype=bool)
             return observation, np.zeros(self.num_envs), zeros, zeros.copy(), {}
-        array = validate_action(actions, self.action_space.shape, self.settings.action_mode, self.num_teachers)
-        logit_weights, feature_weights = action_to_weights(
-            array, self.num_teachers, self.heads, self.settings.action_mode, self.settings.scale
-        )
+        logit_weights, feature_weights = self._weights_for(actions, self.action_space.shape)
         result = self.engine.step(logit_weights, feature_weights)
         if result.diverged:
             rewards = np.full(self.num_envs, float(self.settings.divergence_penalty))
@@ -200,28 +175,8 @@ class PerSampleKDVectorEnv(VectorEnv):
         self.engine.current = None
         self._last_observation = None
 
-    def save(self, path: str | Path) -> Path:
-        """Write the training state atomically (see :meth:`MultiTeacherKDEnv.save`)."""
-        if self._last_observation is None:
-            raise RuntimeError("nothing to save: call reset() first")
-        state = {
-            "format": CHECKPOINT_FORMAT,
-            "kind": type(self).__name__,
-            "settings": compat_settings(self.settings, self.teacher_names),
-            "engine": self.engine.state_dict(),
-            "rewards": self.rewards.state_dict(),
-            "np_random": self.np_random.bit_generator.state,
-            "episode_seed": self._episode_seed,
-            "needs_reset": self._needs_reset,
-            "last_observation": torch.from_numpy(self._last_observation.copy()),
-        }
-        return atomic_torch_save(state, path)
+    def _extra_state(self) -> dict[str, Any]:
+        return {"needs_reset": self._needs_reset}
 
-    def load(self, path: str | Path) -> None:
-        state = load_env_checkpoint(path, type(self).__name__, compat_settings(self.settings, self.teacher_names))
-        self.engine.load_state_dict(state["engine"])
-        self.rewards.load_state_dict(state["rewards"])
-        self.np_random.bit_generator.state = state["np_random"]
-        self._episode_seed = state["episode_seed"]
+    def _load_extra_state(self, state: dict[str, Any]) -> None:
         self._needs_reset = bool(state["needs_reset"])
-        self._last_observation = state["last_observation"].numpy().astype(np.float32)
