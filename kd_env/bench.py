@@ -151,11 +151,17 @@ def _run_one(run_dir: Path) -> None:
     train(config, resume=resume)
 
 
-def run_benchmark(preset_name: str, out: str | Path, overrides: dict[str, Any] | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Run (or continue) a preset's sweep and write the tables and plots. Returns the rows."""
-    if preset_name not in PRESETS:
-        raise ValueError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
-    preset = PRESETS[preset_name]
+def run_benchmark(
+    preset: str | Preset, out: str | Path, overrides: dict[str, Any] | None = None, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Run (or continue) a preset's sweep (a name of :data:`PRESETS` or a :class:`Preset`) and
+    write the tables and plots. Returns the rows."""
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        preset_name, preset = preset, PRESETS[preset]
+    else:
+        preset_name = "custom"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = plan(preset, out, overrides)
