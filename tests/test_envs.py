@@ -319,3 +319,22 @@ def test_sb3_adapter_is_a_working_vecenv():
     assert dones.all() and "terminal_observation" in infos[0]
     assert venv.get_attr("teacher_names")[0] == ["mlp", "cnn_w8", "cnn_w16"]
     venv.close()
+
+
+def test_fashion_mnist_env_passes_the_checkers_and_repeats():
+    """The real-data env (Fashion-MNIST from the Debian package, which `make test` installs).
+
+    Untrained teachers keep the test fast; the data path, the spaces and the determinism
+    checks are those of the default env.
+    """
+    kwargs = {"teachers": ["random:mlp", "random:cnn_w8"], "epochs": 1, "max_steps_per_epoch": 3}
+    env = gym.make("MultiTeacherKD-FashionMNIST-v0", **kwargs)
+    assert env.unwrapped.engine.data.train_images.shape[1:] == (1, 28, 28)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gym_check_env(env.unwrapped)
+        sb3_check_env(env.unwrapped, warn=True)
+    first = _rollout(env, seed=1, steps=5)
+    second = _rollout(env, seed=1, steps=5)
+    _assert_same_trace(first, second)
+    assert first[-1][2] is True and "final_test_acc" in first[-1][3]
