@@ -72,6 +72,9 @@ PRESETS: dict[str, Preset] = {
         env_id=FMNIST_ID,
         methods=_BASELINES
         + [
+            # the per-sample rules applied per sample, as published (the batch-level env averages them)
+            Method("EBKD (per-sample)", "ebkd", per_sample=True, env_kwargs=_PER_SAMPLE),
+            Method("CA-MKD (per-sample)", "camkd", per_sample=True, env_kwargs=_PER_SAMPLE),
             Method("REINFORCE", "reinforce"),
             Method("REINFORCE (per-sample)", "reinforce", per_sample=True, env_kwargs=_PER_SAMPLE),
             Method("MTKD-RL", "mtkd-rl", per_sample=True, env_kwargs=_PER_SAMPLE),
