@@ -350,7 +350,7 @@ def _run_baseline(config, env, kd, logger, remaining, resumed, save_checkpoint) 
     if resumed:
         kd.load(checkpoints / "env.pt")
         policy = load_baseline(policy_path, env)
-        observation = kd._last_observation.copy()
+        observation = kd.last_observation
     else:
         policy = make_baseline(config.agent, env, seed=config.seed, **config.agent_kwargs)
         observation, _ = env.reset(seed=config.seed)
@@ -397,12 +397,14 @@ def _run_sb3(config, env, kd, logger, remaining, resumed, save_checkpoint) -> No
         # SB3 resets the env at the start of learn() unless it holds a last observation: give it
         # the restored env's, so the student's run continues instead of starting over
         vec_env = model.get_env()
-        raw = np.asarray(kd._last_observation, dtype=np.float32).reshape(vec_env.num_envs, -1)
+        raw = np.asarray(kd.last_observation, dtype=np.float32).reshape(vec_env.num_envs, -1)
         normalizer = model.get_vec_normalize_env()
         model._last_obs = normalizer.normalize_obs(raw) if normalizer is not None else raw
         if normalizer is not None:
             normalizer.old_obs = raw
         model._last_episode_starts = np.zeros(vec_env.num_envs, dtype=bool)
+        if not config.per_sample:
+            vec_env.set_attr("needs_reset", False)  # SB3's Monitor: the episode goes on, it was restored
     else:
         model = make_sb3_agent(config.agent, env, env_id=config.env_id, per_sample=config.per_sample, seed=config.seed, **config.agent_kwargs)
     per_step = model.get_env().num_envs

@@ -77,3 +77,15 @@ def test_existing_run_needs_resume(tmp_path):
         train(config)
     with pytest.raises(ValueError, match="unknown agent"):
         RunConfig(ENV, "dqn", str(tmp_path / "other"))
+
+
+def test_sb3_run_resumes_the_same_student_run(tmp_path):
+    """SB3 keeps no rollout in its checkpoint, so the agent is not bit-exact across a resume;
+    the student's run is: it continues where it stopped instead of starting over."""
+    config = {"env_id": ENV, "agent": "ppo", "env_kwargs": SHORT, "checkpoint_every": 3, "progress": False}
+    train(RunConfig(**config, run_dir=str(tmp_path / "run"), total_steps=6))
+    resumed = train(RunConfig(ENV, "ppo", str(tmp_path / "run"), total_steps=10, progress=False), resume=True)
+    assert resumed.env_steps == 10 and len(resumed.episodes) == 1  # one student run, not two
+    assert [step for step, _ in resumed.val_curve] == [5, 10]
+    assert [step for step, _ in _scalars(tmp_path / "run", "train/epoch")] == list(range(1, 11))
+    assert [value for _, value in _scalars(tmp_path / "run", "train/epoch")][5:] == [1.0] * 4 + [2.0]  # not epoch 0 again

@@ -357,6 +357,11 @@ class KDEnvCore:
         self._last_observation = None
         self._episode_seed: int | None = None
 
+    @property
+    def last_observation(self) -> np.ndarray | None:
+        """A copy of the observation the env last returned (e.g. to continue after :meth:`load`)."""
+        return None if self._last_observation is None else self._last_observation.copy()
+
     def _single_action_space(self) -> spaces.Box:
         low = -1.0 if self.settings.action_mode == "softmax" else 0.0
         return spaces.Box(low, 1.0, (self.heads * self.num_teachers,), dtype=np.float32)
