@@ -27,6 +27,7 @@ from typing import Any
 from kd_env.run import RunConfig
 
 FMNIST_ID = "MultiTeacherKD-FashionMNIST-v0"
+SMOOTHING_WINDOW = 25
 
 
 @dataclass(frozen=True)
@@ -254,15 +255,16 @@ def plot(runs: list[tuple[Method, str | None, RunConfig]], out: Path) -> None:
         key = method.label + (f" / {student}" if student else "")
         by_method.setdefault(key, []).append(_load_result(config))
 
+    colors = plt.cm.tab20(np.linspace(0, 1, max(len(by_method), 2)))
     figure, axis = plt.subplots(figsize=(8, 5))
-    for label, results in by_method.items():
+    for color, (label, results) in zip(colors, by_method.items()):
         curves = [r["val_curve"] for r in results if r["val_curve"]]
         if not curves:
             continue
         length = min(len(c) for c in curves)
         steps = [point[0] for point in curves[0][:length]]
         values = np.mean([[100 * point[1] for point in c[:length]] for c in curves], axis=0)
-        axis.plot(steps, values, marker="o", label=label)
+        axis.plot(steps, values, marker="o", label=label, color=color)
     axis.set_xlabel("student updates")
     axis.set_ylabel("validation accuracy (%), mean over seeds")
     axis.legend(fontsize=7)
@@ -277,17 +279,21 @@ def plot(runs: list[tuple[Method, str | None, RunConfig]], out: Path) -> None:
     for axis, (label, results) in zip(axes.flat, by_method.items()):
         trajectory = results[0]["weight_trajectory"]  # the first seed's run
         if trajectory:
-            steps = [point[0] for point in trajectory]
+            steps = np.array([point[0] for point in trajectory])
             weights = np.array([point[1] for point in trajectory])
+            # a moving average: stochastic policies draw new weights every step
+            window = max(1, min(SMOOTHING_WINDOW, len(steps) // 10))
+            kernel = np.ones(window) / window
             for index, name in enumerate(results[0]["teacher_names"]):
-                axis.plot(steps, weights[:, index], label=name, linewidth=0.8)
+                smoothed = np.convolve(weights[:, index], kernel, mode="valid")
+                axis.plot(steps[window - 1 :], smoothed, label=name, linewidth=1.0)
         axis.set_title(label, fontsize=9)
-        axis.set_ylim(0, 1)
+        axis.set_ylim(-0.03, 1.03)
     for axis in list(axes.flat)[len(by_method):]:
         axis.axis("off")
     axes.flat[0].legend(fontsize=7)
     figure.supxlabel("student updates")
-    figure.supylabel("teacher weight (batch mean)")
+    figure.supylabel(f"teacher weight (batch mean, moving average of {SMOOTHING_WINDOW} updates)")
     figure.tight_layout()
     figure.savefig(out / "weights.png", dpi=110)
     plt.close(figure)

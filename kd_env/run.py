@@ -335,6 +335,18 @@ def _peak_memory_mib(kd: Any) -> float:
     device = kd.engine.device
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mib()
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. ``VmHWM`` is reset by ``exec``, unlike ``ru_maxrss``,
+    which a child started by ``subprocess`` inherits from its (maybe much larger) parent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 

@@ -69,6 +69,10 @@ class EngineConfig:
     evaluate_test: bool = True
     """Also measure test accuracy at epoch ends (reported only; selection uses validation)."""
     channels_last: bool = True
+    """Teachers (inference only) in channels-last memory format: 10-25% faster on CPU."""
+    student_channels_last: bool = False
+    """The student (and adapters) in channels-last format; off by default, since training small
+    conv nets that way was up to 35% slower on our CPUs (measured for cnn_w8)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,7 +152,8 @@ class DistillationEngine:
         self.teacher_names = list(teacher_names or [f"teacher{k}" for k in range(len(teachers))])
         if len(self.teacher_names) != len(teachers):
             raise ValueError(f"{len(self.teacher_names)} teacher names for {len(teachers)} teachers")
-        self.memory_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        self.teacher_format = torch.channels_last if self.config.channels_last else torch.contiguous_format
+        self.student_format = torch.channels_last if self.config.student_channels_last else torch.contiguous_format
         self.teachers = [self._freeze(teacher) for teacher in teachers]
         for teacher in self.teachers:
             if teacher.num_classes != data.num_classes:
@@ -178,7 +183,7 @@ class DistillationEngine:
 
     # ------------------------------------------------------------------ set-up
     def _freeze(self, teacher: KDModel) -> KDModel:
-        teacher = teacher.to(self.device, memory_format=self.memory_format).eval()
+        teacher = teacher.to(self.device, memory_format=self.teacher_format).eval()
         for parameter in teacher.parameters():
             parameter.requires_grad_(False)
         return teacher
@@ -207,17 +212,19 @@ class DistillationEngine:
     def progress(self) -> float:
         return self.global_step / self.total_steps
 
-    def _images(self, images: torch.Tensor) -> torch.Tensor:
-        return images.contiguous(memory_format=self.memory_format)
+    def _format_for(self, model: nn.Module) -> torch.memory_format:
+        return self.teacher_format if any(model is teacher for teacher in self.teachers) else self.student_format
 
     @torch.inference_mode()
     def _probe_teacher_shapes(self) -> list[tuple[int, int, int]]:
         sample = self.eval_transform(self.data.train_images[:2], train=False)
-        return [tuple(teacher.forward_all(self._images(sample)).feature_map.shape[1:]) for teacher in self.teachers]
+        sample = sample.contiguous(memory_format=self.teacher_format)
+        return [tuple(teacher.forward_all(sample).feature_map.shape[1:]) for teacher in self.teachers]
 
     @torch.inference_mode()
     def _teacher_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """All teachers, once each, without autograd: stacked logits, embeddings, feature maps."""
+        images = images.contiguous(memory_format=self.teacher_format)
         outputs = [teacher.forward_all(images) for teacher in self.teachers]
         logits = torch.stack([output.logits for output in outputs])
         return logits, [output.embedding for output in outputs], [output.feature_map for output in outputs]
@@ -227,7 +234,7 @@ class DistillationEngine:
         logits, embeddings, feature_maps = [], [], []
         images = self.data.train_images
         for start in range(0, images.shape[0], self.config.eval_batch_size):
-            batch = self._images(self.eval_transform(images[start : start + self.config.eval_batch_size], train=False))
+            batch = self.eval_transform(images[start : start + self.config.eval_batch_size], train=False)
             batch_logits, batch_embeddings, batch_maps = self._teacher_outputs(batch)
             logits.append(batch_logits)
             embeddings.append(batch_embeddings)
@@ -246,7 +253,7 @@ class DistillationEngine:
         """Start a fresh student: new init, optimizer, schedule and data order, all from ``seed``."""
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
-            student = self.student_factory().to(self.device, memory_format=self.memory_format)
+            student = self.student_factory().to(self.device, memory_format=self.student_format)
             adapters = (
                 build_adapters(student.feature_channels, self.teacher_shapes).to(self.device)
                 if self.config.feature_kd
@@ -290,7 +297,7 @@ class DistillationEngine:
         self._generator_state_at_prepare = self.generator.get_state()
         indices = self._epoch_batches[self.step_in_epoch]
         labels = self.data.train_labels[indices]
-        images = self._images(self.train_transform(self.data.train_images[indices], self.generator, train=True))
+        images = self.train_transform(self.data.train_images[indices], self.generator, train=True)
         if self._teacher_cache is not None:
             teacher_logits = self._teacher_cache["logits"][:, indices]
             teacher_embeddings = [embedding[indices] for embedding in self._teacher_cache["embeddings"]]
@@ -302,7 +309,7 @@ class DistillationEngine:
         else:
             teacher_logits, teacher_embeddings, teacher_maps = self._teacher_outputs(images)
         assert self.student is not None and self.adapters is not None
-        student_output = self.student.forward_all(images)
+        student_output = self.student.forward_all(images.contiguous(memory_format=self.student_format))
         temperature = self.config.temperature
         with torch.no_grad():
             teacher_ce = per_sample_cross_entropy(teacher_logits, labels)
@@ -425,12 +432,13 @@ class DistillationEngine:
             return float("nan"), float("nan")
         model = model if model is not None else self.student
         assert model is not None
+        memory_format = self._format_for(model)
         was_training = model.training
         model.eval()
         correct, total_loss = 0, 0.0
         for start in range(0, labels.shape[0], self.config.eval_batch_size):
-            batch = self._images(self.eval_transform(images[start : start + self.config.eval_batch_size], train=False))
-            logits = model(batch)
+            batch = self.eval_transform(images[start : start + self.config.eval_batch_size], train=False)
+            logits = model(batch.contiguous(memory_format=memory_format))
             batch_labels = labels[start : start + self.config.eval_batch_size]
             correct += int((logits.argmax(1) == batch_labels).sum())
             total_loss += float(per_sample_cross_entropy(logits, batch_labels).sum())
@@ -444,7 +452,8 @@ class DistillationEngine:
         labels = self.data.val_labels[:num_samples]
         if labels.numel() == 0:
             raise ValueError("probe_loss needs a validation split (val_fraction > 0)")
-        images = self._images(self.eval_transform(self.data.val_images[:num_samples], train=False))
+        images = self.eval_transform(self.data.val_images[:num_samples], train=False)
+        images = images.contiguous(memory_format=self.student_format)
         self.student.eval()
         loss = float(per_sample_cross_entropy(self.student(images), labels).mean())
         self.student.train()
