@@ -36,6 +36,6 @@ class PrintEpochs(BaseCallback):
         return True
 
 
-model.learn(budget, callback=PrintEpochs(), progress_bar=True)
+model.learn(budget, callback=PrintEpochs())
 print(f"student test accuracy (best-validation checkpoint): {PrintEpochs.final['final_test_acc']:.4f}")
 print(f"TensorBoard logs: {LOG_DIR}")
