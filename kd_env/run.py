@@ -116,24 +116,6 @@ def make_env(config: RunConfig) -> Any:
     return gym.make(config.env_id, disable_env_checker=True, **kwargs)
 
 
-def _kd_env(env: Any) -> Any:
-    """The kd-env environment under any wrapper (Gymnasium wrappers or SB3 vec wrappers)."""
-    seen = env
-    for _ in range(20):
-        if hasattr(seen, "engine"):
-            return seen
-        if hasattr(seen, "unwrapped") and seen.unwrapped is not seen and hasattr(seen.unwrapped, "engine"):
-            return seen.unwrapped
-        for attribute in ("venv", "env", "envs"):
-            inner = getattr(seen, attribute, None)
-            if inner is not None:
-                seen = inner[0] if isinstance(inner, list) else inner
-                break
-        else:
-            break
-    raise ValueError(f"no kd-env environment inside {type(env).__name__}")
-
-
 class RunLogger:
     """TensorBoard (through ``torch.utils.tensorboard``) + progress bar + the run's records."""
 
@@ -276,7 +258,7 @@ def train(config: RunConfig, resume: bool = False) -> RunResult:
     checkpoints.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     env = make_env(config)
-    kd = _kd_env(env)
+    kd = env.unwrapped  # make_env's envs: gym.make's wrappers, or the per-sample env itself
     teacher_names = list(kd.teacher_names)
     episode_steps = kd.engine.total_steps
     total_steps = config.total_steps or episode_steps
