@@ -7,8 +7,14 @@ for every caller.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+
+#: How an action becomes weights: ``softmax(scale * a)``, renormalised non-negative weights,
+#: or non-negative weights applied as they are (MTKD-RL's all-ones warm-up).
+ACTION_MODES = ("softmax", "simplex", "raw")
 
 
 def logits_to_simplex(action: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -63,3 +69,34 @@ def check_weights(weights: torch.Tensor, num_teachers: int, batch_size: int, nam
     if (weights < 0).any():
         raise ValueError(f"{name} contain a negative entry; teacher weights must be >= 0")
     return weights.float()
+
+
+def action_to_weights(
+    action: np.ndarray, num_teachers: int, heads: int, action_mode: str, scale: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Map a checked action ``[..., heads * K]`` to (logit weights, feature weights).
+
+    ``softmax`` and ``simplex`` give weights on the simplex; ``raw`` applies them as they are.
+    """
+    tensor = torch.as_tensor(np.asarray(action, dtype=np.float32))
+    tensor = tensor.reshape(*tensor.shape[:-1], heads, num_teachers)
+    if action_mode == "softmax":
+        weights = logits_to_simplex(tensor, scale)
+    elif action_mode == "simplex":
+        weights = renormalize_simplex(tensor)
+    else:
+        weights = tensor
+    logit_weights = weights[..., 0, :]
+    feature_weights = weights[..., 1, :] if heads == 2 else None
+    return logit_weights, feature_weights
+
+
+def validate_action(action: Any, shape: tuple[int, ...], action_mode: str, num_teachers: int) -> np.ndarray:
+    """Check an action (ValueError naming the problem) and return it as a float32 array."""
+    array = np.asarray(action)
+    check_action(array, shape, mode=action_mode)
+    if action_mode == "simplex":
+        head_sums = array.reshape(*array.shape[:-1], -1, num_teachers).sum(-1)
+        if np.any(head_sums <= 0):
+            raise ValueError("action_mode='simplex' weights of a head sum to zero; give at least one teacher weight > 0")
+    return array.astype(np.float32)

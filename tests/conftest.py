@@ -36,7 +36,7 @@ def synthetic_teachers(synthetic_data):
 @pytest.fixture()
 def make_engine(synthetic_data, synthetic_teachers):
     from kd_env.engine import DistillationEngine, EngineConfig
-    from kd_env.envs.common import StudentFactory
+    from kd_env.envs import StudentFactory
 
     def factory(**overrides):
         config = EngineConfig(**{"epochs": 2, "batch_size": 32, **overrides})

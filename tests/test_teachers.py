@@ -195,7 +195,7 @@ def test_failed_save_keeps_old_file_and_no_temp(trained, tmp_path, monkeypatch):
         handle.write(b"partial bytes")
         raise OSError("disk full")
 
-    monkeypatch.setattr(T.torch, "save", broken_save)
+    monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         T.save_teacher(create_model("cnn_w8", 4, 1), path, {"arch": "cnn_w8", "dataset": "synthetic", "num_classes": 4, "in_channels": 1})
     monkeypatch.undo()

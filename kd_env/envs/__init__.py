@@ -11,7 +11,8 @@ from __future__ import annotations
 import gymnasium as gym
 
 from kd_env.envs.batch_env import MultiTeacherKDEnv
-from kd_env.envs.common import DATASET_DEFAULTS, KDEnvSettings, TeacherSetupError
+from kd_env.envs.assembly import StudentFactory, TeacherSetupError
+from kd_env.envs.settings import DATASET_DEFAULTS, KDEnvSettings
 from kd_env.envs.per_sample_env import PerSampleKDVectorEnv
 
 ENV_IDS: dict[str, str] = {
@@ -54,6 +55,7 @@ __all__ = [
     "KDEnvSettings",
     "MultiTeacherKDEnv",
     "PerSampleKDVectorEnv",
+    "StudentFactory",
     "TeacherSetupError",
     "make_sb3_per_sample_env",
     "register_envs",

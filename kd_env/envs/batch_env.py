@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from kd_env.envs.common import KDEnvCore, step_info
+from kd_env.envs.core import KDEnvCore, step_info
 from kd_env.features import BatchFeatureSpec, batch_features
 
 
@@ -82,7 +82,7 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
     env = gym.make("MultiTeacherKD-FashionMNIST-v0", student="cnn_w8", epochs=3, reward_mode="neg_loss")
     ```
 
-    All keyword arguments are JSON-serialisable; see :class:`kd_env.envs.common.KDEnvSettings`:
+    All keyword arguments are JSON-serialisable; see :class:`kd_env.envs.settings.KDEnvSettings`:
     ``dataset``, ``student``, ``teachers`` (architectures from the cache, checkpoint paths or
     ``"random:<arch>"``), ``epochs``, ``batch_size``, ``lr``, ``device``, ``data_root``,
     ``download``, ``cache_dir``, ``train_teachers``, ``feature_kd``, ``reward_mode``,

@@ -9,7 +9,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from kd_env.envs.common import KDEnvCore, final_metrics
+from kd_env.envs.core import KDEnvCore, final_metrics
 from kd_env.features import SampleStateSpec, per_sample_state
 
 
