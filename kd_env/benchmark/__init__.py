@@ -1,0 +1,1 @@
+"""The benchmark: presets, sweeps, statistics and reports."""
