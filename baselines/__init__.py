@@ -2,7 +2,8 @@
 
 ``rules`` holds the teacher-weighting rules as pure tensor functions; ``policies`` wraps them
 as policies with SB3's ``predict`` protocol, driven through the environments like the agents
-(``make_baseline("camkd", env)``, ``BASELINES``).
+(``make_baseline("camkd", env)``, ``BASELINES``), plus two reference policies: the label-aware
+``Oracle`` and ``NoKD`` (no distillation).
 """
 
 from .policies import (
@@ -13,6 +14,8 @@ from .policies import (
     EBKD,
     BaselinePolicy,
     BestTeacher,
+    NoKD,
+    Oracle,
     RandomDirichlet,
     load_baseline,
     make_baseline,
@@ -25,8 +28,11 @@ from .rules import (
     camkd_weights,
     camkd_weights_from_ce,
     capped_simplex_min_norm,
+    class_accuracies,
     ebkd_weights,
     kd_scale_for,
+    no_kd_weights,
+    oracle_weights,
     project_capped_simplex,
     random_dirichlet_weights,
 )
@@ -39,6 +45,8 @@ __all__ = [
     "EBKD",
     "BaselinePolicy",
     "BestTeacher",
+    "NoKD",
+    "Oracle",
     "RandomDirichlet",
     "aekd_weights",
     "aver_weights",
@@ -46,10 +54,13 @@ __all__ = [
     "camkd_weights",
     "camkd_weights_from_ce",
     "capped_simplex_min_norm",
+    "class_accuracies",
     "ebkd_weights",
     "kd_scale_for",
     "load_baseline",
     "make_baseline",
+    "no_kd_weights",
+    "oracle_weights",
     "project_capped_simplex",
     "published_kd_scale",
     "random_dirichlet_weights",

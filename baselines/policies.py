@@ -25,10 +25,19 @@ Accepted environments: the batch-level :class:`~kd_env.envs.batch_env.MultiTeach
 
 Actions
 -------
-A baseline gives its weights exactly, so the environment must be created with
-``action_mode="simplex"`` (each head renormalised to sum to one); the default ``"softmax"``
-mode would map the weights through ``softmax(scale * a)`` and distort them. Construction with
-any other mode raises ``ValueError``.
+A baseline gives its weights exactly, so the environment must be created in the action mode
+the class names in its ``action_mode`` class attribute: ``"simplex"`` for the rules (each head
+renormalised to sum to one), ``"raw"`` for :class:`NoKD` (all-zero weights, which simplex
+renormalisation refuses). The default ``"softmax"`` mode would map the weights through
+``softmax(scale * a)`` and distort them. Construction in any other mode raises ``ValueError``;
+the runner (``kd-env train``) creates the env in the right mode by itself.
+
+Reference policies
+------------------
+Two entries of :data:`BASELINES` are reference points, not competing methods
+(``reference = True``): :class:`Oracle` (the label-aware oracle, an upper reference that reads
+each sample's true label) and :class:`NoKD` (all weights zero: the student trained on
+cross-entropy alone, the floor that distillation must beat).
 
 * Batch-level env: one ``[K]`` weight vector per step. A per-sample rule (EBKD, CA-MKD) is
   averaged over the batch, which is *not* the same loss as applying it per sample; use the
@@ -74,8 +83,11 @@ from .rules import (
     aver_weights,
     best_teacher_weights,
     camkd_weights,
+    class_accuracies,
     ebkd_weights,
     kd_scale_for,
+    no_kd_weights,
+    oracle_weights,
     random_dirichlet_weights,
 )
 
@@ -87,6 +99,8 @@ __all__ = [
     "EBKD",
     "BaselinePolicy",
     "BestTeacher",
+    "NoKD",
+    "Oracle",
     "RandomDirichlet",
     "load_baseline",
     "make_baseline",
@@ -123,7 +137,7 @@ def _resolve_env(env: Any) -> KDEnv:
 def _registry_key(name: str) -> str:
     """``"CA-MKD"``, ``"CAMKD"``, ``"ca_mkd"`` -> ``"camkd"``; class names map to their registry name."""
     key = name.lower().replace("-", "").replace("_", "").replace(" ", "")
-    aliases = {"bestteacher": "best", "randomdirichlet": "random"}
+    aliases = {"bestteacher": "best", "randomdirichlet": "random", "nokd": "no-kd", "labeloracle": "oracle"}
     key = aliases.get(key, key)
     if key not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
@@ -147,23 +161,29 @@ class BaselinePolicy:
     """A teacher-weighting rule driven through a kd-env environment (see the module docstring).
 
     Subclasses implement :meth:`teacher_weights`, returning ``[K]`` (one vector for the batch)
-    or ``[B, K]`` (one row per sample) on the simplex for the prepared batch.
+    or ``[B, K]`` (one row per sample) for the prepared batch, valid in the class's
+    :attr:`action_mode` (on the simplex for ``"simplex"``).
 
     Args:
-        env: the environment the policy will act in, created with ``action_mode="simplex"``.
+        env: the environment the policy will act in, created with ``action_mode=<cls>.action_mode``.
     """
 
     name: ClassVar[str] = ""
     uses_seed: ClassVar[bool] = False
     """Whether the constructor takes ``seed`` (only the random baseline)."""
+    action_mode: ClassVar[str] = "simplex"
+    """The env ``action_mode`` the weights are meant for; the runner creates the env in it."""
+    reference: ClassVar[bool] = False
+    """A reference point (oracle, no-KD), not a competing method."""
 
     def __init__(self, env: Any) -> None:
         self.env = _resolve_env(env)
-        if self.env.settings.action_mode != "simplex":
+        mode = type(self).action_mode
+        if self.env.settings.action_mode != mode:
             raise ValueError(
                 f"{type(self).__name__} gives teacher weights exactly and needs the environment in "
-                f"action_mode='simplex', got action_mode={self.env.settings.action_mode!r}; "
-                'create the env with action_mode="simplex"'
+                f"action_mode={mode!r}, got action_mode={self.env.settings.action_mode!r}; "
+                f'create the env with action_mode="{mode}"'
             )
         self.engine = self.env.engine
         self.num_teachers = int(self.env.num_teachers)
@@ -176,6 +196,10 @@ class BaselinePolicy:
     def teacher_weights(self, batch: StepBatch) -> torch.Tensor:
         """The rule: ``[K]`` or ``[B, K]`` weights on the simplex for ``batch``."""
         raise NotImplementedError
+
+    def idle_weights(self) -> torch.Tensor:
+        """A valid ``[K]`` action when no batch is prepared (the episode is over): equal weights."""
+        return aver_weights(self.num_teachers)
 
     @property
     def kd_scale(self) -> float:
@@ -209,7 +233,7 @@ class BaselinePolicy:
         if batch is None:
             # no prepared batch: the episode is over (the per-sample env's autoreset step ignores
             # the action, the batch env refuses to step); any valid action will do
-            weights = aver_weights(self.num_teachers)
+            weights = self.idle_weights()
         else:
             with torch.no_grad():
                 weights = self.teacher_weights(batch).detach().to(device="cpu", dtype=torch.float32)
@@ -377,6 +401,77 @@ class RandomDirichlet(BaselinePolicy):
         return random_dirichlet_weights(self.num_teachers, self.generator, batch_size, self.concentration)
 
 
+class Oracle(BaselinePolicy):
+    """The label-aware oracle: an upper reference, not a competitor (it reads the true label).
+
+    Definition. At construction, each teacher's accuracy on each class is measured on the
+    environment's *validation* split with the true labels (never the test split):
+    ``A_kc = fraction of validation images of class c that teacher k classifies correctly``.
+    At every step, a sample with true label ``y`` puts uniform weight on the teachers with
+    ``A_ky >= max_j A_jy - tolerance`` and zero on the others (:func:`rules.oracle_weights`).
+    So with one good teacher and confidently wrong ones it trusts the good one on every
+    sample, and with class specialists (teacher ``k`` right on its own classes only) it routes
+    each sample to the specialist of its class. A class with no validation sample gets uniform
+    weights.
+
+    It is meant for the per-sample env, where it gives one row per sample (``[B, K]``). On the
+    batch env the rows are averaged over the batch (one vector per update, the class mix of the
+    batch), which is no longer a routing of samples.
+
+    Args:
+        env: the environment (``action_mode="simplex"``) with a validation split (``val_fraction > 0``).
+        tolerance: how far below the best class accuracy a teacher still shares the weight.
+
+    Attributes:
+        class_accuracy: ``[K, C]`` float64 validation accuracies per teacher and class.
+    """
+
+    name = "oracle"
+    reference = True
+
+    def __init__(self, env: Any, tolerance: float = 0.02) -> None:
+        super().__init__(env)
+        if not tolerance >= 0 or not np.isfinite(tolerance):
+            raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance}")
+        self.tolerance = float(tolerance)
+        self.config = {"tolerance": self.tolerance}
+        self.class_accuracy = self._measure_class_accuracy()
+
+    @torch.inference_mode()
+    def _measure_class_accuracy(self) -> torch.Tensor:
+        """``[K, C]`` from the teachers' predictions on the validation split, in batches."""
+        engine = self.engine
+        images, labels = engine.data.val_images, engine.data.val_labels
+        if labels.numel() == 0:
+            raise ValueError("the oracle measures teachers on the validation split; create the env with val_fraction > 0")
+        step = int(engine.config.eval_batch_size)
+        predictions = []
+        for start in range(0, int(labels.shape[0]), step):
+            batch = engine.eval_transform(images[start : start + step], train=False)
+            batch = batch.contiguous(memory_format=engine.teacher_format)
+            predictions.append(torch.stack([teacher(batch).argmax(dim=1) for teacher in engine.teachers]))
+        return class_accuracies(torch.cat(predictions, dim=1).cpu(), labels.cpu(), engine.num_classes)
+
+    def teacher_weights(self, batch: StepBatch) -> torch.Tensor:
+        return oracle_weights(self.class_accuracy, batch.labels.cpu(), self.tolerance)
+
+
+class NoKD(BaselinePolicy):
+    """No distillation: every teacher weight (logit and feature heads) is 0, so the student
+    trains on its cross-entropy alone. A reference floor, applied in ``action_mode="raw"``
+    (simplex renormalisation refuses an all-zero head)."""
+
+    name = "no-kd"
+    action_mode = "raw"
+    reference = True
+
+    def teacher_weights(self, batch: StepBatch) -> torch.Tensor:
+        return no_kd_weights(self.num_teachers)
+
+    def idle_weights(self) -> torch.Tensor:
+        return no_kd_weights(self.num_teachers)
+
+
 BASELINES: dict[str, type[BaselinePolicy]] = {
     "aver": AVER,
     "ebkd": EBKD,
@@ -384,12 +479,14 @@ BASELINES: dict[str, type[BaselinePolicy]] = {
     "aekd": AEKD,
     "best": BestTeacher,
     "random": RandomDirichlet,
+    "oracle": Oracle,
+    "no-kd": NoKD,
 }
 
 
 def make_baseline(name: str, env: Any, seed: int = 0, **kwargs: Any) -> BaselinePolicy:
     """Build a baseline by name (``"aver"``, ``"ebkd"``, ``"camkd"``, ``"aekd"``, ``"best"``,
-    ``"random"``; class names and ``"CA-MKD"``-style spellings work too).
+    ``"random"``, ``"oracle"``, ``"no-kd"``; class names and ``"CA-MKD"``-style spellings work too).
 
     ``seed`` goes to the baselines that draw random numbers and is ignored by the deterministic
     rules, so a runner can call every baseline alike. ``kwargs`` go to the constructor

@@ -2,7 +2,8 @@
 
 Shapes follow the library convention: ``K`` teachers, ``B`` samples, ``C`` classes; teacher
 logits are stacked ``[K, B, C]``, student logits are ``[B, C]``, labels ``[B]``. Every rule
-returns weights on the simplex: ``[B, K]`` per sample or ``[K]`` per batch. The rules are
+returns weights on the simplex: ``[B, K]`` per sample or ``[K]`` per batch (except the no-KD
+reference, :func:`no_kd_weights`, which is all zeros). The rules are
 vectorised over samples and teachers and stay finite for saturated logits (``+-1e4``).
 
 Sources (see ``reference/baselines.md``): the official CA-MKD repository (``Rorozhl/CA-MKD``,
@@ -29,8 +30,11 @@ __all__ = [
     "best_teacher_weights",
     "camkd_weights",
     "capped_simplex_min_norm",
+    "class_accuracies",
     "ebkd_weights",
     "kd_scale_for",
+    "no_kd_weights",
+    "oracle_weights",
     "project_capped_simplex",
     "random_dirichlet_weights",
 ]
@@ -363,3 +367,80 @@ def random_dirichlet_weights(
     shape = (num_teachers,) if batch_size is None else (batch_size, num_teachers)
     log_gamma = _log_standard_gamma(shape, float(concentration), generator)
     return torch.softmax(log_gamma, dim=-1).float()
+
+
+# ------------------------------------------------------------------------------------------------
+# Reference points: the label-aware oracle (an upper reference) and no distillation at all
+# ------------------------------------------------------------------------------------------------
+
+
+def class_accuracies(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Each teacher's accuracy on each class: ``A_kc = mean over samples of class c of [pred_k == c]``.
+
+    Args:
+        predictions: ``[K, N]`` predicted classes (argmax of each teacher's logits).
+        labels: ``[N]`` true labels.
+        num_classes: ``C``.
+
+    Returns:
+        float64 ``[K, C]``; NaN for a class with no sample (nothing is known about it).
+    """
+    if predictions.dim() != 2 or labels.dim() != 1 or predictions.shape[1] != labels.shape[0]:
+        raise ValueError(
+            f"predictions must be [K, N] and labels [N], got {tuple(predictions.shape)} and {tuple(labels.shape)}"
+        )
+    labels = labels.long()
+    correct = (predictions.long() == labels.unsqueeze(0)).double()  # [K, N]
+    hits = torch.zeros(predictions.shape[0], num_classes, dtype=torch.float64, device=predictions.device)
+    hits.index_add_(1, labels, correct)
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    return torch.where(counts > 0, hits / counts.clamp_min(1.0), torch.full_like(hits, float("nan")))
+
+
+def oracle_weights(class_accuracy: torch.Tensor, labels: torch.Tensor, tolerance: float = 0.02) -> torch.Tensor:
+    """The label-aware oracle: per sample, uniform weight on the teachers best at its true class.
+
+    For a sample of class ``y`` the teachers ``k`` with ``A_ky >= max_j A_jy - tolerance`` share the
+    weight equally, the others get zero. It reads the *true label* of the sample, which no
+    deployable method can (that is what makes it an upper reference, not a competitor): with one
+    good teacher and confidently wrong ones it trusts the good one on every class; with class
+    specialists it routes each sample to the specialist of its class. A class without any
+    accuracy measurement (NaN column: no validation sample of that class) gets uniform weights.
+
+    Args:
+        class_accuracy: ``[K, C]`` per-class accuracies (:func:`class_accuracies` on validation data).
+        labels: ``[B]`` true labels of the batch.
+        tolerance: how far below the best teacher's class accuracy a teacher may be and still
+            share the weight (>= 0; 0 keeps only exact ties).
+
+    Returns:
+        float32 ``[B, K]`` on the simplex, on the device of ``labels``.
+    """
+    if class_accuracy.dim() != 2:
+        raise ValueError(f"class_accuracy must be [K, C], got shape {tuple(class_accuracy.shape)}")
+    if not tolerance >= 0 or not math.isfinite(tolerance):
+        raise ValueError(f"tolerance must be a finite number >= 0, got {tolerance}")
+    per_sample = class_accuracy.to(labels.device).T[labels.long()]  # [B, K]
+    unknown = torch.isnan(per_sample).all(dim=1, keepdim=True)
+    best = torch.nan_to_num(per_sample, nan=-math.inf).max(dim=1, keepdim=True).values
+    chosen = (per_sample >= best - tolerance) | unknown  # NaN compares False: only unknown rows are all-True
+    return (chosen.float() / chosen.float().sum(dim=1, keepdim=True)).float()
+
+
+def no_kd_weights(
+    num_teachers: int,
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """No distillation: every teacher weight 0, so the student's loss is its cross-entropy alone.
+
+    Not on the simplex: the environment must apply it as it is (``action_mode="raw"``).
+
+    Returns:
+        ``[K]`` if ``batch_size`` is None, else ``[B, K]``.
+    """
+    if num_teachers < 1:
+        raise ValueError(f"num_teachers must be >= 1, got {num_teachers}")
+    shape = (num_teachers,) if batch_size is None else (batch_size, num_teachers)
+    return torch.zeros(shape, device=device, dtype=dtype)

@@ -18,6 +18,8 @@ from kd_env.baselines import (
     EBKD,
     BaselinePolicy,
     BestTeacher,
+    NoKD,
+    Oracle,
     RandomDirichlet,
     load_baseline,
     make_baseline,
@@ -31,6 +33,8 @@ SYNTHETIC = "MultiTeacherKD-Synthetic-v0"
 FAST = {"action_mode": "simplex", "epochs": 1, "max_steps_per_epoch": 3}
 SLOTS = 8  # per-sample env batch size: small keeps the test fast
 RANDOM_SEED = 7
+# the weighting rules; the reference policies (oracle, no-kd) have tests of their own below
+RULES = sorted(name for name, cls in BASELINES.items() if not cls.reference)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +77,7 @@ def _expected_and_reference(name: str, engine, generator: torch.Generator | None
     return _rule_weights(name, engine)
 
 
-@pytest.mark.parametrize("name", sorted(BASELINES))
+@pytest.mark.parametrize("name", RULES)
 def test_batch_env_applies_the_rule(batch_env, name):
     engine = batch_env.unwrapped.engine
     k = engine.num_teachers
@@ -97,7 +101,7 @@ def test_batch_env_applies_the_rule(batch_env, name):
     assert steps == 3
 
 
-@pytest.mark.parametrize("name", sorted(BASELINES))
+@pytest.mark.parametrize("name", RULES)
 def test_per_sample_env_applies_the_rule(sample_env, name):
     engine = sample_env.engine
     k = engine.num_teachers
@@ -215,7 +219,7 @@ def test_random_dirichlet_is_seeded(batch_env):
 def test_softmax_env_is_refused():
     env = gym.make(SYNTHETIC, epochs=1, max_steps_per_epoch=3)  # action_mode="softmax" by default
     for cls in BASELINES.values():
-        with pytest.raises(ValueError, match='action_mode="simplex"'):
+        with pytest.raises(ValueError, match=f'action_mode="{cls.action_mode}"'):
             cls(env)
     env.close()
 
@@ -281,3 +285,141 @@ def test_published_kd_scale_and_registry(batch_env):
     assert make_baseline("aekd", batch_env, seed=3, cap=0.9).cap == 0.9
     with pytest.raises(ValueError, match="cap"):
         AEKD(batch_env, cap=0.0)
+
+
+# ------------------------------------------------------------------ reference policies
+
+
+class LabelAwareTeacher(torch.nn.Module):
+    """A teacher whose answers are set by construction: it looks the image up among the
+    validation images (nearest neighbour, so it knows the true label) and answers confidently,
+    right on the classes in ``right_on`` and wrong (the next class) on the others."""
+
+    def __init__(self, engine, right_on: set[int]) -> None:
+        super().__init__()
+        images = engine.eval_transform(engine.data.val_images, train=False)
+        self.register_buffer("images", images.flatten(1).float())
+        self.register_buffer("labels", engine.data.val_labels.clone())
+        self.num_classes = engine.num_classes
+        self.right_on = torch.tensor(sorted(right_on), dtype=torch.long)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        labels = self.labels[torch.cdist(images.flatten(1).float(), self.images).argmin(dim=1)]
+        right = torch.isin(labels, self.right_on)
+        predicted = torch.where(right, labels, (labels + 1) % self.num_classes)
+        return 10.0 * torch.nn.functional.one_hot(predicted, self.num_classes).float()
+
+
+def _with_teachers(engine, right_on: list[set[int]]) -> None:
+    engine.teachers = [LabelAwareTeacher(engine, classes) for classes in right_on]
+
+
+def test_oracle_routes_each_sample_to_its_class_specialist():
+    env = PerSampleKDVectorEnv(num_envs=SLOTS, dataset="synthetic", **FAST)
+    engine = env.engine
+    k, classes = engine.num_teachers, engine.num_classes
+    # teacher j is right exactly on the classes c with c % K == j (every class has one specialist)
+    _with_teachers(engine, [{c for c in range(classes) if c % k == j} for j in range(k)])
+    policy = Oracle(env)
+    expected_accuracy = torch.tensor([[float(c % k == j) for c in range(classes)] for j in range(k)], dtype=torch.float64)
+    torch.testing.assert_close(policy.class_accuracy, expected_accuracy)
+    observation, _ = env.reset(seed=0)
+    for _ in range(2):
+        labels = engine.current.labels
+        expected = torch.nn.functional.one_hot(labels % k, k).float().numpy()
+        assert len(set(labels.tolist())) > 1  # several classes in the batch: a real routing
+        action, _ = policy.predict(observation)
+        np.testing.assert_array_equal(action, np.concatenate([expected, expected], axis=1))
+        observation, _, _, _, infos = env.step(action)
+        np.testing.assert_allclose(infos["weights"], expected, atol=1e-7)
+    env.close()
+
+
+def test_oracle_trusts_the_one_good_teacher_over_confidently_wrong_ones():
+    env = gym.make(SYNTHETIC, **FAST)
+    engine = env.unwrapped.engine
+    everything = set(range(engine.num_classes))
+    _with_teachers(engine, [set(), everything, set()])  # teacher 1 always right, the others always wrong
+    policy = Oracle(env)
+    observation, _ = env.reset(seed=0)
+    action, _ = policy.predict(observation)  # the batch env: the per-sample rows averaged
+    np.testing.assert_array_equal(action, np.array([0, 1, 0, 0, 1, 0], dtype=np.float32))
+    _, _, _, _, info = env.step(action)
+    np.testing.assert_array_equal(info["weights"], np.array([0, 1, 0], dtype=np.float32))
+    env.close()
+
+
+class _Recording:
+    """Stands in for the engine's dataset splits and records which attributes are read."""
+
+    def __init__(self, data) -> None:
+        self.__dict__["_data"] = data
+        self.__dict__["read"] = set()
+
+    def __getattr__(self, name: str):
+        self.read.add(name)
+        return getattr(self._data, name)
+
+
+def test_oracle_measures_on_the_validation_split_only(batch_env):
+    engine = batch_env.unwrapped.engine
+    real = engine.data
+    recorder = _Recording(real)
+    engine.data = recorder
+    try:
+        policy = Oracle(batch_env, tolerance=0.05)
+    finally:
+        engine.data = real
+    assert {"val_images", "val_labels"} <= recorder.read
+    assert not any(name.startswith("test") for name in recorder.read), recorder.read
+    # the accuracies are the teachers' own on the validation images, class by class
+    images = engine.eval_transform(real.val_images, train=False)
+    with torch.no_grad():
+        predictions = torch.stack([teacher(images).argmax(1) for teacher in engine.teachers])
+    for c in range(engine.num_classes):
+        of_class = real.val_labels == c
+        expected = (predictions[:, of_class] == c).double().mean(1)
+        torch.testing.assert_close(policy.class_accuracy[:, c], expected)
+    assert policy.config == {"tolerance": 0.05}
+
+
+def test_oracle_rule_tolerance_ties_and_unseen_classes():
+    accuracy = torch.tensor([[0.90, 0.50, float("nan")], [0.89, 0.90, float("nan")], [0.50, 0.87, float("nan")]])
+    labels = torch.tensor([0, 1, 2])
+    weights = rules.oracle_weights(accuracy, labels, tolerance=0.02)
+    expected = torch.tensor([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [1 / 3, 1 / 3, 1 / 3]])  # unseen class: uniform
+    torch.testing.assert_close(weights, expected)
+    torch.testing.assert_close(rules.oracle_weights(accuracy, labels, tolerance=0.0)[0], torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(rules.oracle_weights(accuracy, labels, tolerance=0.05)[1], torch.tensor([0.0, 0.5, 0.5]))
+    with pytest.raises(ValueError, match="tolerance"):
+        rules.oracle_weights(accuracy, labels, tolerance=-0.1)
+    predictions = torch.tensor([[0, 1, 1, 0], [1, 1, 0, 0]])  # K=2 teachers, N=4 samples
+    counted = rules.class_accuracies(predictions, torch.tensor([0, 1, 1, 0]), num_classes=3)
+    torch.testing.assert_close(counted[:, :2], torch.tensor([[1.0, 1.0], [0.5, 0.5]], dtype=torch.float64))
+    assert torch.isnan(counted[:, 2]).all()  # no sample of class 2
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_no_kd_trains_on_cross_entropy_alone(per_sample):
+    kwargs = {**FAST, "action_mode": "raw"}
+    if per_sample:
+        env = PerSampleKDVectorEnv(num_envs=SLOTS, dataset="synthetic", **kwargs)
+    else:
+        env = gym.make(SYNTHETIC, **kwargs)
+    k = env.unwrapped.num_teachers
+    policy = make_baseline("no-kd", env)
+    assert isinstance(policy, NoKD) and policy.reference
+    observation, _ = env.reset(seed=0)
+    action, _ = policy.predict(observation)
+    assert action.shape == ((SLOTS, 2 * k) if per_sample else (2 * k,))
+    np.testing.assert_array_equal(action, np.zeros_like(action))
+    _, _, _, _, info = env.step(action)
+    # per-sample infos: "ce" per slot, "loss" the batch's in every slot; the batch loss is the mean CE
+    info = {key: np.mean(value) if key in ("loss", "ce") else np.asarray(value) for key, value in info.items() if not key.startswith("_")}
+    np.testing.assert_array_equal(info["weights"], 0.0)
+    np.testing.assert_array_equal(info["feature_weights"], 0.0)
+    assert np.all(info["kd_loss"] > 0)  # the teachers disagree with the student, yet nothing of it is trained on
+    assert info["loss"] == pytest.approx(info["ce"], rel=1e-6)
+    with pytest.raises(ValueError, match='action_mode="raw"'):
+        NoKD(gym.make(SYNTHETIC, **FAST))  # simplex renormalisation would refuse the all-zero head
+    env.close()
