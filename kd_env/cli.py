@@ -13,6 +13,7 @@ Commands:
     kd-env data check|fetch DATASET
     kd-env teachers train --dataset fashion_mnist [--arch mlp --arch cnn_w16 ...] [--epochs N]
     kd-env teachers list [--dataset NAME] [--json]
+    kd-env store list|verify|clear [KEY ...]      # teacher-output stores in the cache
 """
 
 from __future__ import annotations
@@ -242,10 +243,28 @@ def add_train_parser(subparsers: Any) -> None:
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     train.add_argument("--no-progress", action="store_true")
     train.add_argument("--no-tensorboard", action="store_true")
+    _add_threads_arg(train)
     train.set_defaults(func=cmd_train)
+
+def _add_threads_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads per run (default: the cores available to this process divided among the runs that go at once)",
+    )
+
+
+def _apply_threads(threads: int | None, jobs: int = 1) -> int:
+    """Set the thread count before any torch work (children inherit it through OMP_NUM_THREADS)."""
+    from kd_env.utils import set_threads, threads_per_run
+
+    return set_threads(threads if threads is not None else threads_per_run(jobs))
+
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    _apply_threads(args.threads)
     from kd_env.run import RunConfig, train
 
     run_dir = args.run_dir or f"runs/{args.env}__{args.agent}{'-per-sample' if args.per_sample else ''}__seed{args.seed}"
@@ -284,10 +303,13 @@ def add_bench_parser(subparsers: Any) -> None:
     bench.add_argument("--out", default=None, help="output folder (default: results/<preset>)")
     bench.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help="override an env argument of every run")
     bench.add_argument("--no-progress", action="store_true")
+    _add_threads_arg(bench)
     bench.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    # the sweep runs one run (one process) at a time; the runs inherit OMP_NUM_THREADS
+    _apply_threads(getattr(args, "threads", None), jobs=1)
     from kd_env.bench import run_benchmark
 
     out = args.out or f"results/{args.preset}"
@@ -321,7 +343,88 @@ def cmd_demo(args: argparse.Namespace) -> int:
         meta = read_teacher_metadata(path)
         print(f"  {meta['arch']:>8}: {meta['test_acc']:.4f}")
     print("students distilled from them (quick preset: 1 epoch, 1 seed):")
-    return cmd_bench(argparse.Namespace(preset="quick", out=args.out, env_arg=None, no_progress=False))
+    return cmd_bench(argparse.Namespace(preset="quick", out=args.out, env_arg=None, no_progress=False, threads=None))
+
+
+# --------------------------------------------------------------------------------------------
+# store (teacher-output stores)
+
+
+def add_store_parser(subparsers: Any) -> None:
+    """``kd-env store {list,verify,clear}``."""
+    store = subparsers.add_parser(
+        "store",
+        help="list, verify or clear the teacher-output stores in the cache",
+        description="Teacher-output stores hold the teachers' outputs over a training set, built once "
+        "and memory-mapped by later runs. They are a cache: clearing one only costs a rebuild.",
+    )
+    store.set_defaults(func=lambda args: _print_help(store))
+    sub = store.add_subparsers(dest="store_command", metavar="{list,verify,clear}")
+    lister = sub.add_parser("list", help="list the stores (quick checks)")
+    lister.add_argument("--json", action="store_true", help="print the entries as JSON")
+    _add_common_cache_args(lister)
+    lister.set_defaults(func=cmd_store_list)
+    verify = sub.add_parser("verify", help="hash every block of every store (or of KEY ...); exit 1 if one is bad")
+    verify.add_argument("keys", nargs="*", metavar="KEY", help="key prefixes (default: all stores)")
+    _add_common_cache_args(verify)
+    verify.set_defaults(func=cmd_store_verify)
+    clear = sub.add_parser("clear", help="delete the stores (or those of KEY ...), leftovers and lock files")
+    clear.add_argument("keys", nargs="*", metavar="KEY", help="key prefixes (default: all stores)")
+    _add_common_cache_args(clear)
+    clear.set_defaults(func=cmd_store_clear)
+
+
+def _store_rows(entries: list[dict[str, Any]]) -> None:
+    header = ("key", "teachers", "samples", "dtype", "MiB", "status")
+    rows = [
+        (
+            e["key"],
+            ",".join(e.get("teachers", [])) or "?",
+            str(e.get("num_samples", "?")),
+            str(e.get("dtype", "?")),
+            f"{e['bytes'] / 2**20:.1f}",
+            e["status"],
+        )
+        for e in entries
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def cmd_store_list(args: argparse.Namespace) -> int:
+    from kd_env.teacher_outputs import list_stores, stores_dir
+
+    entries = list_stores(args.cache_dir)
+    if args.json:
+        print(json.dumps(entries, indent=2, default=str))
+    elif not entries:
+        print(f"no teacher-output stores in {stores_dir(args.cache_dir)}")
+    else:
+        _store_rows(entries)
+    return 0
+
+
+def cmd_store_verify(args: argparse.Namespace) -> int:
+    from kd_env.teacher_outputs import list_stores, stores_dir
+
+    entries = [e for e in list_stores(args.cache_dir, verify=True) if not args.keys or any(e["key"].startswith(k) for k in args.keys)]
+    if not entries:
+        print(f"no teacher-output stores to verify in {stores_dir(args.cache_dir)}")
+        return 0
+    _store_rows(entries)
+    bad = [e for e in entries if e["status"] != "ok"]
+    if bad:
+        print(f"{len(bad)} of {len(entries)} stores failed; `kd-env store clear KEY` removes one (runs rebuild it)", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def cmd_store_clear(args: argparse.Namespace) -> int:
+    from kd_env.teacher_outputs import clear_stores, stores_dir
+
+    removed, freed = clear_stores(args.cache_dir, args.keys or None)
+    print(f"removed {removed} teacher-output store(s), {freed / 2**20:.1f} MiB, from {stores_dir(args.cache_dir)}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(subparsers)
     add_teachers_parser(subparsers)
     add_data_parser(subparsers)
+    add_store_parser(subparsers)
     return parser
 
 

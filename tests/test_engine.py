@@ -83,7 +83,9 @@ def test_divergence_skips_the_update(make_engine):
 
 
 def test_cached_teacher_outputs_change_nothing(make_engine):
-    cached, live = make_engine(cache_teacher_outputs=True), make_engine(cache_teacher_outputs=False)
+    # the in-memory cache (the store's own equivalence tests are in test_teacher_outputs.py)
+    cached = make_engine(cache_teacher_outputs=True, teacher_store=False)
+    live = make_engine(cache_teacher_outputs=False)
     assert cached._teacher_cache is not None and live._teacher_cache is None
     cached.reset(seed=3)
     live.reset(seed=3)

@@ -12,6 +12,7 @@ weights, :meth:`DistillationEngine.step` applies them to that same batch and pre
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,10 @@ from kd_env.engine.losses import (
     weighted_teacher_sum,
 )
 from kd_env.models import KDModel
+from kd_env.teacher_outputs import TeacherOutputStore, TeacherStoreUnavailable, store_key_inputs
 from kd_env.weights import check_weights
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,6 +67,15 @@ class EngineConfig:
     """Batched random crop / flip; ``None`` takes the dataset's default."""
     cache_teacher_outputs: bool = True
     """Run the teachers once over the training set when augmentation is off."""
+    teacher_store: bool = True
+    """Keep those outputs in the persistent teacher-output store (:mod:`kd_env.teacher_outputs`):
+    built once in the kd-env cache, memory-mapped by every later run. ``False``, or a cache folder
+    where nothing can be written, holds them in this process's memory instead."""
+    store_dtype: str = "float16"
+    """dtype of the stored embeddings and feature maps (``"float16"`` or ``"float32"``; logits are
+    always float32). Batches are converted to float32, so the loss arithmetic is unchanged."""
+    cache_dir: str | None = None
+    """kd-env cache root for the store (default: ``$KD_ENV_CACHE`` or the user cache folder)."""
     max_steps_per_epoch: int | None = None
     """Cap on updates per epoch (quick trials); ``None`` runs full epochs."""
     eval_batch_size: int = 1000
@@ -175,8 +188,12 @@ class DistillationEngine:
         self.steps_per_epoch = min(full_steps, cap) if cap else full_steps
         self.teacher_shapes = self._probe_teacher_shapes()
         self._teacher_cache: dict[str, Any] | None = None
+        self.teacher_store: TeacherOutputStore | None = None
         if self.config.cache_teacher_outputs and not self.augmenting:
-            self._teacher_cache = self._run_teachers_over_training_set()
+            if self.config.teacher_store:
+                self.teacher_store = self._open_teacher_store()
+            if self.teacher_store is None:
+                self._teacher_cache = self._run_teachers_over_training_set()
         self.student: KDModel | None = None
         self.adapters: nn.ModuleList | None = None
         self.current: StepBatch | None = None
@@ -229,13 +246,41 @@ class DistillationEngine:
         logits = torch.stack([output.logits for output in outputs])
         return logits, [output.embedding for output in outputs], [output.feature_map for output in outputs]
 
-    def _run_teachers_over_training_set(self) -> dict[str, Any]:
-        """Teacher outputs for every training image, computed once (augmentation is off)."""
-        logits, embeddings, feature_maps = [], [], []
+    def _teacher_output_chunks(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]:
+        """Teacher outputs over the training set, ``eval_batch_size`` images at a time, in order."""
         images = self.data.train_images
         for start in range(0, images.shape[0], self.config.eval_batch_size):
             batch = self.eval_transform(images[start : start + self.config.eval_batch_size], train=False)
-            batch_logits, batch_embeddings, batch_maps = self._teacher_outputs(batch)
+            yield self._teacher_outputs(batch)
+
+    def _open_teacher_store(self) -> TeacherOutputStore | None:
+        """Open (or build once) the persistent store; ``None`` where it cannot be written."""
+        key_inputs = store_key_inputs(
+            self.teachers,
+            self.data.train_images,
+            self.data.train_labels,
+            self.data.mean,
+            self.data.std,
+            feature_maps=self.config.feature_kd,
+            dtype=self.config.store_dtype,
+        )
+        try:
+            return TeacherOutputStore.open_or_build(
+                key_inputs,
+                self._teacher_output_chunks,
+                cache_dir=self.config.cache_dir,
+                teacher_names=self.teacher_names,
+                build_info={"device": self.device.type, "batch_size": self.config.eval_batch_size,
+                            "channels_last": self.config.channels_last},
+            )
+        except TeacherStoreUnavailable as exc:
+            logger.warning("%s; holding the teacher outputs in memory for this run instead", exc.strerror or exc)
+            return None
+
+    def _run_teachers_over_training_set(self) -> dict[str, Any]:
+        """Teacher outputs for every training image, computed once (augmentation is off)."""
+        logits, embeddings, feature_maps = [], [], []
+        for batch_logits, batch_embeddings, batch_maps in self._teacher_output_chunks():
             logits.append(batch_logits)
             embeddings.append(batch_embeddings)
             if self.config.feature_kd:
@@ -298,7 +343,9 @@ class DistillationEngine:
         indices = self._epoch_batches[self.step_in_epoch]
         labels = self.data.train_labels[indices]
         images = self.train_transform(self.data.train_images[indices], self.generator, train=True)
-        if self._teacher_cache is not None:
+        if self.teacher_store is not None:
+            teacher_logits, teacher_embeddings, teacher_maps = self.teacher_store.batch(indices, self.device)
+        elif self._teacher_cache is not None:
             teacher_logits = self._teacher_cache["logits"][:, indices]
             teacher_embeddings = [embedding[indices] for embedding in self._teacher_cache["embeddings"]]
             teacher_maps = (
