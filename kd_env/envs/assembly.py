@@ -128,6 +128,9 @@ def build_engine(settings: KDEnvSettings) -> DistillationEngine:
         kd_scale=settings.kd_scale,
         augment=settings.augment,
         max_steps_per_epoch=settings.max_steps_per_epoch,
+        teacher_store=settings.teacher_store,
+        store_dtype=settings.store_dtype,
+        cache_dir=settings.cache_dir,
     )
     return DistillationEngine(
         StudentFactory(student_name, num_classes, channels, data.image_shape[-1]),
