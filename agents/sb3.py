@@ -16,6 +16,8 @@ their hyperparameters and builds the vectorised environment they train on:
 * :func:`save_sb3_agent` / :func:`load_sb3_agent` write and read the model zip and, as RL Zoo
   does, the ``VecNormalize`` statistics as ``vecnormalize.pkl`` in the same folder (one folder
   per agent), both atomically.
+* :func:`continue_sb3_episode` lets a loaded model go on with the episode of an env restored
+  from a checkpoint (``kd-env train --resume``) instead of resetting it.
 
 With ``normalize`` on, the model's ``predict`` expects *normalised* observations, as every SB3
 model trained behind ``VecNormalize`` does: evaluate on ``model.get_env()`` or on
@@ -470,11 +472,40 @@ def load_sb3_agent(
     return ALGORITHMS[name].load(model_path, env=vec_env, device="cpu")
 
 
+def continue_sb3_episode(model: BaseAlgorithm, last_observation: np.ndarray) -> None:
+    """Make ``model.learn`` continue the episode its env is in instead of resetting the env.
+
+    SB3 resets the env at the start of ``learn`` unless the model holds a last observation; a
+    model fresh from :func:`load_sb3_agent` holds none. Here it gets the restored env's (the
+    student's run continues where the checkpoint stopped), normalised by the model's
+    ``VecNormalize`` if it has one, with no episode start pending; SB3's ``Monitor`` (batch-level
+    env) is told that the episode goes on. Call before ``learn(..., reset_num_timesteps=False)``.
+
+    Args:
+        model: a loaded model whose env is the restored one.
+        last_observation: the restored env's last observation (``env.unwrapped.last_observation``),
+            ``[D]`` or ``[num_envs, D]``.
+    """
+    vec_env = model.get_env()
+    if vec_env is None:
+        raise ValueError("the model has no env; load it with env= (load_sb3_agent does)")
+    raw = np.asarray(last_observation, dtype=np.float32).reshape(vec_env.num_envs, -1)
+    normalizer = model.get_vec_normalize_env()
+    # SB3 keeps these as private attributes; this is the one place in kd-env that sets them
+    model._last_obs = normalizer.normalize_obs(raw) if normalizer is not None else raw  # type: ignore[assignment]
+    if normalizer is not None:
+        normalizer.old_obs = raw
+    model._last_episode_starts = np.zeros(vec_env.num_envs, dtype=bool)
+    if all(vec_env.env_is_wrapped(Monitor)):
+        vec_env.set_attr("needs_reset", False)  # Monitor refuses a step before a reset otherwise
+
+
 __all__ = [
     "ALGORITHMS",
     "ALLOWED_NAMES",
     "PER_SAMPLE_SUFFIX",
     "VEC_NORMALIZE_FILE",
+    "continue_sb3_episode",
     "load_hyperparams",
     "load_sb3_agent",
     "make_sb3_agent",

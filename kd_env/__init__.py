@@ -2,6 +2,7 @@
 
 ``import kd_env`` registers ``MultiTeacherKD-CIFAR100-v0``, ``MultiTeacherKD-CIFAR10-v0``,
 ``MultiTeacherKD-FashionMNIST-v0`` and ``MultiTeacherKD-Synthetic-v0``.
+:func:`register_policy` adds a method of your own to ``kd-env train`` / ``bench`` (see :mod:`kd_env.registry`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ __version__ = "0.1.0"
 
 from kd_env.envs import ENV_IDS, MultiTeacherKDEnv, PerSampleKDVectorEnv, make_sb3_per_sample_env, register_envs
 
+from kd_env.registry import policy_names, register_policy
+
 register_envs()
 
-__all__ = ["ENV_IDS", "MultiTeacherKDEnv", "PerSampleKDVectorEnv", "__version__", "make_sb3_per_sample_env", "register_envs"]
+__all__ = ["ENV_IDS", "MultiTeacherKDEnv", "PerSampleKDVectorEnv", "__version__", "make_sb3_per_sample_env", "policy_names", "register_envs", "register_policy"]

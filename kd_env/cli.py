@@ -8,7 +8,7 @@ an ``add_..._parser(subparsers)`` and a ``cmd_...`` function and call the former
 
 Commands:
     kd-env demo                                   # the main job (see README)
-    kd-env train --env ID --agent NAME [--per-sample] [--env-arg k=v ...] [--resume]
+    kd-env train --env ID --agent NAME [--per-sample] [--env-arg k=v ...] [--import MODULE] [--resume]
     kd-env bench --preset quick|fmnist|cifar100-paper [--out DIR]
     kd-env data check|fetch DATASET
     kd-env teachers train --dataset fashion_mnist [--arch mlp --arch cnn_w16 ...] [--epochs N]
@@ -223,8 +223,6 @@ def _key_values(pairs: Sequence[str] | None, what: str) -> dict[str, Any]:
 
 
 def add_train_parser(subparsers: Any) -> None:
-    from kd_env.run import AGENTS
-
     train = subparsers.add_parser(
         "train",
         help="train an agent or run a baseline on an env (TensorBoard, checkpoints, --resume)",
@@ -232,7 +230,21 @@ def add_train_parser(subparsers: Any) -> None:
         "MultiTeacherKD-FashionMNIST-v0 --agent reinforce --env-arg epochs=3",
     )
     train.add_argument("--env", default="MultiTeacherKD-FashionMNIST-v0", help="a registered env id")
-    train.add_argument("--agent", required=True, choices=AGENTS)
+    # no argparse choices: a policy registered by an --import module is only known after the import
+    train.add_argument(
+        "--agent",
+        required=True,
+        help="a registered policy name: an agent (reinforce, ppo, ...), a baseline (camkd, ...), a reference "
+        "(oracle, no-kd) or one of yours (see --import); an unknown name prints the full list",
+    )
+    train.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (repeatable), e.g. one that calls kd_env.register_policy(...); it must be importable (PYTHONPATH)",
+    )
     train.add_argument("--per-sample", action="store_true", help="use the per-sample env (MTKD-RL's formulation)")
     train.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help="env keyword argument (repeatable), e.g. epochs=3 device=cuda")
     train.add_argument("--agent-arg", action="append", metavar="KEY=VALUE", help="agent keyword argument (repeatable), e.g. n_steps=32")
@@ -280,6 +292,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_every=args.checkpoint_every,
         tensorboard=not args.no_tensorboard,
         progress=not args.no_progress,
+        imports=list(args.imports),
     )
     result = train(config, resume=args.resume)
     for index, episode in enumerate(result.episodes):

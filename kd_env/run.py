@@ -1,11 +1,17 @@
-"""One runner for any policy on any registered env: our agents, SB3's algorithms, the baselines.
+"""One runner for any policy on any registered env: our agents, SB3's algorithms, the baselines
+and the user's own policies (:func:`kd_env.register_policy`).
 
-``train(...)`` (and ``kd-env train``) builds the env, the agent or baseline, and drives one run:
-TensorBoard logging with a stable tag scheme, a progress bar, checkpoints of agent + env every
+``train(...)`` (and ``kd-env train``) builds the env and the policy, and drives one run:
+TensorBoard logging with a stable tag scheme, a progress bar, checkpoints of policy + env every
 ``checkpoint_every`` env steps and at the end, and ``resume=True`` that continues a stopped run
 into the same TensorBoard curve. The agent runs on the CPU, the student on ``device``.
 
 Units: one *env step* is one student update (for the per-sample env, one vector step).
+
+How a policy is driven depends on the ``kind`` of its registry entry (:mod:`kd_env.registry`),
+one :class:`Driver` per kind (:data:`DRIVERS`): ``"policy"`` (the baselines, user policies:
+``predict`` steps the env), ``"agent"`` (our agents: ``learn`` with a per-step callback),
+``"sb3"`` (SB3's algorithms: ``learn`` with an SB3 callback).
 
 TensorBoard tags (stable; ``<teacher>`` is the teacher's name, x axis = env steps):
 
@@ -22,31 +28,51 @@ import json
 import os
 import resource
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 import torch
 
 import kd_env  # noqa: F401  (registers the env ids)
-from kd_env.envs.common import KDEnvSettings
+from kd_env.registry import PolicySpec, get_policy, import_policy_modules, policy_names
 
-OUR_AGENTS = ("reinforce", "mtkd-rl")
-SB3_AGENTS = ("ppo", "a2c", "sac", "td3", "ddpg")
-BASELINE_NAMES = ("aver", "ebkd", "camkd", "aekd", "best", "random")
-AGENTS = OUR_AGENTS + SB3_AGENTS + BASELINE_NAMES
+__all__ = [
+    "DRIVERS",
+    "Driver",
+    "PolicyActionError",
+    "RunConfig",
+    "RunContext",
+    "RunLogger",
+    "RunResult",
+    "make_env",
+    "peak_rss_mib",
+    "policy_names",
+    "reduce_vector_info",
+    "train",
+]
+
 RUN_FILE = "run.json"
 STATE_FILE = "state.json"
+ENV_CHECKPOINT = "env.pt"
 # per-step weights are kept for plots up to this many steps, then every n-th step
 MAX_TRAJECTORY_POINTS = 5000
+
+SavePolicy = Callable[[Path], object]
 
 
 @dataclass
 class RunConfig:
-    """Everything that defines a run (saved as ``run.json``; ``resume`` re-reads it)."""
+    """Everything that defines a run (saved as ``run.json``; ``resume`` re-reads it).
+
+    ``imports`` are imported first (here, and again wherever the config is re-created, e.g. in
+    the benchmark's child processes), so that a module calling :func:`kd_env.register_policy`
+    is loaded; then ``agent`` must be a registered name (:func:`kd_env.policy_names`).
+    """
 
     env_id: str
     agent: str
@@ -61,12 +87,22 @@ class RunConfig:
     """Env steps between checkpoints (0: only at the end)."""
     tensorboard: bool = True
     progress: bool = True
+    imports: list[str] = field(default_factory=list)
+    """Modules to import before the policy is looked up (``kd-env train --import``)."""
 
     def __post_init__(self) -> None:
-        if self.agent not in AGENTS:
-            raise ValueError(f"unknown agent {self.agent!r}; choose one of {', '.join(AGENTS)}")
-        if self.agent == "mtkd-rl" and not self.per_sample:
-            self.per_sample = True  # the published agent is defined on the per-sample state
+        self.imports = list(self.imports)
+        import_policy_modules(self.imports)
+        spec = get_policy(self.agent)  # ValueError listing the known names
+        if spec.per_sample is True and not self.per_sample:
+            self.per_sample = True  # e.g. the published MTKD-RL agent is defined on the per-sample state
+        elif spec.per_sample is False and self.per_sample:
+            raise ValueError(f"policy {self.agent!r} is registered for the batch-level env only (per_sample=False)")
+
+    @property
+    def spec(self) -> PolicySpec:
+        """The policy's registry entry."""
+        return get_policy(self.agent)
 
 
 @dataclass
@@ -99,10 +135,9 @@ class RunResult:
 
 def _env_kwargs(config: RunConfig) -> dict[str, Any]:
     kwargs = dict(config.env_kwargs)
-    if config.agent in BASELINE_NAMES:
-        kwargs.setdefault("action_mode", "simplex")  # the rules give simplex weights
-    elif config.agent == "mtkd-rl":
-        kwargs.setdefault("action_mode", "raw")  # its warm-up applies all-ones weights as they are
+    action_mode = config.spec.action_mode
+    if action_mode is not None:
+        kwargs.setdefault("action_mode", action_mode)  # e.g. "simplex" for the rules, "raw" for no-kd
     return kwargs
 
 
@@ -208,40 +243,207 @@ def _write_json(path: Path, payload: Any) -> None:
     os.replace(temp, path)
 
 
-class _Driver:
-    """Builds the policy for a run and steps it; one subclass per kind of policy."""
-
-    def __init__(self, config: RunConfig) -> None:
-        self.config = config
-
-    def env_steps_per_timestep(self, env: Any) -> int:
-        return int(getattr(env, "num_envs", 1)) if self.config.per_sample else 1
+# ---------------------------------------------------------------------- drivers
+class PolicyActionError(ValueError):
+    """A policy returned an action the env refused (wrong shape, NaN, ...); the student was not updated."""
 
 
-def _our_agent(config: RunConfig, env: Any) -> Any:
-    if config.agent == "reinforce":
-        from kd_env.agents.reinforce import Reinforce
+@dataclass
+class RunContext:
+    """What a :class:`Driver` needs to drive one run."""
 
-        return Reinforce(env, seed=config.seed, **config.agent_kwargs)
-    from kd_env.agents.mtkd_rl import MTKDRL
+    config: RunConfig
+    spec: PolicySpec
+    env: Any
+    """The run's env as :func:`make_env` built it (what the policy is given)."""
+    kd: Any
+    """``env.unwrapped``: the kd-env env (its ``engine``, ``save`` / ``load``, ``last_observation``)."""
+    logger: RunLogger
+    remaining: int
+    """Env steps left to run."""
+    resumed: bool
+    """Continuing from a checkpoint (the env is restored, the policy loaded)."""
+    save_checkpoint: Callable[[SavePolicy], None]
 
-    return MTKDRL(env, seed=config.seed, **config.agent_kwargs)
+    @property
+    def checkpoints(self) -> Path:
+        return _checkpoint_dir(self.config)
+
+    @property
+    def budget(self) -> int:
+        """The env step at which the run stops."""
+        return int(self.config.total_steps or self.kd.engine.total_steps)
+
+    @property
+    def env_steps_per_timestep(self) -> int:
+        """Timesteps (SB3's count) per env step: one per sample slot on the per-sample env."""
+        return int(getattr(self.env, "num_envs", 1)) if self.config.per_sample else 1
+
+    def batch_info(self, info: dict[str, Any]) -> dict[str, Any]:
+        return reduce_vector_info(info) if self.config.per_sample else info
+
+    def checkpoint_if_due(self, save_policy: SavePolicy) -> bool:
+        """Checkpoint if this step is due; returns whether the budget is spent."""
+        last = self.logger.step >= self.budget
+        if _checkpoint_due(self.config, self.logger.step, last):
+            self.save_checkpoint(save_policy)
+        return last
 
 
-def _load_our_agent(config: RunConfig, path: Path, env: Any) -> Any:
-    if config.agent == "reinforce":
-        from kd_env.agents.reinforce import Reinforce
+class Driver(ABC):
+    """How the runner builds, checkpoints, restores and steps one kind of policy."""
 
-        return Reinforce.load(path, env=env)
-    from kd_env.agents.mtkd_rl import MTKDRL
+    checkpoint_file: ClassVar[str]
+    """The policy's file in the run's ``checkpoints`` folder."""
 
-    return MTKDRL.load(path, env=env)
+    def build(self, context: RunContext) -> Any:
+        """A new policy from the registry's factory: ``factory(env, seed=..., **agent_kwargs)``."""
+        return context.spec.factory(context.env, seed=context.config.seed, **context.config.agent_kwargs)
+
+    def restore(self, context: RunContext) -> Any:
+        """The checkpointed policy: the entry's ``loader``, else the factory's policy with its
+        checkpoint loaded (when it has ``load`` and a checkpoint was written)."""
+        path = context.checkpoints / self.checkpoint_file
+        if context.spec.loader is not None:
+            return context.spec.loader(path, context.env)
+        policy = self.build(context)
+        if callable(getattr(policy, "load", None)) and path.exists():
+            loaded = policy.load(path, env=context.env)
+            return policy if loaded is None else loaded  # classmethod (returns) or in place (None)
+        return policy
+
+    def save(self, policy: Any, folder: Path) -> None:
+        """Write the policy's checkpoint (policies without ``save`` keep none)."""
+        if callable(getattr(policy, "save", None)):
+            policy.save(folder / self.checkpoint_file)
+
+    def run(self, context: RunContext) -> None:
+        """Build (or restore, with the env) the policy and drive it for ``context.remaining`` steps."""
+        if context.resumed:
+            context.kd.load(context.checkpoints / ENV_CHECKPOINT)
+            policy = self.restore(context)
+        else:
+            policy = self.build(context)
+        self.drive(context, policy)
+
+    @abstractmethod
+    def drive(self, context: RunContext, policy: Any) -> None:
+        """Step the env ``context.remaining`` times with ``policy``, logging and checkpointing."""
 
 
-def train(config: RunConfig, resume: bool = False) -> RunResult:
-    """Run ``config.agent`` on ``config.env_id`` (see the module docstring)."""
+class PredictDriver(Driver):
+    """Policies that only act (the baselines, user policies): ``predict`` steps the env."""
+
+    checkpoint_file = "policy.pt"
+
+    def drive(self, context: RunContext, policy: Any) -> None:
+        env = context.env
+        if context.resumed:
+            observation = context.kd.last_observation
+        else:
+            observation, _ = env.reset(seed=context.config.seed)
+        for _ in range(context.remaining):
+            action = _predict(context, policy, observation)
+            try:
+                observation, reward, terminated, truncated, info = env.step(action)
+            except ValueError as exc:  # the env checks actions before it touches the student
+                raise PolicyActionError(_bad_action_message(context, policy, action, exc)) from exc
+            context.logger.log(context.batch_info(info), float(np.mean(reward)), None)
+            if np.any(terminated) or np.any(truncated):
+                observation, _ = env.reset()  # before the checkpoint, so a resume starts stepping
+            if context.checkpoint_if_due(lambda folder: self.save(policy, folder)):
+                return
+
+
+def _predict(context: RunContext, policy: Any, observation: Any) -> Any:
+    result = policy.predict(observation, deterministic=True)
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise PolicyActionError(
+            f"policy {context.config.agent!r} ({type(policy).__name__}).predict returned {type(result).__name__}; "
+            "it must return (action, state) as SB3's predict does: return action, state"
+        )
+    return result[0]
+
+
+def _bad_action_message(context: RunContext, policy: Any, action: Any, exc: ValueError) -> str:
+    try:
+        array = np.asarray(action, dtype=np.float64)
+        returned = f"shape {array.shape}, {int(np.size(array) - np.isfinite(array).sum())} NaN/inf entries"
+    except (TypeError, ValueError):
+        returned = f"{type(action).__name__} that is not a numeric array"
+    space = context.env.action_space
+    mode = context.kd.settings.action_mode
+    return (
+        f"policy {context.config.agent!r} ({type(policy).__name__}) returned an action the env refused: {returned} "
+        f"(env: {exc}). The student was not updated. Fix: predict must return a finite float array of shape "
+        f"{tuple(space.shape)} (the env's action_space: one entry per teacher and head"
+        f"{', one row per sample' if context.config.per_sample else ''}), valid in action_mode={mode!r}"
+    )
+
+
+class AgentDriver(Driver):
+    """kd-env's agent protocol (:class:`kd_env.agents.BaseAgent`): ``learn`` with a per-step callback."""
+
+    checkpoint_file = "agent.pt"
+
+    def drive(self, context: RunContext, policy: Any) -> None:
+        def on_step(record: dict[str, Any]) -> bool:
+            context.logger.log(context.batch_info(record["info"]), float(record["reward_mean"]), record["losses"])
+            return not context.checkpoint_if_due(lambda folder: self.save(policy, folder))
+
+        timesteps = context.remaining * context.env_steps_per_timestep
+        policy.learn(timesteps, callback=on_step, reset_num_timesteps=not context.resumed)
+
+
+class SB3Driver(Driver):
+    """stable-baselines3's algorithms, as they are (:mod:`kd_env.agents.sb3`)."""
+
+    checkpoint_file = "agent.zip"
+
+    def build(self, context: RunContext) -> Any:
+        config = context.config
+        return context.spec.factory(
+            context.env, seed=config.seed, env_id=config.env_id, per_sample=config.per_sample, **config.agent_kwargs
+        )
+
+    def restore(self, context: RunContext) -> Any:
+        from kd_env.agents.sb3 import continue_sb3_episode
+
+        model = super().restore(context)
+        continue_sb3_episode(model, context.kd.last_observation)  # the student's run goes on
+        return model
+
+    def save(self, policy: Any, folder: Path) -> None:
+        from kd_env.agents.sb3 import save_sb3_agent
+
+        save_sb3_agent(policy, folder / self.checkpoint_file)
+
+    def drive(self, context: RunContext, policy: Any) -> None:
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        driver = self
+
+        class Logging(BaseCallback):
+            def _on_step(self) -> bool:
+                info = _sb3_batch_info(self.locals["infos"])
+                values = self.model.logger.name_to_value.items()
+                losses = {key.split("/")[-1]: value for key, value in values if key.startswith("train/")}
+                context.logger.log(info, float(np.mean(self.locals["rewards"])), losses or None)
+                # stop at the budget: SB3 would finish its rollout past it otherwise
+                return not context.checkpoint_if_due(lambda folder: driver.save(self.model, folder))
+
+        timesteps = context.remaining * policy.get_env().num_envs
+        policy.learn(timesteps, callback=Logging(), reset_num_timesteps=not context.resumed)
+
+
+DRIVERS: dict[str, Driver] = {"policy": PredictDriver(), "agent": AgentDriver(), "sb3": SB3Driver()}
+"""One driver per registry ``kind`` (:data:`kd_env.registry.POLICY_KINDS`)."""
+
+
+# ---------------------------------------------------------------------- the run
+def _prepare_run_dir(config: RunConfig, resume: bool) -> RunConfig:
+    """Write (or, on resume, re-read) ``run.json``; returns the run's config."""
     run_dir = Path(config.run_dir)
-    checkpoints = _checkpoint_dir(config)
     if resume:
         if not (run_dir / RUN_FILE).exists():
             raise FileNotFoundError(f"nothing to resume in {run_dir}: it has no {RUN_FILE}")
@@ -249,25 +451,36 @@ def train(config: RunConfig, resume: bool = False) -> RunResult:
         # a resumed run keeps its definition; only the budget may be extended
         total_steps = config.total_steps if config.total_steps is not None else saved["total_steps"]
         config = RunConfig(**{**saved, "total_steps": total_steps, "progress": config.progress, "run_dir": str(run_dir)})
-        _write_json(run_dir / RUN_FILE, asdict(config))
     else:
-        if (checkpoints / STATE_FILE).exists():
+        if (_checkpoint_dir(config) / STATE_FILE).exists():
             raise FileExistsError(f"{run_dir} holds a run already: pass resume=True (--resume) or choose another run_dir")
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / RUN_FILE, asdict(config))
-    checkpoints.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / RUN_FILE, asdict(config))
+    _checkpoint_dir(config).mkdir(parents=True, exist_ok=True)
+    return config
+
+
+def _initial_state(config: RunConfig, resume: bool) -> dict[str, Any]:
+    """The run's records: fresh, or those of the last checkpoint."""
+    path = _checkpoint_dir(config) / STATE_FILE
+    if not (resume and path.exists()):
+        return {"env_steps": 0, "episodes": [], "val_curve": [], "weight_trajectory": [], "wall_time_s": 0.0}
+    state = json.loads(path.read_text())
+    state["val_curve"] = [tuple(item) for item in state["val_curve"]]
+    state["weight_trajectory"] = [tuple(item) for item in state["weight_trajectory"]]
+    return state
+
+
+def train(config: RunConfig, resume: bool = False) -> RunResult:
+    """Run ``config.agent`` on ``config.env_id`` (see the module docstring)."""
+    config = _prepare_run_dir(config, resume)
+    checkpoints = _checkpoint_dir(config)
     torch.manual_seed(config.seed)
     env = make_env(config)
     kd = env.unwrapped  # make_env's envs: gym.make's wrappers, or the per-sample env itself
     teacher_names = list(kd.teacher_names)
-    episode_steps = kd.engine.total_steps
-    total_steps = config.total_steps or episode_steps
-    state: dict[str, Any] = {"env_steps": 0, "episodes": [], "val_curve": [], "weight_trajectory": [], "wall_time_s": 0.0}
-    if resume and (checkpoints / STATE_FILE).exists():
-        state = json.loads((checkpoints / STATE_FILE).read_text())
-        state["val_curve"] = [tuple(item) for item in state["val_curve"]]
-        state["weight_trajectory"] = [tuple(item) for item in state["weight_trajectory"]]
-    resumed = resume and state["env_steps"] > 0
+    total_steps = config.total_steps or kd.engine.total_steps
+    state = _initial_state(config, resume)
     logger = RunLogger(config, teacher_names, total_steps, state["env_steps"], state)
     clock = {"since": time.perf_counter()}
 
@@ -276,22 +489,19 @@ def train(config: RunConfig, resume: bool = False) -> RunResult:
         state["wall_time_s"] = state.get("wall_time_s", 0.0) + now - clock["since"]
         clock["since"] = now
 
-    def save_checkpoint(save_policy: Callable[[Path], Any]) -> None:
+    def save_checkpoint(save_policy: SavePolicy) -> None:
         save_policy(checkpoints)
-        kd.save(checkpoints / "env.pt")
+        kd.save(checkpoints / ENV_CHECKPOINT)
         state["env_steps"] = logger.step
         account_time()
         _write_json(checkpoints / STATE_FILE, state)
 
     remaining = total_steps - state["env_steps"]
+    spec = config.spec
+    context = RunContext(config, spec, env, kd, logger, remaining, resume and state["env_steps"] > 0, save_checkpoint)
     try:
         if remaining > 0:
-            if config.agent in BASELINE_NAMES:
-                _run_baseline(config, env, kd, logger, remaining, resumed, save_checkpoint)
-            elif config.agent in OUR_AGENTS:
-                _run_our_agent(config, env, kd, logger, remaining, resumed, save_checkpoint)
-            else:
-                _run_sb3(config, env, kd, logger, remaining, resumed, save_checkpoint)
+            DRIVERS[spec.kind].run(context)
     finally:
         logger.close()
     if logger.step > state["env_steps"]:
@@ -309,8 +519,12 @@ def train(config: RunConfig, resume: bool = False) -> RunResult:
         wall_time_s=state["wall_time_s"],
         peak_memory_mib=_peak_memory_mib(kd),
     )
-    _write_json(run_dir / "result.json", asdict(result))
+    _write_json(Path(config.run_dir) / "result.json", asdict(result))
     return result
+
+
+def _checkpoint_due(config: RunConfig, step: int, last: bool) -> bool:
+    return last or (config.checkpoint_every > 0 and step % config.checkpoint_every == 0)
 
 
 def _peak_memory_mib(kd: Any) -> float:
@@ -332,90 +546,6 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _checkpoint_due(config: RunConfig, step: int, last: bool) -> bool:
-    return last or (config.checkpoint_every > 0 and step % config.checkpoint_every == 0)
-
-
-def _run_baseline(config, env, kd, logger, remaining, resumed, save_checkpoint) -> None:
-    from kd_env.baselines import load_baseline, make_baseline
-
-    checkpoints = _checkpoint_dir(config)
-    policy_path = checkpoints / "policy.pt"
-    if resumed:
-        kd.load(checkpoints / "env.pt")
-        policy = load_baseline(policy_path, env)
-        observation = kd.last_observation
-    else:
-        policy = make_baseline(config.agent, env, seed=config.seed, **config.agent_kwargs)
-        observation, _ = env.reset(seed=config.seed)
-    for index in range(remaining):
-        action, _ = policy.predict(observation, deterministic=True)
-        observation, reward, terminated, truncated, info = env.step(action)
-        batch_info = reduce_vector_info(info) if config.per_sample else info
-        logger.log(batch_info, float(np.mean(reward)), None)
-        if np.any(terminated) or np.any(truncated):
-            observation, _ = env.reset()
-        if _checkpoint_due(config, logger.step, index == remaining - 1):
-            save_checkpoint(lambda folder: policy.save(folder / "policy.pt"))
-
-
-def _run_our_agent(config, env, kd, logger, remaining, resumed, save_checkpoint) -> None:
-    checkpoints = _checkpoint_dir(config)
-    if resumed:
-        kd.load(checkpoints / "env.pt")
-        agent = _load_our_agent(config, checkpoints / "agent.pt", env)
-    else:
-        agent = _our_agent(config, env)
-    per_step = agent.num_envs
-
-    def on_step(record: dict[str, Any]) -> bool:
-        info = reduce_vector_info(record["info"]) if config.per_sample else record["info"]
-        logger.log(info, float(record["reward_mean"]), record["losses"])
-        last = logger.step >= (config.total_steps or kd.engine.total_steps)
-        if _checkpoint_due(config, logger.step, last):
-            save_checkpoint(lambda folder: agent.save(folder / "agent.pt"))
-        return not last
-
-    agent.learn(remaining * per_step, callback=on_step, reset_num_timesteps=not resumed)
-
-
-def _run_sb3(config, env, kd, logger, remaining, resumed, save_checkpoint) -> None:
-    from stable_baselines3.common.callbacks import BaseCallback
-
-    from kd_env.agents.sb3 import load_sb3_agent, make_sb3_agent, save_sb3_agent
-
-    checkpoints = _checkpoint_dir(config)
-    if resumed:
-        kd.load(checkpoints / "env.pt")
-        model = load_sb3_agent(config.agent, checkpoints / "agent.zip", env)
-        # SB3 resets the env at the start of learn() unless it holds a last observation: give it
-        # the restored env's, so the student's run continues instead of starting over
-        vec_env = model.get_env()
-        raw = np.asarray(kd.last_observation, dtype=np.float32).reshape(vec_env.num_envs, -1)
-        normalizer = model.get_vec_normalize_env()
-        model._last_obs = normalizer.normalize_obs(raw) if normalizer is not None else raw
-        if normalizer is not None:
-            normalizer.old_obs = raw
-        model._last_episode_starts = np.zeros(vec_env.num_envs, dtype=bool)
-        if not config.per_sample:
-            vec_env.set_attr("needs_reset", False)  # SB3's Monitor: the episode goes on, it was restored
-    else:
-        model = make_sb3_agent(config.agent, env, env_id=config.env_id, per_sample=config.per_sample, seed=config.seed, **config.agent_kwargs)
-    per_step = model.get_env().num_envs
-
-    class Logging(BaseCallback):
-        def _on_step(self) -> bool:
-            info = _sb3_batch_info(self.locals["infos"])
-            losses = {k.split("/")[-1]: v for k, v in self.model.logger.name_to_value.items() if k.startswith("train/")}
-            logger.log(info, float(np.mean(self.locals["rewards"])), losses or None)
-            last = logger.step >= (config.total_steps or kd.engine.total_steps)
-            if _checkpoint_due(config, logger.step, last):
-                save_checkpoint(lambda folder: save_sb3_agent(self.model, folder / "agent.zip"))
-            return not last  # SB3 would finish its rollout past the budget otherwise
-
-    model.learn(remaining * per_step, callback=Logging(), reset_num_timesteps=not resumed)
-
-
 def _sb3_batch_info(infos: list[dict[str, Any]]) -> dict[str, Any]:
     """SB3 hands one info dict per slot; the per-sample env's slots share the batch's values."""
     if len(infos) == 1:
@@ -423,8 +553,3 @@ def _sb3_batch_info(infos: list[dict[str, Any]]) -> dict[str, Any]:
     skip = {"terminal_observation", "episode", "TimeLimit.truncated"}
     stacked = {key: np.stack([np.asarray(item[key]) for item in infos]) for key in infos[0] if key not in skip}
     return reduce_vector_info(stacked)
-
-
-def settings_help() -> str:
-    """The env keyword arguments, for the CLI's help."""
-    return ", ".join(sorted(KDEnvSettings.__dataclass_fields__))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 
 import pytest
 import torch
@@ -22,7 +23,17 @@ def _scalars(run_dir, tag):
 
 @pytest.mark.parametrize(
     "agent, per_sample",
-    [("aver", False), ("ebkd", True), ("reinforce", False), ("reinforce", True), ("mtkd-rl", True), ("ppo", False), ("a2c", True)],
+    [
+        ("aver", False),
+        ("ebkd", True),
+        ("oracle", True),
+        ("no-kd", False),
+        ("reinforce", False),
+        ("reinforce", True),
+        ("mtkd-rl", True),
+        ("ppo", False),
+        ("a2c", True),
+    ],
 )
 def test_every_kind_of_policy_runs_one_student_training(tmp_path, agent, per_sample):
     result = train(RunConfig(ENV, agent, str(tmp_path / "run"), per_sample=per_sample, env_kwargs=SHORT, progress=False))
@@ -34,6 +45,8 @@ def test_every_kind_of_policy_runs_one_student_training(tmp_path, agent, per_sam
     weights = _scalars(tmp_path / "run", "weights/logit/cnn_w16")
     assert [step for step, _ in weights] == list(range(1, 11))
     assert _scalars(tmp_path / "run", "final/test_acc")[0][1] == pytest.approx(result.test_acc)
+    if agent == "no-kd":  # the runner made the env in the policy's own action mode ("raw")
+        assert saved["env_steps"] == 10 and all(value == 0.0 for _, value in weights)
 
 
 def test_tensorboard_tag_scheme(tmp_path):
@@ -84,8 +97,12 @@ def test_sb3_run_resumes_the_same_student_run(tmp_path):
     the student's run is: it continues where it stopped instead of starting over."""
     config = {"env_id": ENV, "agent": "ppo", "env_kwargs": SHORT, "checkpoint_every": 3, "progress": False}
     train(RunConfig(**config, run_dir=str(tmp_path / "run"), total_steps=6))
+    statistics = tmp_path / "run" / "checkpoints" / "vecnormalize.pkl"
+    observations_seen = pickle.loads(statistics.read_bytes()).obs_rms.count
     resumed = train(RunConfig(ENV, "ppo", str(tmp_path / "run"), total_steps=10, progress=False), resume=True)
     assert resumed.env_steps == 10 and len(resumed.episodes) == 1  # one student run, not two
     assert [step for step, _ in resumed.val_curve] == [5, 10]
     assert [step for step, _ in _scalars(tmp_path / "run", "train/epoch")] == list(range(1, 11))
     assert [value for _, value in _scalars(tmp_path / "run", "train/epoch")][5:] == [1.0] * 4 + [2.0]  # not epoch 0 again
+    # the resumed agent keeps training its VecNormalize statistics (4 more observations), not frozen ones
+    assert pickle.loads(statistics.read_bytes()).obs_rms.count == pytest.approx(observations_seen + 4)
