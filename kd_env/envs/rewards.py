@@ -6,12 +6,13 @@ import math
 from typing import Any
 
 import numpy as np
+import torch
 
-from kd_env.engine import DistillationEngine, StepResult
+from kd_env.engine import DistillationEngine, StepBatch, StepResult
 
 
 class RewardTracker:
-    """The three reward modes over one engine, with the state they carry between steps.
+    """The reward modes over one engine, with the state they carry between steps.
 
     * ``"neg_loss"``: the negative weighted training loss of the updated batch (MTKD-RL's
       reward), divided by ``log(C)`` so that a chance-level student scores about -1.
@@ -20,6 +21,22 @@ class RewardTracker:
     * ``"val_acc"``: sparse; at each epoch end the change of validation accuracy since the last
       epoch end (the first epoch counts from chance, 1/C), so an episode's return is the final
       validation accuracy above chance.
+    * ``"label_logprob"``: per sample, the log-probability that the *weighted teacher mixture*
+      gives the sample's true label, ``log sum_k w_ik softmax(z_ik / T)[y_i]`` (each weight row
+      renormalised to sum to one; an all-zero row, no teacher, scores chance ``1/C``), divided
+      by ``log(C)``. The batch-level reward is its batch mean.
+
+    Why ``"label_logprob"`` pays for teaching rather than for agreeing: ``"neg_loss"`` is the
+    weighted KD loss, smallest for the teacher the student already matches, so an agent trained
+    on it learns to trust that teacher whatever its quality (measured on Fashion-MNIST: the
+    weakest one). ``"label_logprob"`` never looks at the student: it is largest when the weight
+    sits on the teachers whose softened distribution (the target the student is distilled
+    toward, at the KD temperature ``T``) puts the most mass on the correct class, so it credits
+    each teacher for being right on that sample, per sample and per teacher. It is immediate
+    and costs nothing extra (the teacher logits of the batch are already computed). Its limit:
+    it rewards correct targets, not what the student gains from them (a teacher that is right
+    but unlearnable is still trusted); the training labels it reads are the ones the student's
+    own CE term uses, never the validation or test labels.
     """
 
     def __init__(self, engine: DistillationEngine, mode: str, probe_size: int, scale: float) -> None:
@@ -30,15 +47,26 @@ class RewardTracker:
         self.normaliser = math.log(engine.num_classes)
         self.last_probe_loss: float | None = None
         self.last_val_acc = 1.0 / engine.num_classes
+        self._updated_batch: StepBatch | None = None
 
     def reset(self) -> None:
         self.last_val_acc = 1.0 / self.engine.num_classes
         self.last_probe_loss = self.engine.probe_loss(self.probe_size) if self.mode == "val_loss_delta" else None
+        self._track_batch()
+
+    def _track_batch(self) -> None:
+        """Remember the batch the next update will train on (``"label_logprob"`` reads its labels
+        and teacher logits). The engine prepares the following batch inside ``step``, before the
+        reward is asked for, so the tracker keeps a reference to the prepared one: after each
+        reset, after each reward, and after a checkpoint is restored."""
+        self._updated_batch = self.engine.current if self.mode == "label_logprob" else None
 
     def batch_reward(self, result: StepResult) -> float:
         """One scalar reward for a whole update."""
         if self.mode == "neg_loss":
             return -result.loss / self.normaliser * self.scale
+        if self.mode == "label_logprob":
+            return float(self._label_logprob(result).mean())
         return self._shared_reward(result)
 
     def sample_rewards(self, result: StepResult) -> np.ndarray:
@@ -48,7 +76,28 @@ class RewardTracker:
             reward = -result.per_sample_loss
             normalised = (reward - reward.mean()) / (reward.std() + 1e-8)
             return (normalised.clamp(0.0, 1.0) * self.scale).double().cpu().numpy()
+        if self.mode == "label_logprob":
+            return self._label_logprob(result).double().cpu().numpy()
         return np.full(result.per_sample_loss.shape[0], self._shared_reward(result), dtype=np.float64)
+
+    def _label_logprob(self, result: StepResult) -> torch.Tensor:
+        """``[B]``: log-probability of the true label under the weighted teacher mixture, / log(C)."""
+        batch = self._updated_batch
+        if batch is None or batch.labels.shape[0] != result.logit_weights.shape[0]:
+            raise RuntimeError("label_logprob has no record of the updated batch; reset() the env first")
+        self._track_batch()  # the engine has prepared the next batch already
+        weights = result.logit_weights.detach().float()  # [B, K]
+        totals = weights.sum(dim=1, keepdim=True)
+        mixture_weights = weights / totals.clamp_min(1e-12)
+        # [K, B, C] -> each teacher's softened probability of the label: [B, K]
+        log_probs = torch.log_softmax(batch.teacher_logits.float() / self.engine.config.temperature, dim=-1)
+        label_log_probs = log_probs.gather(2, batch.labels.view(1, -1, 1).expand(log_probs.shape[0], -1, 1))
+        label_log_probs = label_log_probs.squeeze(2).transpose(0, 1)
+        # log sum_k w_k p_k(y), stably; log(0) = -inf terms drop out of the logsumexp
+        mixture = torch.logsumexp(label_log_probs + torch.log(mixture_weights), dim=1)
+        chance = torch.full_like(mixture, -self.normaliser)
+        mixture = torch.where(totals.squeeze(1) > 0, mixture, chance)
+        return mixture / self.normaliser * self.scale
 
     def _shared_reward(self, result: StepResult) -> float:
         if self.mode == "val_loss_delta":
@@ -69,3 +118,4 @@ class RewardTracker:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.last_probe_loss = state["last_probe_loss"]
         self.last_val_acc = state["last_val_acc"]
+        self._track_batch()  # the env restores the engine (and its prepared batch) first

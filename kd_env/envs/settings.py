@@ -8,7 +8,7 @@ from typing import Any
 
 from kd_env.weights import ACTION_MODES
 
-REWARD_MODES = ("neg_loss", "val_loss_delta", "val_acc")
+REWARD_MODES = ("neg_loss", "val_loss_delta", "val_acc", "label_logprob")
 STATE_PARTS = ("performance", "gap")
 STORE_DTYPES = ("float16", "float32")
 

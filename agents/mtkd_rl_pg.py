@@ -1,0 +1,486 @@
+"""Per-sample teacher routing trained by a true policy gradient (issue #10).
+
+:class:`MTKDRLPG` acts on the per-sample env (:class:`~kd_env.envs.PerSampleKDVectorEnv`, the
+paper's state: per teacher ``[cos, KL, CE, embedding, logits]``). Each sample of a batch is one
+decision of a contextual bandit, as in MTKD-RL; unlike the code-faithful :class:`~kd_env.agents.MTKDRL`
+(a reward-weighted BCE toward all-ones), the weights are *sampled* and updated by REINFORCE, so
+each teacher is credited for what its weight earned. Two networks:
+
+* ``network="scorer"`` (registered as ``router``): :class:`TeacherScorer`, one small MLP shared
+  by all teachers over each teacher's own slice of the state (cos, KL, CE, logits, and the CE's
+  gap to the other teachers' mean), with a DeepSets context (the mean of all teachers' hidden
+  codes), giving one score per teacher. Permuting the teachers permutes the scores, so what is
+  learned is "trust the teacher whose features say it is right", the same rule for every
+  teacher, which a few hundred updates suffice to find.
+* ``network="mtkd"`` (registered as ``mtkd-rl-pg``): the published agent's
+  :class:`~kd_env.agents.mtkd_rl.MTKDRLNetwork` (shared stem over the whole state, softmax head,
+  confidence and gap priors, the mix learnable with ``dynamic=True``), whose mixed weights are
+  the policy's mean: the paper's method as it describes it (a policy gradient over the agent
+  and its priors' mix).
+
+Policy: logistic-normal. ``u ~ N(log w(s), sigma^2 I)`` over the K teacher logits, weights
+``softmax(u)`` (applied as they are: ``action_mode="raw"``). ``log pi(u|s)`` is the Gaussian's,
+exact; ``predict(..., deterministic=True)`` gives ``w(s)`` itself. ``sigma`` follows a linear
+schedule (exploration from ``sigma_start`` to ``sigma_end`` over ``sigma_decay_steps`` env steps).
+
+Reward: ``reward_mode="label_logprob"`` (:class:`kd_env.envs.rewards.RewardTracker`), per sample,
+the log-probability the weighted teacher mixture gives the true label, which pays for trusting
+teachers that are right rather than the one the student agrees with.
+
+Update: every ``n_steps`` env steps one Adam step on ``-mean(log pi(u|s) * A)``, with
+``A = r - mean_batch(r)`` (the per-step batch mean is the baseline: it removes what all samples
+of one update share, the student's progress included), normalised over the rollout.
+
+Transfer: ``policy_path=`` starts from a saved agent's network and observation statistics;
+``learn=False`` freezes it (no updates, no statistics, deterministic weights ``w(s)``), so a
+policy trained over several student runs is evaluated on fresh seeds or students as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+
+from kd_env.envs.per_sample_env import PerSampleKDVectorEnv
+
+from .base import BaseAgent, EnvLike
+from .mtkd_rl import MTKDRLNetwork, PriorColumns
+from .reinforce import RunningMeanStd
+
+__all__ = ["MTKDRLPG", "NETWORKS", "TeacherScorer", "TeacherSlices", "logistic_normal_log_prob", "routing_layout_of"]
+
+NETWORKS = ("scorer", "mtkd")
+# per-teacher scalar columns the scorer reads (when the state has them), in this order
+SCALAR_COLUMNS = ("feature_cosine", "kd_loss", "teacher_ce")
+
+
+def logistic_normal_log_prob(pre_softmax: torch.Tensor, mean: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+    """``log N(u; mean, sigma^2 I)`` summed over the last dim: the policy's exact log-probability.
+
+    Args:
+        pre_softmax: sampled logits ``u`` ``[..., K]``.
+        mean: the policy's mean ``log w(s)`` ``[..., K]``.
+        sigma: the (scheduled, not learned) standard deviation: a number, or a tensor that
+            broadcasts against ``[..., K]`` (one value per rollout step).
+    """
+    sigma = torch.as_tensor(sigma, dtype=mean.dtype)
+    squared = (pre_softmax - mean).pow(2) / (2.0 * sigma * sigma)
+    return -(squared + torch.log(sigma) + 0.5 * np.log(2.0 * np.pi)).sum(-1)
+
+
+class TeacherSlices:
+    """Where each teacher's scalar columns and logits sit in the flat per-sample state.
+
+    Built from the env's ``feature_names`` (``"<teacher>/teacher_ce"``, ``"<teacher>/logit3"``,
+    ...); embeddings are left out (their size differs between teachers, and a shared scorer
+    needs one row size).
+    """
+
+    def __init__(self, feature_names: Sequence[str], teacher_names: Sequence[str]) -> None:
+        position = {name: index for index, name in enumerate(feature_names)}
+        self.scalars = [name for name in SCALAR_COLUMNS if all(f"{t}/{name}" in position for t in teacher_names)]
+        logit_counts = {sum(1 for n in feature_names if n.startswith(f"{t}/logit")) for t in teacher_names}
+        if len(logit_counts) != 1:
+            raise ValueError(f"teachers have different numbers of logit columns: {sorted(logit_counts)}")
+        self.num_logits = logit_counts.pop()
+        rows = []
+        for teacher in teacher_names:
+            row = [position[f"{teacher}/{name}"] for name in self.scalars]
+            row += [position[f"{teacher}/logit{i}"] for i in range(self.num_logits)]
+            rows.append(row)
+        if not rows[0]:
+            raise ValueError("the per-sample state has no per-teacher column the scorer can read (CE, KL, cosine, logits)")
+        self.index = torch.tensor(rows, dtype=torch.long)  # [K, F]
+        self.ce_position = self.scalars.index("teacher_ce") if "teacher_ce" in self.scalars else None
+
+    @property
+    def row_size(self) -> int:
+        """Features per teacher: the columns, plus the CE gap to the teachers' mean when CE exists."""
+        return int(self.index.shape[1]) + (1 if self.ce_position is not None else 0)
+
+    def rows(self, states: torch.Tensor) -> torch.Tensor:
+        """``[N, K, row_size]`` per-teacher rows of states ``[N, D]``."""
+        rows = states[:, self.index]
+        if self.ce_position is not None:
+            ce = rows[..., self.ce_position]
+            # how much better than the others: the comparison the routing rests on, given directly
+            rows = torch.cat([rows, (ce - ce.mean(dim=1, keepdim=True)).unsqueeze(-1)], dim=-1)
+        return rows
+
+
+class TeacherScorer(nn.Module):
+    """A teacher-permutation-equivariant scorer: ``score_k = rho([phi(x_k), mean_j phi(x_j)])``.
+
+    Args:
+        row_size: features per teacher.
+        hidden: width of ``phi`` and ``rho``.
+    """
+
+    def __init__(self, row_size: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.phi = nn.Sequential(nn.Linear(row_size, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
+        self.rho = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        # a small last layer starts every teacher at the same score: uniform weights at first
+        nn.init.orthogonal_(self.rho[-1].weight, gain=0.01)
+        nn.init.zeros_(self.rho[-1].bias)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """Scores ``[N, K]`` for normalised per-teacher rows ``[N, K, row_size]``."""
+        codes = self.phi(rows)
+        context = codes.mean(dim=1, keepdim=True).expand_as(codes)
+        return self.rho(torch.cat([codes, context], dim=-1)).squeeze(-1)
+
+
+def _per_sample_env(env: Any) -> PerSampleKDVectorEnv:
+    base = getattr(env, "unwrapped", env)
+    if not isinstance(base, PerSampleKDVectorEnv):
+        raise ValueError(
+            "MTKDRLPG runs on the per-sample env (gym.make_vec(id, vectorization_mode='vector_entry_point', "
+            f"action_mode='raw')), got {type(base).__name__}"
+        )
+    if base.settings.action_mode != "raw":
+        raise ValueError(f"MTKDRLPG sends its weights as they are: build the env with action_mode='raw' (got {base.settings.action_mode!r})")
+    return base
+
+
+def routing_layout_of(env: PerSampleKDVectorEnv) -> dict[str, Any]:
+    """What the agent's networks depend on in the env's state (JSON-able; checked on load)."""
+    return {
+        "state_dim": int(env.single_observation_space.shape[0]),
+        "num_teachers": int(env.num_teachers),
+        "heads": int(env.heads),
+        "teacher_names": list(env.teacher_names),
+        "feature_names": list(env.feature_names),
+    }
+
+
+class MTKDRLPG(BaseAgent):
+    """Per-sample teacher weights from a logistic-normal policy, trained by REINFORCE (see the module docstring).
+
+    Args:
+        env: the per-sample env (``action_mode="raw"``; ``reward_mode="label_logprob"``
+            recommended), or None for a predict-only agent (then ``state_layout``).
+        seed: seeds the initialisation, the sampling RNG and the env's first reset.
+        network: ``"scorer"`` (:class:`TeacherScorer`) or ``"mtkd"`` (:class:`MTKDRLNetwork` with priors).
+        hidden: width of the scorer (32) or of the MTKD-RL stem (128).
+        dynamic: ``network="mtkd"`` only: learn the mix of agent and priors (``--dynamic``); with
+            the fixed 1/3 mix no teacher can get more than about 2/3 of the weight.
+        mix_learning_rate: Adam's step size for the mix coefficients (``dynamic=True``): three
+            numbers that must move by several units for the learned head to take over from the
+            priors (measured on the synthetic specialists: with ``learning_rate`` for them too
+            the weight on the right teacher stalled near 0.55 after 240 updates).
+        n_steps: env steps per update (a rollout holds ``n_steps * B`` decisions).
+        learning_rate: Adam's step size.
+        sigma_start, sigma_end, sigma_decay_steps: the exploration schedule of ``sigma``
+            (linear in env steps of learning, then constant).
+        normalize_observations: running mean/std of the inputs (shared across teachers for the
+            scorer, so it stays equivariant); the MTKD-RL priors always read the raw columns.
+        obs_clip: clip of the normalised inputs.
+        max_grad_norm: gradient-norm clip, or None.
+        tie_heads: with feature KD, send the logit head's weights to the feature head too (the
+            teacher trusted for its logits is trusted for its features; ``label_logprob`` only
+            credits the logit weights, so a separate feature head would only get noise).
+        learn: ``False`` freezes the policy: no updates, no statistics, deterministic weights.
+        policy_path: start from this saved :class:`MTKDRLPG`'s network and statistics (same state
+            layout); the transfer protocol, with ``learn=False``.
+        state_layout: :func:`routing_layout_of` of the env; :meth:`load` passes it.
+        observation_space, action_space: for an agent without env (see :meth:`load`).
+    """
+
+    def __init__(
+        self,
+        env: EnvLike | None,
+        seed: int = 0,
+        *,
+        network: str = "scorer",
+        hidden: int | None = None,
+        dynamic: bool = True,
+        mix_learning_rate: float = 0.05,
+        n_steps: int = 4,
+        learning_rate: float = 3e-3,
+        sigma_start: float = 1.0,
+        sigma_end: float = 0.3,
+        sigma_decay_steps: int = 200,
+        normalize_observations: bool = True,
+        obs_clip: float = 10.0,
+        max_grad_norm: float | None = 1.0,
+        tie_heads: bool = True,
+        learn: bool = True,
+        policy_path: str | None = None,
+        state_layout: dict[str, Any] | None = None,
+        observation_space: spaces.Box | None = None,
+        action_space: spaces.Box | None = None,
+    ) -> None:
+        if network not in NETWORKS:
+            raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
+        for name, value in (("n_steps", n_steps), ("sigma_decay_steps", sigma_decay_steps)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, (int, np.integer)) or hidden < 1):
+            raise ValueError(f"hidden must be an int >= 1 or None, got {hidden!r}")
+        if max_grad_norm is not None:
+            self._check_positive("max_grad_norm", max_grad_norm)
+        self.network = network
+        self.hidden = int(hidden) if hidden is not None else (32 if network == "scorer" else 128)
+        self.dynamic = bool(dynamic)
+        self.mix_learning_rate = self._check_positive("mix_learning_rate", mix_learning_rate)
+        self.n_steps = int(n_steps)
+        self.learning_rate = self._check_positive("learning_rate", learning_rate)
+        self.sigma_start = self._check_positive("sigma_start", sigma_start)
+        self.sigma_end = self._check_positive("sigma_end", sigma_end)
+        self.sigma_decay_steps = int(sigma_decay_steps)
+        self.normalize_observations = bool(normalize_observations)
+        self.obs_clip = self._check_positive("obs_clip", obs_clip)
+        self.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+        self.tie_heads = bool(tie_heads)
+        self.learning = bool(learn)
+        self.policy_path = None if policy_path is None else str(policy_path)
+        if env is not None:
+            layout = routing_layout_of(_per_sample_env(env))
+            if state_layout is not None and state_layout != layout:
+                differences = [key for key in layout if layout[key] != state_layout.get(key)]
+                raise ValueError(
+                    f"the env's state layout does not match the agent's ({', '.join(differences)} differ): "
+                    "build the env with the same teachers and state options"
+                )
+        elif state_layout is None:
+            raise ValueError("a predict-only MTKDRLPG needs state_layout; use MTKDRLPG.load(path) for a trained agent")
+        else:
+            layout = state_layout
+        super().__init__(env, seed, observation_space, action_space)
+        self.state_layout = layout
+        self.num_teachers = int(layout["num_teachers"])
+        self.heads = int(layout["heads"])
+        if layout["state_dim"] != self.observation_dim or self.heads * self.num_teachers != self.action_dim:
+            raise ValueError("state_layout does not fit the observation and action spaces")
+        if self.heads == 2 and not self.tie_heads:
+            raise ValueError(
+                "tie_heads=False is not offered: the label_logprob reward credits the logit weights only, so an "
+                "untied feature head would learn from noise"
+            )
+        names, teachers = layout["feature_names"], layout["teacher_names"]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            if network == "scorer":
+                self.slices: TeacherSlices | None = TeacherSlices(names, teachers)
+                self.policy: nn.Module = TeacherScorer(self.slices.row_size, self.hidden)
+                self.obs_stats = RunningMeanStd(self.slices.row_size)
+            else:
+                self.slices = None
+                columns = PriorColumns.from_feature_names(names, teachers, feature_kd=False)
+                # one head: tied heads share the logit head's weights (see tie_heads)
+                self.policy = MTKDRLNetwork(self.observation_dim, columns, self.num_teachers, 1, self.dynamic, self.hidden)
+                self.obs_stats = RunningMeanStd(self.observation_dim)
+        mix = [p for name, p in self.policy.named_parameters() if name.endswith("_mix")]
+        rest = [p for name, p in self.policy.named_parameters() if not name.endswith("_mix")]
+        groups: list[dict[str, Any]] = [{"params": rest, "lr": self.learning_rate}]
+        if mix:
+            groups.append({"params": mix, "lr": self.mix_learning_rate})
+        self.optimizer = torch.optim.Adam(groups)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.predict_generator = torch.Generator().manual_seed(self.seed + 1)
+        self.num_updates = 0
+        self.learn_steps = 0
+        if self.policy_path is not None:
+            self._start_from(self.policy_path)
+        self._discard_rollout()
+
+    # ------------------------------------------------------------------ the policy
+    def _start_from(self, path: str) -> None:
+        """Copy a saved agent's network and observation statistics (the transfer protocol)."""
+        source = MTKDRLPG.load(Path(path))
+        if source.network != self.network or source.hidden != self.hidden or source.dynamic != self.dynamic:
+            raise ValueError(
+                f"{path} holds a {source.network} network (hidden {source.hidden}, dynamic {source.dynamic}); "
+                f"this agent is {self.network} (hidden {self.hidden}, dynamic {self.dynamic})"
+            )
+        if source.state_layout != self.state_layout:
+            raise ValueError(f"{path} was trained on another state layout (teachers or state options differ)")
+        self.policy.load_state_dict(source.policy.state_dict())
+        self.obs_stats.load_state_dict(source.obs_stats.state_dict())
+
+    def _inputs(self, states: torch.Tensor) -> torch.Tensor:
+        """What the network reads: per-teacher rows (scorer) or the whole state, normalised."""
+        features = self.slices.rows(states) if self.slices is not None else states
+        if not self.normalize_observations:
+            return features
+        flat = features.reshape(-1, features.shape[-1])
+        return self.obs_stats.normalize(flat, self.obs_clip).reshape(features.shape)
+
+    def _update_statistics(self, states: torch.Tensor) -> None:
+        if self.normalize_observations:
+            features = self.slices.rows(states) if self.slices is not None else states
+            self.obs_stats.update(features.reshape(-1, features.shape[-1]))
+
+    def mean_log_weights(self, states: torch.Tensor) -> torch.Tensor:
+        """The policy's mean ``log w(s)`` ``[N, K]`` for raw states ``[N, D]`` (with gradient)."""
+        inputs = self._inputs(states)
+        if self.slices is not None:
+            return torch.log_softmax(self.policy(inputs), dim=-1)
+        network = self.policy
+        assert isinstance(network, MTKDRLNetwork)
+        agent = torch.softmax(network.logit_head(network.stem(inputs)), dim=-1)
+        priors = network.priors(states)  # the priors read the raw CE and KL columns
+        mix = network._mix(network.logit_mix).to(states)
+        weights = mix[0] * agent + mix[1] * priors["confidence"] + mix[2] * priors["logit_gap"]
+        return torch.log(weights.clamp_min(1e-12))
+
+    def weights(self, observation: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The deterministic weights ``w(s)`` ``[N, K]`` (no gradient)."""
+        states = torch.as_tensor(np.asarray(observation, dtype=np.float32))
+        with torch.no_grad():
+            return self.mean_log_weights(states).exp()
+
+    def sigma(self) -> float:
+        """The exploration scale now (linear schedule over the env steps spent learning)."""
+        fraction = min(1.0, self.learn_steps / self.sigma_decay_steps)
+        return self.sigma_start + fraction * (self.sigma_end - self.sigma_start)
+
+    def _to_action(self, weights: torch.Tensor) -> np.ndarray:
+        action = weights.repeat(1, self.heads) if self.heads == 2 else weights
+        return action.numpy().astype(np.float32)
+
+    # ------------------------------------------------------------------ BaseAgent hooks
+    def _hyperparameters(self) -> dict[str, Any]:
+        return {
+            "network": self.network,
+            "hidden": self.hidden,
+            "dynamic": self.dynamic,
+            "mix_learning_rate": self.mix_learning_rate,
+            "n_steps": self.n_steps,
+            "learning_rate": self.learning_rate,
+            "sigma_start": self.sigma_start,
+            "sigma_end": self.sigma_end,
+            "sigma_decay_steps": self.sigma_decay_steps,
+            "normalize_observations": self.normalize_observations,
+            "obs_clip": self.obs_clip,
+            "max_grad_norm": self.max_grad_norm,
+            "tie_heads": self.tie_heads,
+            "learn": self.learning,
+            # the network is in the checkpoint itself: loading must not need the source file
+            "policy_path": None,
+            "state_layout": self.state_layout,
+        }
+
+    def _discard_rollout(self) -> None:
+        self._rollout_states: list[torch.Tensor] = []
+        self._rollout_samples: list[torch.Tensor] = []
+        self._rollout_sigmas: list[float] = []
+        self._rollout_rewards: list[torch.Tensor] = []
+
+    def _collect_action(self, observation: np.ndarray) -> np.ndarray:
+        states = torch.from_numpy(np.array(observation, dtype=np.float32))
+        if not self.learning:
+            return self._to_action(self.weights(states))
+        self._update_statistics(states)
+        sigma = self.sigma()
+        with torch.no_grad():
+            mean = self.mean_log_weights(states)
+            noise = torch.randn(mean.shape, generator=self.generator)
+            sample = mean + sigma * noise
+        self._rollout_states.append(states)
+        self._rollout_samples.append(sample)
+        self._rollout_sigmas.append(sigma)
+        return self._to_action(torch.softmax(sample, dim=-1))
+
+    def _collect_outcome(
+        self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, next_observation: np.ndarray
+    ) -> dict[str, float] | None:
+        if not self.learning:
+            return None
+        self.learn_steps += 1
+        self._rollout_rewards.append(torch.as_tensor(rewards, dtype=torch.float32))
+        if len(self._rollout_rewards) < self.n_steps:
+            return None
+        return self._update()
+
+    def policy_loss(
+        self, states: torch.Tensor, samples: torch.Tensor, sigmas: torch.Tensor, rewards: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """REINFORCE's loss over a rollout, and its advantages.
+
+        Args:
+            states: ``[T, B, D]`` raw states; samples: ``[T, B, K]`` the sampled logits ``u``;
+            sigmas: ``[T]`` the ``sigma`` each step was sampled with; rewards: ``[T, B]``.
+
+        Returns:
+            ``-mean(log pi(u|s) * A)`` with ``A = r - mean_batch(r)`` normalised over the
+            rollout, and ``A``.
+        """
+        advantages = rewards - rewards.mean(dim=1, keepdim=True)  # per-step batch-mean baseline
+        if advantages.numel() > 1:
+            advantages = advantages / (advantages.std() + 1e-8)
+        steps, size = states.shape[:2]
+        mean = self.mean_log_weights(states.reshape(steps * size, -1)).reshape(steps, size, -1)
+        log_prob = logistic_normal_log_prob(samples, mean, sigmas.view(-1, 1, 1))
+        return -(log_prob * advantages).mean(), advantages
+
+    def _update(self) -> dict[str, float]:
+        states = torch.stack(self._rollout_states)
+        samples = torch.stack(self._rollout_samples)
+        sigmas = torch.tensor(self._rollout_sigmas, dtype=torch.float32)
+        rewards = torch.stack(self._rollout_rewards)
+        self._discard_rollout()
+        loss, _ = self.policy_loss(states, samples, sigmas, rewards)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
+        self.optimizer.step()
+        self.num_updates += 1
+        with torch.no_grad():
+            top_weight = self.mean_log_weights(states[-1]).exp().max(dim=-1).values.mean()
+        return {
+            "policy_loss": float(loss.detach()),
+            "reward_mean": float(rewards.mean()),
+            "sigma": float(sigmas[-1]),
+            "grad_norm": float(grad_norm),
+            "top_weight": float(top_weight),
+        }
+
+    def _predict(self, observation: np.ndarray, deterministic: bool) -> np.ndarray:
+        states = torch.from_numpy(observation)
+        if deterministic:
+            return self._to_action(self.weights(states))
+        with torch.no_grad():
+            mean = self.mean_log_weights(states)
+            sample = mean + self.sigma() * torch.randn(mean.shape, generator=self.predict_generator)
+        return self._to_action(torch.softmax(sample, dim=-1))
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "predict_generator": self.predict_generator.get_state(),
+            "obs_stats": self.obs_stats.state_dict(),
+            "num_updates": self.num_updates,
+            "learn_steps": self.learn_steps,
+            "rollout": {
+                "states": list(self._rollout_states),
+                "samples": list(self._rollout_samples),
+                "sigmas": list(self._rollout_sigmas),
+                "rewards": list(self._rollout_rewards),
+            },
+        }
+
+    def _load_state_dict(self, state: dict[str, Any]) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.predict_generator.set_state(state["predict_generator"])
+        self.obs_stats.load_state_dict(state["obs_stats"])
+        self.num_updates = int(state["num_updates"])
+        self.learn_steps = int(state["learn_steps"])
+        rollout = state["rollout"]
+        self._rollout_states = list(rollout["states"])
+        self._rollout_samples = list(rollout["samples"])
+        self._rollout_sigmas = [float(s) for s in rollout["sigmas"]]
+        self._rollout_rewards = list(rollout["rewards"])
