@@ -1,7 +1,8 @@
 """The policy registry: every name ``kd-env train --agent NAME`` and ``kd-env bench`` accept.
 
-One registry holds the built-ins (our agents ``reinforce`` and ``mtkd-rl``, SB3's ``ppo``,
-``a2c``, ``sac``, ``td3``, ``ddpg``, and the baselines of :data:`kd_env.baselines.BASELINES`)
+One registry holds the built-ins (our agents ``reinforce``, ``mtkd-rl``, ``router`` and
+``mtkd-rl-pg``, SB3's ``ppo``, ``a2c``, ``sac``, ``td3``, ``ddpg``, and the baselines of
+:data:`kd_env.baselines.BASELINES`)
 and the user's own methods, so a new method runs through the same runner, env, TensorBoard tags
 and benchmark as the rest without editing kd-env::
 
@@ -288,7 +289,7 @@ def _ensure_builtins() -> None:
 
 
 def _builtin_specs() -> list[PolicySpec]:
-    from kd_env.agents import MTKDRL, Reinforce
+    from kd_env.agents import MTKDRL, MTKDRLPG, Reinforce
     from kd_env.agents.sb3 import ALGORITHMS, load_sb3_agent, make_sb3_agent
     from kd_env.baselines import BASELINES, load_baseline, make_baseline
 
@@ -297,6 +298,12 @@ def _builtin_specs() -> list[PolicySpec]:
         # the published agent is defined on the per-sample state; its warm-up applies all-ones
         # weights as they are, hence "raw"
         PolicySpec("mtkd-rl", MTKDRL, kind="agent", per_sample=True, action_mode="raw", loader=_classmethod_loader(MTKDRL), builtin=True),
+        # issue #10: per-sample routing by a true policy gradient (best with reward_mode="label_logprob");
+        # weights sent as they are (softmax of the sampled logits), hence "raw"
+        PolicySpec("router", functools.partial(MTKDRLPG, network="scorer"), kind="agent", per_sample=True,
+                   action_mode="raw", loader=_classmethod_loader(MTKDRLPG), builtin=True),
+        PolicySpec("mtkd-rl-pg", functools.partial(MTKDRLPG, network="mtkd"), kind="agent", per_sample=True,
+                   action_mode="raw", loader=_classmethod_loader(MTKDRLPG), builtin=True),
     ]
     for algo in ALGORITHMS:
         specs.append(

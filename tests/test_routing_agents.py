@@ -306,3 +306,26 @@ def test_label_logprob_batch_reward_is_the_batch_mean():
     expected = np.mean(np.log(label_probs @ weights.astype(np.float64)) / math.log(kd.engine.num_classes))
     _, reward, *_ = env.step(np.tile(weights, kd.heads))
     assert reward == pytest.approx(expected, rel=1e-4)
+
+
+def test_runner_trains_saves_and_evaluates_a_frozen_router(tmp_path):
+    """The transfer protocol through the runner: train over several student runs, save, then
+    evaluate the saved policy frozen on a new seed and another student (agent kwargs
+    ``policy_path`` + ``learn=False``)."""
+    from kd_env.run import RunConfig, train
+
+    env_kwargs = {"pool": "specialists", "reward_mode": "label_logprob", "epochs": 1, "max_steps_per_epoch": 6}
+    trained = train(RunConfig("MultiTeacherKD-Synthetic-v0", "router", str(tmp_path / "train"), env_kwargs=env_kwargs,
+                              total_steps=18, tensorboard=False, progress=False))
+    assert len(trained.episodes) == 3  # three student runs, one policy learning across them
+    saved = tmp_path / "train" / "checkpoints" / "agent.pt"
+    policy = MTKDRLPG.load(saved)
+    assert policy.num_updates == 18 // policy.n_steps
+    frozen = train(RunConfig("MultiTeacherKD-Synthetic-v0", "router", str(tmp_path / "eval"), seed=11,
+                             env_kwargs={**env_kwargs, "student": "mlp"},
+                             agent_kwargs={"policy_path": str(saved), "learn": False}, tensorboard=False, progress=False))
+    assert len(frozen.episodes) == 1 and frozen.episodes[0]["final_test_acc"] >= 0
+    evaluated = MTKDRLPG.load(tmp_path / "eval" / "checkpoints" / "agent.pt")
+    assert evaluated.num_updates == 0 and not evaluated.learning
+    for name, value in policy.policy.state_dict().items():
+        assert torch.equal(value, evaluated.policy.state_dict()[name]), name
