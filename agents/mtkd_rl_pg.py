@@ -56,6 +56,7 @@ from .reinforce import RunningMeanStd
 __all__ = ["MTKDRLPG", "NETWORKS", "TeacherScorer", "TeacherSlices", "logistic_normal_log_prob", "routing_layout_of"]
 
 NETWORKS = ("scorer", "mtkd")
+BASELINES = ("batch", "running")
 # per-teacher scalar columns the scorer reads (when the state has them), in this order
 SCALAR_COLUMNS = ("feature_cosine", "kd_loss", "teacher_ce")
 
@@ -183,6 +184,12 @@ class MTKDRLPG(BaseAgent):
             scorer, so it stays equivariant); the MTKD-RL priors always read the raw columns.
         obs_clip: clip of the normalised inputs.
         max_grad_norm: gradient-norm clip, or None.
+        baseline: ``"batch"`` (default): each step's batch-mean reward, which removes what the
+            samples of one update share; with a reward every sample of an update shares
+            (``val_loss_delta``, ``val_acc``) it leaves no signal at all. ``"running"``: an
+            exponential running mean of the rewards over updates (rate ``baseline_momentum``),
+            for those shared, batch-level rewards.
+        baseline_momentum: rate of the ``"running"`` baseline, in ``(0, 1]``.
         tie_heads: with feature KD, send the logit head's weights to the feature head too (the
             teacher trusted for its logits is trusted for its features; ``label_logprob`` only
             credits the logit weights, so a separate feature head would only get noise).
@@ -210,6 +217,8 @@ class MTKDRLPG(BaseAgent):
         normalize_observations: bool = True,
         obs_clip: float = 10.0,
         max_grad_norm: float | None = 1.0,
+        baseline: str = "batch",
+        baseline_momentum: float = 0.1,
         tie_heads: bool = True,
         learn: bool = True,
         policy_path: str | None = None,
@@ -226,6 +235,13 @@ class MTKDRLPG(BaseAgent):
             raise ValueError(f"hidden must be an int >= 1 or None, got {hidden!r}")
         if max_grad_norm is not None:
             self._check_positive("max_grad_norm", max_grad_norm)
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+        if isinstance(baseline_momentum, bool) or not isinstance(baseline_momentum, (int, float)) or not 0 < baseline_momentum <= 1:
+            raise ValueError(f"baseline_momentum must be in (0, 1], got {baseline_momentum!r}")
+        self.baseline = baseline
+        self.baseline_momentum = float(baseline_momentum)
+        self.running_baseline: float | None = None
         self.network = network
         self.hidden = int(hidden) if hidden is not None else (32 if network == "scorer" else 128)
         self.dynamic = bool(dynamic)
@@ -361,6 +377,8 @@ class MTKDRLPG(BaseAgent):
             "normalize_observations": self.normalize_observations,
             "obs_clip": self.obs_clip,
             "max_grad_norm": self.max_grad_norm,
+            "baseline": self.baseline,
+            "baseline_momentum": self.baseline_momentum,
             "tie_heads": self.tie_heads,
             "learn": self.learning,
             # the network is in the checkpoint itself: loading must not need the source file
@@ -410,10 +428,14 @@ class MTKDRLPG(BaseAgent):
             sigmas: ``[T]`` the ``sigma`` each step was sampled with; rewards: ``[T, B]``.
 
         Returns:
-            ``-mean(log pi(u|s) * A)`` with ``A = r - mean_batch(r)`` normalised over the
-            rollout, and ``A``.
+            ``-mean(log pi(u|s) * A)`` with ``A = r - b`` normalised over the rollout (``b``: the
+            per-step batch mean, or the running mean with ``baseline="running"``), and ``A``.
         """
-        advantages = rewards - rewards.mean(dim=1, keepdim=True)  # per-step batch-mean baseline
+        if self.baseline == "batch":
+            advantages = rewards - rewards.mean(dim=1, keepdim=True)
+        else:
+            reference = float(rewards.mean()) if self.running_baseline is None else self.running_baseline
+            advantages = rewards - reference
         if advantages.numel() > 1:
             advantages = advantages / (advantages.std() + 1e-8)
         steps, size = states.shape[:2]
@@ -428,6 +450,10 @@ class MTKDRLPG(BaseAgent):
         rewards = torch.stack(self._rollout_rewards)
         self._discard_rollout()
         loss, _ = self.policy_loss(states, samples, sigmas, rewards)
+        if self.baseline == "running":  # updated after use: the baseline must not see these rewards' actions
+            mean_reward = float(rewards.mean())
+            previous = mean_reward if self.running_baseline is None else self.running_baseline
+            self.running_baseline = (1 - self.baseline_momentum) * previous + self.baseline_momentum * mean_reward
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
@@ -463,6 +489,7 @@ class MTKDRLPG(BaseAgent):
             "obs_stats": self.obs_stats.state_dict(),
             "num_updates": self.num_updates,
             "learn_steps": self.learn_steps,
+            "running_baseline": self.running_baseline,
             "rollout": {
                 "states": list(self._rollout_states),
                 "samples": list(self._rollout_samples),
@@ -479,6 +506,8 @@ class MTKDRLPG(BaseAgent):
         self.obs_stats.load_state_dict(state["obs_stats"])
         self.num_updates = int(state["num_updates"])
         self.learn_steps = int(state["learn_steps"])
+        baseline = state["running_baseline"]
+        self.running_baseline = None if baseline is None else float(baseline)
         rollout = state["rollout"]
         self._rollout_states = list(rollout["states"])
         self._rollout_samples = list(rollout["samples"])

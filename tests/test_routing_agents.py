@@ -329,3 +329,19 @@ def test_runner_trains_saves_and_evaluates_a_frozen_router(tmp_path):
     assert evaluated.num_updates == 0 and not evaluated.learning
     for name, value in policy.policy.state_dict().items():
         assert torch.equal(value, evaluated.policy.state_dict()[name]), name
+
+
+def test_running_baseline_credits_rewards_shared_by_the_batch():
+    """A reward every sample of an update shares (val_loss_delta) has no per-sample advantage
+    under the batch-mean baseline; the running baseline compares it with earlier updates."""
+    states, samples, _ = tiny_batch()
+    shared = np.full(4, -0.3)
+    inputs = (torch.tensor(states[None], dtype=torch.float32), torch.tensor(samples[None], dtype=torch.float32), torch.tensor([0.5]))
+    _, batch_advantages = tiny_agent().policy_loss(*inputs, torch.tensor(shared[None], dtype=torch.float32))
+    assert torch.all(batch_advantages == 0)
+    agent = tiny_agent(baseline="running")
+    agent.running_baseline = -0.5
+    rewards = np.array([-0.3, -0.3, -0.1, -0.6])
+    _, advantages = agent.policy_loss(*inputs, torch.tensor(rewards[None], dtype=torch.float32))
+    centred = rewards + 0.5
+    np.testing.assert_allclose(advantages[0].numpy(), centred / (centred.std(ddof=1) + 1e-8), rtol=1e-5)
