@@ -9,7 +9,7 @@ an ``add_..._parser(subparsers)`` and a ``cmd_...`` function and call the former
 Commands:
     kd-env demo                                   # the main job (see README)
     kd-env train --env ID --agent NAME [--per-sample] [--env-arg k=v ...] [--import MODULE] [--resume]
-    kd-env bench --preset quick|fmnist|cifar100-paper [--out DIR]
+    kd-env bench --preset quick|suite|fmnist|cifar100-paper [--out DIR] [--jobs N]
     kd-env data check|fetch DATASET
     kd-env teachers train --dataset fashion_mnist [--arch mlp --arch cnn_w16 ...] [--epochs N]
     kd-env teachers list [--dataset NAME] [--json]
@@ -57,6 +57,12 @@ def add_teachers_parser(subparsers: Any) -> None:
         default=None,
         help="zoo architecture to train; repeat for several (default: the dataset's pool)",
     )
+    train.add_argument(
+        "--pool",
+        default=None,
+        help="train a named pool's teachers (capacity, noisy, specialists, or a registered one); "
+        "default without --arch: capacity, the dataset's default pool",
+    )
     train.add_argument("--epochs", type=int, default=None, help="epochs for every teacher (default: per-teacher recipe)")
     train.add_argument("--batch-size", type=int, default=None, help="default: recipe (64 CIFAR, 128 Fashion-MNIST)")
     train.add_argument("--lr", type=float, default=None, help="initial learning rate (default: recipe)")
@@ -86,17 +92,13 @@ def cmd_teachers_train(args: argparse.Namespace) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    try:
-        archs = args.arch or T.TEACHER_POOLS[args.dataset]
-    except KeyError:
-        print(
-            f"error: no default teacher pool for dataset {args.dataset!r} (known: {', '.join(sorted(T.TEACHER_POOLS))}); "
-            "pass --arch",
-            file=sys.stderr,
-        )
+    if args.pool is not None and args.arch:
+        print("error: give --pool or --arch, not both", file=sys.stderr)
         return 2
+    if args.pool is not None or not args.arch:
+        return _train_pool(args, args.pool or "capacity")
     todo = []
-    for arch in archs:
+    for arch in args.arch:
         path = T.teacher_path(arch, args.dataset, args.seed, args.cache_dir)
         if path.is_file() and not args.force:
             print(f"{arch}: {path} exists, skipping (use --force to retrain)")
@@ -118,16 +120,67 @@ def cmd_teachers_train(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             resume=not args.no_resume,
         )
-        meta = T.read_teacher_metadata(path)
-        print(
-            f"{arch}: val acc {_fmt_acc(meta.get('val_acc'))}, test acc {_fmt_acc(meta.get('test_acc'))}, "
-            f"{meta['epochs']} epochs, {meta['train_time_s']:.1f} s -> {path}"
+        _print_trained(arch, path)
+    return 0
+
+
+def _print_trained(name: str, path: Path) -> None:
+    from kd_env import teachers as T
+
+    meta = T.read_teacher_metadata(path)
+    print(
+        f"{name}: val acc {_fmt_acc(meta.get('val_acc'))}, test acc {_fmt_acc(meta.get('test_acc'))} "
+        f"(own classes {_fmt_acc(meta.get('test_acc_own'))}, rest {_fmt_acc(meta.get('test_acc_rest'))}), "
+        f"{meta['epochs']} epochs, {meta['train_time_s']:.1f} s -> {path}"
+    )
+
+
+def _train_pool(args: argparse.Namespace, pool: str) -> int:
+    """``kd-env teachers train --pool NAME``: every recipe of the pool (existing files skipped)."""
+    from kd_env import teachers as T
+    from kd_env.data import load_dataset
+
+    splits = load_dataset(args.dataset, args.data_root, download=args.download, device=args.device)
+    members = T.pool_members(pool, args.dataset, int(splits.num_classes), seed=args.seed, cache_dir=args.cache_dir)
+    for name, path, recipe in members:
+        if recipe is None:
+            print(f"{name}: {path} is a fixed checkpoint of pool {pool!r}, nothing to train")
+            continue
+        if path.is_file() and not args.force:
+            print(f"{name}: {path} exists, skipping (use --force to retrain)")
+            continue
+        T.train_teacher(
+            recipe.arch,
+            splits,
+            epochs=args.epochs if args.epochs is not None else recipe.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=recipe.seed,
+            classes=recipe.classes,
+            relabel=recipe.relabel,
+            device=args.device,
+            path=path,
+            progress=not args.no_progress,
+            resume=not args.no_resume,
         )
+        _print_trained(name, path)
     return 0
 
 
 def _fmt_acc(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+
+
+def _recipe_text(recipe: Any) -> str:
+    """``classes 0-2`` / ``relabelled (perm 1)`` / ``all`` for a checkpoint's recipe metadata."""
+    if not isinstance(recipe, dict):
+        return "all"
+    parts = []
+    if recipe.get("classes") is not None:
+        parts.append("classes " + ",".join(str(c) for c in recipe["classes"]))
+    if recipe.get("relabel") is not None:
+        parts.append(f"relabelled (perm {recipe['relabel']})")
+    return "; ".join(parts) or "all"
 
 
 def cmd_teachers_list(args: argparse.Namespace) -> int:
@@ -140,15 +193,19 @@ def cmd_teachers_list(args: argparse.Namespace) -> int:
     if not entries:
         print(f"no teacher checkpoints in {T.teachers_dir(args.cache_dir)}")
         return 0
-    header = ("dataset", "arch", "seed", "epochs", "val_acc", "test_acc", "path")
+    # accuracies on the TRUE labels: overall, on the teacher's own classes and on the rest
+    header = ("dataset", "name", "arch", "seed", "epochs", "recipe", "test_acc", "own", "rest", "path")
     rows = [
         (
             str(e.get("dataset", "?")),
+            Path(e["path"]).name.rsplit("-s", 1)[0],
             str(e.get("arch", "?")),
             str(e.get("seed", "-")),
             str(e.get("epochs", "-")),
-            _fmt_acc(e.get("val_acc")),
+            _recipe_text(e.get("recipe")),
             _fmt_acc(e.get("test_acc")) if "error" not in e else "CORRUPT",
+            _fmt_acc(e.get("test_acc_own")),
+            _fmt_acc(e.get("test_acc_rest")),
             e["path"],
         )
         for e in entries
@@ -258,6 +315,7 @@ def add_train_parser(subparsers: Any) -> None:
     _add_threads_arg(train)
     train.set_defaults(func=cmd_train)
 
+
 def _add_threads_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
@@ -272,7 +330,6 @@ def _apply_threads(threads: int | None, jobs: int = 1) -> int:
     from kd_env.utils import set_threads, threads_per_run
 
     return set_threads(threads if threads is not None else threads_per_run(jobs))
-
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -305,30 +362,47 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_bench_parser(subparsers: Any) -> None:
-    from kd_env.bench import PRESETS
+    from kd_env.benchmark import PRESETS
 
     bench = subparsers.add_parser(
         "bench",
-        help="run methods x seeds on one env configuration; tables and plots",
+        help="run methods x scenarios x seeds through the same runner; tables, statistics and plots",
         description="Presets: " + "; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items()),
     )
     bench.add_argument("--preset", default="quick", choices=sorted(PRESETS))
     bench.add_argument("--out", default=None, help="output folder (default: results/<preset>)")
     bench.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help="override an env argument of every run")
+    bench.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (the cores are divided among them)")
+    bench.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module first in every run (one that calls kd_env.register_policy / register_pool)",
+    )
     bench.add_argument("--no-progress", action="store_true")
     _add_threads_arg(bench)
     bench.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    # the sweep runs one run (one process) at a time; the runs inherit OMP_NUM_THREADS
-    _apply_threads(getattr(args, "threads", None), jobs=1)
-    from kd_env.bench import run_benchmark
+    if args.jobs < 1:
+        print(f"error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
+    # each run is a child process with its share of the cores (OMP_NUM_THREADS and --threads)
+    threads = _apply_threads(getattr(args, "threads", None), jobs=args.jobs)
+    from kd_env.benchmark import run_benchmark
 
     out = args.out or f"results/{args.preset}"
-    run_benchmark(args.preset, out, _key_values(args.env_arg, "--env-arg"), progress=not args.no_progress)
+    run_benchmark(
+        args.preset, out, _key_values(args.env_arg, "--env-arg"), progress=not args.no_progress,
+        jobs=args.jobs, threads=threads, imports=args.imports,
+    )
     print((Path(out) / "results.md").read_text())
-    print(f"tables, plots and TensorBoard runs: {out}")
+    if (Path(out) / "stats.md").exists():
+        print((Path(out) / "stats.md").read_text())
+    print(f"tables, statistics, plots and TensorBoard runs: {out}")
     return 0
 
 

@@ -1,0 +1,240 @@
+"""A sweep's report, always rebuilt from its run folders.
+
+Written to the output folder:
+
+* ``results.md`` / ``results.csv`` / ``results.json``: one row per (scenario, student, method):
+  test accuracy of the best-validation student, mean +- std over seeds, with a 95% bootstrap CI
+  of the mean; references (oracle, equal weights, best teacher, no KD) listed apart;
+* for a scenario suite (the preset's ``baseline`` and ``oracle`` methods present, >= 2 seeds):
+  ``stats.md/.csv/.json`` with the normalised score ``(acc - AVER) / (oracle - AVER)`` per
+  scenario aggregated over scenarios (IQM, mean, median, optimality gap, probability of
+  improvement over AVER, each with a stratified-bootstrap CI), ``interval_estimates.png`` and
+  ``performance_profiles.png`` (:mod:`kd_env.benchmark.stats`);
+* ``val_acc.png`` (validation accuracy over training, mean over seeds) and ``weights.png``
+  (each method's teacher weights over training, first seed), one panel row per scenario.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kd_env.benchmark import stats
+
+if TYPE_CHECKING:
+    from kd_env.benchmark.presets import Preset
+    from kd_env.benchmark.sweep import PlannedRun
+
+SMOOTHING_WINDOW = 25
+
+
+def load_result(run: PlannedRun) -> dict[str, Any]:
+    return json.loads((run.run_dir / "result.json").read_text())
+
+
+def test_accuracy(result: dict[str, Any]) -> float:
+    """The run's reported number: test accuracy (%) of its best-validation student (NaN if none)."""
+    return 100 * result["episodes"][-1]["final_test_acc"] if result["episodes"] else float("nan")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _mean_ci(values: list[float]) -> tuple[float, float]:
+    """95% bootstrap percentile CI of the mean over seeds (NaN with fewer than 2 seeds)."""
+    if len(values) < 2 or not all(np.isfinite(values)):
+        return float("nan"), float("nan")
+    estimate = stats.interval_estimate(np.asarray(values, dtype=float)[:, None], stats.mean)
+    return estimate.low, estimate.high
+
+
+def summarise(runs: Sequence[PlannedRun]) -> list[dict[str, Any]]:
+    """One row per (scenario, student, method): mean, std and CI over seeds."""
+    groups: dict[tuple[str, str, str], list[tuple[PlannedRun, dict[str, Any]]]] = {}
+    for run in runs:
+        key = (run.scenario or "", run.student or "", run.method.label)
+        groups.setdefault(key, []).append((run, load_result(run)))
+    rows = []
+    for (scenario, student, label), members in groups.items():
+        results = [result for _, result in members]
+        test = [test_accuracy(r) for r in results]
+        val = [100 * r["episodes"][-1]["best_val_acc"] for r in results if r["episodes"]]
+        test_mean, test_std = _mean_std(test)
+        ci_low, ci_high = _mean_ci(test)
+        val_mean, val_std = _mean_std(val)
+        rows.append(
+            {
+                "scenario": scenario,
+                "student": student,
+                "method": label,
+                "reference": members[0][0].method.reference,
+                "seeds": len(results),
+                "test_acc_mean": round(test_mean, 2),
+                "test_acc_std": round(test_std, 2),
+                "test_acc_ci_low": round(ci_low, 2),
+                "test_acc_ci_high": round(ci_high, 2),
+                "best_val_acc_mean": round(val_mean, 2),
+                "best_val_acc_std": round(val_std, 2),
+                "wall_time_s_mean": round(statistics.fmean(r["wall_time_s"] for r in results), 1),
+                "peak_memory_mib_max": round(max(r["peak_memory_mib"] for r in results), 1),
+                "test_acc_per_seed": [round(v, 2) for v in test],
+            }
+        )
+    return rows
+
+
+def _fmt(value: float) -> str:
+    return "-" if not np.isfinite(value) else f"{value:.2f}"
+
+
+def results_markdown(rows: list[dict[str, Any]], preset_name: str, preset: Preset) -> str:
+    lines = [
+        f"Preset `{preset_name}`: {preset.description}.",
+        "Test accuracy (%) of the best-validation student: mean +- std over seeds [95% bootstrap CI of the mean].",
+    ]
+    for scenario in dict.fromkeys(row["scenario"] for row in rows):
+        if scenario:
+            lines += ["", f"### {scenario}"]
+        lines += [
+            "",
+            "| method | kind | student | seeds | test acc (%) | 95% CI | best val acc (%) | wall time (s) | peak memory (MiB) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        in_scenario = [row for row in rows if row["scenario"] == scenario]
+        # references first, then the competitors, best first
+        for row in sorted(in_scenario, key=lambda r: (not r["reference"], r["student"], -r["test_acc_mean"])):
+            lines.append(
+                f"| {row['method']} | {'reference' if row['reference'] else 'method'} | {row['student'] or '-'} | {row['seeds']} "
+                f"| {row['test_acc_mean']:.2f} +- {row['test_acc_std']:.2f} | [{_fmt(row['test_acc_ci_low'])}, {_fmt(row['test_acc_ci_high'])}] "
+                f"| {row['best_val_acc_mean']:.2f} +- {row['best_val_acc_std']:.2f} | {row['wall_time_s_mean']:.0f} | {row['peak_memory_mib_max']:.0f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(rows: list[dict[str, Any]], out: Path, preset_name: str, preset: Preset) -> None:
+    (out / "results.json").write_text(json.dumps({"preset": preset_name, "description": preset.description, "rows": rows}, indent=1))
+    with (out / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[k for k in rows[0] if k != "test_acc_per_seed"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: v for k, v in row.items() if k != "test_acc_per_seed"})
+    (out / "results.md").write_text(results_markdown(rows, preset_name, preset))
+
+
+def scenario_scores(runs: Sequence[PlannedRun], preset: Preset) -> tuple[dict[str, np.ndarray], list[str]] | None:
+    """Test accuracies as ``{method: [seeds, scenarios]}`` (student folded into the scenario
+    name), or ``None`` when the preset has no baseline/oracle pair or fewer than 2 seeds."""
+    labels = {run.method.label for run in runs}
+    if preset.baseline not in labels or preset.oracle not in labels or len(preset.seeds) < 2:
+        return None
+    records = [
+        {
+            "method": run.method.label,
+            "scenario": "/".join(part for part in (run.scenario, run.student) if part) or "default",
+            "seed": run.config.seed,
+            "acc": test_accuracy(load_result(run)),
+        }
+        for run in runs
+    ]
+    score_dict, tasks, _ = stats.scores_from_records(records, value="acc")
+    return score_dict, list(tasks)
+
+
+def write_statistics(runs: Sequence[PlannedRun], out: Path, preset: Preset) -> list[dict[str, Any]] | None:
+    """Normalised scores and their interval estimates (``stats.*``, two plots); ``None`` if the
+    preset is not a scenario suite."""
+    scores = scenario_scores(runs, preset)
+    if scores is None:
+        return None
+    raw, tasks = scores
+    try:
+        normalised = stats.normalize(raw, low=preset.baseline, high=preset.oracle, tasks=tasks)
+    except ValueError as exc:  # e.g. the oracle did not beat AVER somewhere: no scale to normalise on
+        (out / "stats.md").write_text(f"Normalised scores not computed: {exc}\n")
+        return None
+    return stats.write_report(normalised, out, baseline=preset.baseline, references=preset.references())
+
+
+def plot(runs: Sequence[PlannedRun], out: Path) -> None:
+    """``val_acc.png`` and ``weights.png`` (matplotlib, headless), a row of panels per scenario."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for run in runs:
+        scenario = run.scenario or "default"
+        key = run.method.label + (f" / {run.student}" if run.student else "")
+        groups.setdefault(scenario, {}).setdefault(key, []).append(load_result(run))
+    _plot_val_curves(plt, groups, out / "val_acc.png")
+    _plot_weights(plt, groups, out / "weights.png")
+
+
+def _plot_val_curves(plt: Any, groups: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> None:
+    figure, axes = plt.subplots(1, len(groups), figsize=(7 * len(groups), 5), squeeze=False)
+    for axis, (scenario, by_method) in zip(axes.flat, groups.items()):
+        colors = plt.cm.tab20(np.linspace(0, 1, max(len(by_method), 2)))
+        for color, (label, results) in zip(colors, by_method.items()):
+            curves = [r["val_curve"] for r in results if r["val_curve"]]
+            if not curves:
+                continue
+            length = min(len(c) for c in curves)
+            steps = [point[0] for point in curves[0][:length]]
+            values = np.mean([[100 * point[1] for point in c[:length]] for c in curves], axis=0)
+            axis.plot(steps, values, marker="o", label=label, color=color)
+        axis.set_title(scenario)
+        axis.set_xlabel("student updates")
+        axis.set_ylabel("validation accuracy (%), mean over seeds")
+        axis.legend(fontsize=6)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _plot_weights(plt: Any, groups: dict[str, dict[str, list[dict[str, Any]]]], path: Path) -> None:
+    columns = max(len(by_method) for by_method in groups.values())
+    figure, axes = plt.subplots(len(groups), columns, figsize=(3.2 * columns, 2.6 * len(groups)), squeeze=False, sharey=True)
+    for row, (scenario, by_method) in enumerate(groups.items()):
+        for column, (label, results) in enumerate(by_method.items()):
+            axis = axes[row, column]
+            trajectory = results[0]["weight_trajectory"]  # the first seed's run
+            if trajectory:
+                steps = np.array([point[0] for point in trajectory])
+                weights = np.array([point[1] for point in trajectory])
+                # a moving average: stochastic policies draw new weights every step
+                window = max(1, min(SMOOTHING_WINDOW, len(steps) // 10))
+                kernel = np.ones(window) / window
+                for index, name in enumerate(results[0]["teacher_names"]):
+                    smoothed = np.convolve(weights[:, index], kernel, mode="valid")
+                    axis.plot(steps[window - 1 :], smoothed, label=name, linewidth=1.0)
+            axis.set_title(f"{scenario}: {label}", fontsize=7)
+            axis.set_ylim(-0.03, 1.03)
+            if column == 0:
+                axis.legend(fontsize=5)
+        for column in range(len(by_method), columns):
+            axes[row, column].axis("off")
+    figure.supxlabel("student updates")
+    figure.supylabel(f"teacher weight (batch mean, moving average of {SMOOTHING_WINDOW} updates)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_report(runs: Sequence[PlannedRun], out: Path, preset_name: str, preset: Preset) -> list[dict[str, Any]]:
+    """Tables, statistics and plots of a finished sweep; returns the per-method rows."""
+    rows = summarise(runs)
+    write_tables(rows, out, preset_name, preset)
+    write_statistics(runs, out, preset)
+    plot(runs, out)
+    return rows

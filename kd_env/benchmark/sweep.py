@@ -1,0 +1,226 @@
+"""Running a preset: plan the runs, train the scenarios' teachers, run every run, write the report.
+
+``kd-env bench --preset NAME --out DIR`` (or :func:`run_benchmark`) runs every cell of a preset,
+each run in its own process (so each run's peak memory is its own and a crash stops only that
+run), ``jobs`` at a time with the machine's cores divided among them. Every method trains one
+student per cell for the same budget; the number reported per run is the test accuracy of the
+student with the best *validation* accuracy (the test set is never used to choose anything).
+
+A run folder is the unit of resume: a run with a ``result.json`` is done and is not run again;
+an interrupted sweep continues with the same command. The tables and plots are always rebuilt
+from the run folders (:mod:`kd_env.benchmark.report`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kd_env.benchmark.presets import PRESETS, Method, Preset
+from kd_env.run import RunConfig
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One cell of a sweep: which method, scenario and student, and the run's full config."""
+
+    method: Method
+    scenario: str | None
+    student: str | None
+    config: RunConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.run_dir)
+
+    @property
+    def done(self) -> bool:
+        return (self.run_dir / "result.json").exists()
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def run_name(method: Method, scenario: str | None, student: str | None, seed: int) -> str:
+    """``<scenario>__<method>__<student>__seed<n>`` (absent parts left out)."""
+    parts = [scenario, _slug(method.label), student, f"seed{seed}"]
+    return "__".join(part for part in parts if part)
+
+
+def plan(preset: Preset, out: Path, overrides: dict[str, Any] | None = None, imports: list[str] | None = None) -> list[PlannedRun]:
+    """Every run of a preset, in a stable order (scenario, student, method, seed)."""
+    runs = []
+    for scenario in preset.scenarios:
+        for student in preset.students:
+            for method in preset.methods:
+                for seed in preset.seeds:
+                    env_kwargs = {**preset.env_kwargs, **method.env_kwargs, **(overrides or {})}
+                    if student:
+                        env_kwargs["student"] = student
+                    if scenario:
+                        env_kwargs["pool"] = scenario
+                    config = RunConfig(
+                        env_id=preset.env_id,
+                        agent=method.agent,
+                        run_dir=str(out / "runs" / run_name(method, scenario, student, seed)),
+                        per_sample=method.per_sample,
+                        env_kwargs=env_kwargs,
+                        agent_kwargs=dict(method.agent_kwargs),
+                        seed=seed,
+                        progress=False,
+                        imports=list(imports or []),
+                    )
+                    runs.append(PlannedRun(method, scenario, student, config))
+    return runs
+
+
+def prepare_teachers(preset: Preset, overrides: dict[str, Any] | None = None) -> None:
+    """Train the scenarios' missing teachers once, before the runs (runs never train teachers,
+    so parallel runs cannot race to build the same checkpoint)."""
+    if not preset.train_teachers:
+        return
+    import gymnasium as gym
+
+    from kd_env.data import load_dataset
+    from kd_env.envs import ENV_IDS, KDEnvSettings
+    from kd_env.teachers import ensure_pool
+
+    dataset = ENV_IDS.get(preset.env_id)
+    if dataset is None:
+        return
+    base = {**preset.env_kwargs, **(overrides or {})}
+    settings = KDEnvSettings.from_kwargs(**{**gym.spec(preset.env_id).kwargs, **base, "dataset": dataset})
+    splits = load_dataset(
+        dataset, settings.data_root, download=settings.download, val_fraction=settings.val_fraction,
+        split_seed=settings.split_seed, verify_checksums=settings.verify_checksums, **settings.synthetic,
+    )
+    for scenario in preset.scenarios:
+        ensure_pool(scenario or "capacity", splits, seed=settings.teacher_seed, cache_dir=settings.cache_dir, train_missing=True)
+
+
+class LocalExecutor:
+    """Runs planned runs as child processes on this machine, ``jobs`` at once.
+
+    Each child gets ``threads`` torch threads (``OMP_NUM_THREADS`` and ``--threads``): the cores
+    divided among the runs, since oversubscribed threads are what makes a loaded CPU crawl.
+    Children die with the sweep: they are terminated if the parent is interrupted.
+    """
+
+    def __init__(self, jobs: int = 1, threads: int | None = None) -> None:
+        from kd_env.utils import threads_per_run
+
+        self.jobs = max(1, int(jobs))
+        self.threads = threads or threads_per_run(self.jobs)
+
+    def _start(self, run: PlannedRun) -> subprocess.Popen[bytes]:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / "bench_config.json").write_text(json.dumps(asdict(run.config), indent=1))
+        environment = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        log = (run.run_dir / "log.txt").open("ab")
+        command = [sys.executable, "-m", "kd_env.benchmark.sweep", "--run-one", str(run.run_dir), "--threads", str(self.threads)]
+        try:
+            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+        finally:
+            log.close()
+
+    def run(self, runs: list[PlannedRun], progress: bool = True, description: str = "bench") -> list[tuple[PlannedRun, str]]:
+        """Run every run that is not done; returns ``(run, error)`` for the runs that failed."""
+        from tqdm.auto import tqdm
+
+        todo = [run for run in runs if not run.done]
+        failures: list[tuple[PlannedRun, str]] = []
+        running: dict[subprocess.Popen[bytes], PlannedRun] = {}
+        bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=description, unit="run", disable=not progress)
+        try:
+            while todo or running:
+                while todo and len(running) < self.jobs:
+                    run = todo.pop(0)
+                    running[self._start(run)] = run
+                bar.set_postfix_str(f"running {len(running)}, failed {len(failures)}")
+                finished = [process for process in running if process.poll() is not None]
+                if not finished:
+                    time.sleep(0.2)
+                    continue
+                for process in finished:
+                    run = running.pop(process)
+                    if process.returncode != 0 or not run.done:
+                        tail = (run.run_dir / "log.txt").read_text(errors="replace")[-1500:]
+                        failures.append((run, f"exit {process.returncode}; log ends with:\n{tail}"))
+                    bar.update(1)
+        finally:
+            for process in running:  # interrupted: take the children down with the sweep
+                process.terminate()
+            for process in running:
+                process.wait()
+            bar.close()
+        return failures
+
+
+def resolve_preset(preset: str | Preset) -> tuple[str, Preset]:
+    """``(name, preset)`` for a preset name of :data:`PRESETS` or a :class:`Preset`."""
+    if isinstance(preset, Preset):
+        return "custom", preset
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return preset, PRESETS[preset]
+
+
+def run_benchmark(
+    preset: str | Preset,
+    out: str | Path,
+    overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    jobs: int = 1,
+    threads: int | None = None,
+    imports: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Run (or continue) a preset's sweep and write its tables and plots. Returns the table rows.
+
+    Raises:
+        RuntimeError: some runs failed (the others are kept; rerunning continues where it stopped).
+    """
+    from kd_env.benchmark.report import write_report
+
+    preset_name, preset = resolve_preset(preset)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = plan(preset, out, overrides, imports)
+    if not all(run.done for run in runs):
+        prepare_teachers(preset, overrides)
+    failures = LocalExecutor(jobs, threads).run(runs, progress=progress, description=f"bench {preset_name}")
+    if failures:
+        details = "\n\n".join(f"{run.run_dir.name}: {error}" for run, error in failures)
+        raise RuntimeError(f"{len(failures)} of {len(runs)} runs failed (rerun the same command to retry them):\n{details}")
+    return write_report(runs, out, preset_name, preset)
+
+
+def _run_one(run_dir: Path, threads: int | None) -> None:
+    """Child process: run (or resume) the run described by ``bench_config.json``."""
+    if threads:
+        from kd_env.utils import set_threads
+
+        set_threads(threads)
+    from kd_env.run import train
+
+    config = RunConfig(**json.loads((run_dir / "bench_config.json").read_text()))
+    resume = (run_dir / "checkpoints" / "state.json").exists()
+    train(config, resume=resume)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) in (2, 4) and argv[0] == "--run-one":
+        threads = int(argv[3]) if len(argv) == 4 and argv[2] == "--threads" else None
+        _run_one(Path(argv[1]), threads)
+    else:
+        sys.exit("usage: python -m kd_env.benchmark.sweep --run-one RUN_DIR [--threads N] (use `kd-env bench` instead)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
