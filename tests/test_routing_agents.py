@@ -222,8 +222,9 @@ def test_policy_gradient_loss_and_mix_gradient_match_the_hand_computation():
     agent = tiny_agent()
     states, samples, rewards = tiny_batch()
     sigma = 0.7
+    mean = agent.mean_log_weights(torch.tensor(states, dtype=torch.float32))
     loss, advantages = agent.policy_loss(
-        torch.tensor(states[None], dtype=torch.float32),
+        mean[None],
         torch.tensor(samples[None], dtype=torch.float32),
         torch.tensor([sigma]),
         torch.tensor(rewards[None], dtype=torch.float32),
@@ -231,7 +232,6 @@ def test_policy_gradient_loss_and_mix_gradient_match_the_hand_computation():
     hand_loss, hand_log_prob, hand_advantages, hand_d_mix = hand_reinforce(agent, states, samples, sigma, rewards)
     assert float(loss.detach()) == pytest.approx(hand_loss, rel=1e-4)
     np.testing.assert_allclose(advantages[0].numpy(), hand_advantages, rtol=1e-5)
-    mean = agent.mean_log_weights(torch.tensor(states, dtype=torch.float32))
     log_prob = logistic_normal_log_prob(torch.tensor(samples, dtype=torch.float32), mean, sigma)
     np.testing.assert_allclose(log_prob.detach().numpy(), hand_log_prob, rtol=1e-4)
     loss.backward()
@@ -244,7 +244,8 @@ def test_update_takes_one_adam_step_on_that_loss():
     sigma = agent.sigma()
     *_, hand_d_mix = hand_reinforce(agent, states, samples, sigma, rewards)
     mix_before = agent.policy.logit_mix.detach().clone()
-    agent._rollout_states = [torch.tensor(states, dtype=torch.float32)]
+    raw = torch.tensor(states, dtype=torch.float32)
+    agent._rollout_inputs, agent._rollout_raw = [agent._inputs(raw)], [raw]
     agent._rollout_samples = [torch.tensor(samples, dtype=torch.float32)]
     agent._rollout_sigmas = [sigma]
     agent._rollout_rewards = [torch.tensor(rewards, dtype=torch.float32)]
@@ -336,10 +337,12 @@ def test_running_baseline_credits_rewards_shared_by_the_batch():
     under the batch-mean baseline; the running baseline compares it with earlier updates."""
     states, samples, _ = tiny_batch()
     shared = np.full(4, -0.3)
-    inputs = (torch.tensor(states[None], dtype=torch.float32), torch.tensor(samples[None], dtype=torch.float32), torch.tensor([0.5]))
-    _, batch_advantages = tiny_agent().policy_loss(*inputs, torch.tensor(shared[None], dtype=torch.float32))
+    first, second = tiny_agent(), tiny_agent(baseline="running")
+    mean = first.mean_log_weights(torch.tensor(states, dtype=torch.float32))[None].detach()
+    inputs = (mean, torch.tensor(samples[None], dtype=torch.float32), torch.tensor([0.5]))
+    _, batch_advantages = first.policy_loss(*inputs, torch.tensor(shared[None], dtype=torch.float32))
     assert torch.all(batch_advantages == 0)
-    agent = tiny_agent(baseline="running")
+    agent = second
     agent.running_baseline = -0.5
     rewards = np.array([-0.3, -0.3, -0.1, -0.6])
     _, advantages = agent.policy_loss(*inputs, torch.tensor(rewards[None], dtype=torch.float32))
