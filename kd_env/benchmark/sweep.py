@@ -124,7 +124,7 @@ class LocalExecutor:
         (run.run_dir / "bench_config.json").write_text(json.dumps(asdict(run.config), indent=1))
         environment = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
         log = (run.run_dir / "log.txt").open("ab")
-        command = [sys.executable, "-m", "kd_env.benchmark.sweep", "--run-one", str(run.run_dir), "--threads", str(self.threads)]
+        command = [sys.executable, "-m", "kd_env.benchmark", "--run-one", str(run.run_dir), "--threads", str(self.threads)]
         try:
             return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
         finally:
@@ -219,8 +219,4 @@ def main(argv: list[str]) -> None:
         threads = int(argv[3]) if len(argv) == 4 and argv[2] == "--threads" else None
         _run_one(Path(argv[1]), threads)
     else:
-        sys.exit("usage: python -m kd_env.benchmark.sweep --run-one RUN_DIR [--threads N] (use `kd-env bench` instead)")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+        sys.exit("usage: python -m kd_env.benchmark --run-one RUN_DIR [--threads N] (use `kd-env bench` instead)")
