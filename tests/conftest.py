@@ -1,15 +1,35 @@
-"""Shared test set-up: a private cache (teachers trained here stay out of the user's cache)."""
+"""Shared test set-up: a private cache (teachers and stores made here stay out of the user's
+cache, and the user's cached teachers never leak into the tests), but the user's data."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
 import torch
 
-# before anything imports kd_env: the synthetic envs train their tiny teachers into this cache
-os.environ.setdefault("KD_ENV_CACHE", tempfile.mkdtemp(prefix="kd_env_test_cache_"))
+
+def _user_fashion_mnist_root() -> str | None:
+    """Where the finder finds Fashion-MNIST for this user (Debian's folder, $KD_ENV_DATA, or the
+    user's cache, where ``make data`` puts it for a non-root user), before the cache is swapped."""
+    from kd_env.data import DatasetNotFoundError, find_data_root
+
+    try:
+        return str(find_data_root("fashion_mnist"))
+    except DatasetNotFoundError:
+        return None
+
+
+_FASHION_MNIST_ROOT = os.environ.get("KD_ENV_DATA") or _user_fashion_mnist_root()
+if _FASHION_MNIST_ROOT:
+    os.environ["KD_ENV_DATA"] = _FASHION_MNIST_ROOT
+# always a fresh cache (not setdefault: a user's KD_ENV_CACHE would be written to), removed at exit
+_TEST_CACHE = tempfile.mkdtemp(prefix="kd_env_test_cache_")
+os.environ["KD_ENV_CACHE"] = _TEST_CACHE
+atexit.register(shutil.rmtree, _TEST_CACHE, ignore_errors=True)
 # the tests' networks are tiny: one thread avoids thread hand-off costs that dominate them
 torch.set_num_threads(1)
 
