@@ -34,6 +34,20 @@ of one update share, the student's progress included), normalised over the rollo
 Transfer: ``policy_path=`` starts from a saved agent's network and observation statistics;
 ``learn=False`` freezes it (no updates, no statistics, deterministic weights ``w(s)``), so a
 policy trained over several student runs is evaluated on fresh seeds or students as it is.
+``policy_path`` with ``learn=True`` fine-tunes it online instead. The state layout (teachers,
+``state_parts``, ``feature_kd``, embeddings, logits) must be the one it was trained on; the
+student may differ (it only changes the values of the gap columns).
+
+Running it::
+
+    # online: the agent learns within the one student run it weights
+    kd-env train --agent router --env-arg reward_mode=label_logprob --env-arg pool=specialists
+    # transfer: learn over several student runs (--total-steps > one run), then evaluate frozen
+    kd-env train --agent router --env-arg reward_mode=label_logprob --total-steps 1500 --run-dir runs/tr
+    kd-env train --agent router --env-arg reward_mode=label_logprob --seed 1 --env-arg student=cnn_w16 \
+        --agent-arg policy_path=runs/tr/checkpoints/agent.pt --agent-arg learn=false
+
+(``router`` and ``mtkd-rl-pg`` are registered per-sample, ``action_mode="raw"``.)
 """
 
 from __future__ import annotations
