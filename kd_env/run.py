@@ -24,12 +24,16 @@ TensorBoard tags (stable; ``<teacher>`` is the teacher's name, x axis = env step
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
 import os
 import resource
+import shutil
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,9 +44,14 @@ import torch
 
 import kd_env  # noqa: F401  (registers the env ids)
 from kd_env.registry import PolicySpec, get_policy, import_policy_modules, policy_names
+from kd_env.utils import atomic_write, crash_point, fsync_dir, remove_stale_temporaries
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DRIVERS",
+    "CheckpointError",
+    "RunFolderBusyError",
     "Driver",
     "PolicyActionError",
     "RunConfig",
@@ -52,8 +61,10 @@ __all__ = [
     "make_env",
     "peak_rss_mib",
     "policy_names",
+    "purge_tensorboard_events",
     "reduce_vector_info",
     "train",
+    "verify_checkpoint",
 ]
 
 RUN_FILE = "run.json"
@@ -203,6 +214,11 @@ class RunLogger:
             self.state["episodes"].append(episode)
             self._scalar("final/best_val_acc", episode["best_val_acc"])
             self._scalar("final/test_acc", episode["final_test_acc"])
+        if info.get("diverged"):
+            # the student diverged (the update was rolled back): the episode ends without a result
+            # of its own, recorded so that the run's result says so instead of losing the episode
+            episode = {"best_val_acc": float("nan"), "best_epoch": -1.0, "final_test_acc": float("nan"), "diverged": 1.0}
+            self.state["episodes"].append(episode)
         for name, value in (losses or {}).items():
             self._scalar(f"agent/{name}", value)
         if self.bar is not None:
@@ -212,6 +228,12 @@ class RunLogger:
             if self.state["val_curve"]:
                 postfix["val"] = f"{self.state['val_curve'][-1][1]:.3f}"
             self.bar.set_postfix(postfix, refresh=False)
+        crash_point("step")  # after the step is logged, before any checkpoint of it
+
+    def flush(self) -> None:
+        """Write the buffered TensorBoard events to disk."""
+        if self.writer is not None:
+            self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:
@@ -219,6 +241,39 @@ class RunLogger:
             self.writer.close()
         if self.bar is not None:
             self.bar.close()
+
+
+def purge_tensorboard_events(folder: Path, last_step: int) -> int:
+    """Drop the events logged after ``last_step`` (the checkpoint a run resumes from) from the
+    event files in ``folder``; returns how many were dropped.
+
+    ``SummaryWriter(purge_step=...)`` alone is not enough: TensorBoard applies it only to files
+    it reads *before* the new one, and event files are read in name order, which starts with the
+    creation second, so a run killed and resumed within one second read the killed run's points
+    last and showed them twice. Rewriting the old files (atomically, one at a time) removes them
+    for every reader; it also drops a record a kill cut in half.
+    """
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    dropped = 0
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        # raw records, written back unchanged (the parsing loader would migrate their format)
+        records = list(RawEventFileLoader(str(path)).Load())
+        events = [Event.FromString(record) for record in records]
+        kept = [record for record, event in zip(records, events) if not event.HasField("summary") or event.step <= last_step]
+        if len(kept) == len(records):
+            continue
+        dropped += len(records) - len(kept)
+
+        def write(file: Any, kept: list[bytes] = kept) -> None:
+            writer = RecordWriter(file)
+            for record in kept:
+                writer.write(record)
+
+        atomic_write(path, write)
+    return dropped
 
 
 def reduce_vector_info(info: dict[str, Any]) -> dict[str, Any]:
@@ -233,14 +288,168 @@ def reduce_vector_info(info: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- checkpoints
+# A checkpoint is one unit: its files (the policy's, env.pt, state.json) are written into a
+# staging folder, then manifest.json (each file's size and SHA-256) is written last, then the
+# staging folder is renamed into place. A kill at any instant leaves either the previous complete
+# checkpoint or the new one (recovered on the next start, see _recover_checkpoints), never a mix.
+CHECKPOINTS = "checkpoints"
+STAGING = ".checkpoints.incoming"
+RETIRED = ".checkpoints.old"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "kd_env.checkpoint/1"
+LOCK_FILE = ".lock"
+
+
+class CheckpointError(ValueError):
+    """A run's checkpoint is damaged (a file differs from its manifest) and cannot be resumed."""
+
+
+class RunFolderBusyError(RuntimeError):
+    """Another process holds the run folder's lock (a run, or a sweep's child, is using it)."""
+
+
 def _checkpoint_dir(config: RunConfig) -> Path:
-    return Path(config.run_dir) / "checkpoints"
+    return Path(config.run_dir) / CHECKPOINTS
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(json.dumps(payload, indent=1))
-    os.replace(temp, path)
+    atomic_write(path, lambda file: file.write(json.dumps(payload, indent=1).encode()))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(folder: Path, env_steps: int) -> None:
+    """Seal a staged checkpoint: every file's size and SHA-256, written last."""
+    files = {
+        path.name: {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        for path in sorted(folder.iterdir())
+        if path.is_file() and not path.name.startswith(".") and path.name != MANIFEST_FILE
+    }
+    _write_json(folder / MANIFEST_FILE, {"format": MANIFEST_FORMAT, "env_steps": env_steps, "files": files})
+
+
+def _manifest_problem(folder: Path) -> str | None:
+    """Why the checkpoint in ``folder`` is not a complete, intact unit (``None``: it is)."""
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    except FileNotFoundError:
+        return f"it has no {MANIFEST_FILE} (it was never completed)"
+    except (OSError, ValueError) as exc:
+        return f"its {MANIFEST_FILE} cannot be read ({exc})"
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT or not isinstance(manifest.get("files"), dict):
+        return f"its {MANIFEST_FILE} is not a {MANIFEST_FORMAT} manifest"
+    for name, expected in manifest["files"].items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected.get("bytes") or _sha256(path) != expected.get("sha256"):
+            return f"{name} differs from the size and SHA-256 its manifest records (modified, or damaged on disk)"
+    return None
+
+
+def verify_checkpoint(folder: str | os.PathLike) -> None:
+    """Check a run's checkpoint folder against its manifest.
+
+    A folder without a manifest but with ``state.json`` is a checkpoint written before manifests
+    existed and is accepted as it is.
+
+    Raises:
+        CheckpointError: a file is missing or differs from the manifest, or the manifest is unreadable.
+    """
+    folder = Path(folder)
+    if not (folder / MANIFEST_FILE).exists() and (folder / STATE_FILE).exists():
+        return  # pre-manifest checkpoint
+    problem = _manifest_problem(folder)
+    if problem is not None:
+        raise CheckpointError(
+            f"the checkpoint in {folder} cannot be resumed: {problem}. Start the run again in a new "
+            "--run-dir (or delete this run folder)"
+        )
+
+
+def _recover_checkpoints(run_dir: Path) -> None:
+    """Finish or undo a checkpoint swap a kill interrupted, and delete stale temporaries.
+
+    Called under the run folder's lock. ``checkpoints`` missing means the kill fell between the two
+    renames: the sealed staging folder (newer) is put in place, else the retired one (older).
+    """
+    current, staging, retired = run_dir / CHECKPOINTS, run_dir / STAGING, run_dir / RETIRED
+    if not current.exists():
+        if staging.is_dir() and _manifest_problem(staging) is None:
+            os.replace(staging, current)
+        elif retired.is_dir():
+            os.replace(retired, current)
+    for leftover in (staging, retired):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    for folder in (run_dir, current):
+        if folder.is_dir():
+            for path in remove_stale_temporaries(folder):
+                logger.info("removed the stale temporary %s (a write a kill interrupted)", path)
+
+
+def _commit_checkpoint(run_dir: Path, write: Callable[[Path], None], env_steps: int) -> None:
+    """Write one checkpoint as a unit: ``write(staging)`` fills the staging folder, the manifest
+    seals it, and renames put it in place of the previous one (which is deleted last)."""
+    staging, current, retired = run_dir / STAGING, run_dir / CHECKPOINTS, run_dir / RETIRED
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        write(staging)
+        _write_manifest(staging, env_steps)
+        crash_point("checkpoint:sealed")
+        fsync_dir(staging)
+        if current.exists():
+            os.replace(current, retired)
+        crash_point("checkpoint:swap")  # between the renames: no checkpoints/ at all
+        os.replace(staging, current)
+        fsync_dir(run_dir)
+    except BaseException:
+        # a full disk or an error mid-write: the previous checkpoint stays the current one
+        if not current.exists() and retired.exists():
+            os.replace(retired, current)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if retired.exists():
+        shutil.rmtree(retired)
+
+
+@contextlib.contextmanager
+def _run_folder_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` for a run's lifetime (``flock`` on ``run_dir/.lock``).
+
+    Two processes on one run folder (a rerun sweep while the last one's child is still going, two
+    ``kd-env train --resume``) would write interleaved checkpoints and duplicate TensorBoard points;
+    the second one is refused instead. The kernel drops the lock when the holder dies, kill -9
+    included, so a stale lock file never blocks anyone.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not on Linux/macOS: no lock
+        yield
+        return
+    descriptor = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "?"
+            raise RunFolderBusyError(
+                f"run folder {run_dir} is in use by another process (pid {holder}); wait for it to end "
+                "or stop it, or use another --run-dir"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 # ---------------------------------------------------------------------- drivers
@@ -428,7 +637,11 @@ class SB3Driver(Driver):
                 info = _sb3_batch_info(self.locals["infos"])
                 values = self.model.logger.name_to_value.items()
                 losses = {key.split("/")[-1]: value for key, value in values if key.startswith("train/")}
-                context.logger.log(info, float(np.mean(self.locals["rewards"])), losses or None)
+                # the env's own reward, as for every other agent: behind VecNormalize,
+                # locals["rewards"] is the scaled reward the algorithm learns from
+                normalizer = self.model.get_vec_normalize_env()
+                rewards = self.locals["rewards"] if normalizer is None else normalizer.get_original_reward()
+                context.logger.log(info, float(np.mean(rewards)), losses or None)
                 # stop at the budget: SB3 would finish its rollout past it otherwise
                 return not context.checkpoint_if_due(lambda folder: driver.save(self.model, folder))
 
@@ -442,29 +655,25 @@ DRIVERS: dict[str, Driver] = {"policy": PredictDriver(), "agent": AgentDriver(),
 
 # ---------------------------------------------------------------------- the run
 def _prepare_run_dir(config: RunConfig, resume: bool) -> RunConfig:
-    """Write (or, on resume, re-read) ``run.json``; returns the run's config."""
+    """Write (or, on resume, re-read) ``run.json``; returns the run's config. Called under the lock."""
     run_dir = Path(config.run_dir)
     if resume:
-        if not (run_dir / RUN_FILE).exists():
-            raise FileNotFoundError(f"nothing to resume in {run_dir}: it has no {RUN_FILE}")
         saved = json.loads((run_dir / RUN_FILE).read_text())
         # a resumed run keeps its definition; only the budget may be extended
         total_steps = config.total_steps if config.total_steps is not None else saved["total_steps"]
         config = RunConfig(**{**saved, "total_steps": total_steps, "progress": config.progress, "run_dir": str(run_dir)})
-    else:
-        if (_checkpoint_dir(config) / STATE_FILE).exists():
-            raise FileExistsError(f"{run_dir} holds a run already: pass resume=True (--resume) or choose another run_dir")
-        run_dir.mkdir(parents=True, exist_ok=True)
+    elif (_checkpoint_dir(config) / STATE_FILE).exists():
+        raise FileExistsError(f"{run_dir} holds a run already: pass resume=True (--resume) or choose another run_dir")
     _write_json(run_dir / RUN_FILE, asdict(config))
-    _checkpoint_dir(config).mkdir(parents=True, exist_ok=True)
     return config
 
 
 def _initial_state(config: RunConfig, resume: bool) -> dict[str, Any]:
-    """The run's records: fresh, or those of the last checkpoint."""
+    """The run's records: fresh, or those of the last checkpoint (verified against its manifest)."""
     path = _checkpoint_dir(config) / STATE_FILE
     if not (resume and path.exists()):
         return {"env_steps": 0, "episodes": [], "val_curve": [], "weight_trajectory": [], "wall_time_s": 0.0}
+    verify_checkpoint(path.parent)
     state = json.loads(path.read_text())
     state["val_curve"] = [tuple(item) for item in state["val_curve"]]
     state["weight_trajectory"] = [tuple(item) for item in state["weight_trajectory"]]
@@ -472,8 +681,24 @@ def _initial_state(config: RunConfig, resume: bool) -> dict[str, Any]:
 
 
 def train(config: RunConfig, resume: bool = False) -> RunResult:
-    """Run ``config.agent`` on ``config.env_id`` (see the module docstring)."""
+    """Run ``config.agent`` on ``config.env_id`` (see the module docstring).
+
+    The run folder is locked for the run's lifetime (:class:`RunFolderBusyError` if another
+    process holds it). ``resume=True`` continues from the last complete checkpoint, or from the
+    start when the run was stopped before its first one.
+    """
+    run_dir = Path(config.run_dir)
+    if resume and not (run_dir / RUN_FILE).exists():
+        raise FileNotFoundError(f"nothing to resume in {run_dir}: it has no {RUN_FILE}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _run_folder_lock(run_dir):
+        _recover_checkpoints(run_dir)
+        return _train_locked(config, resume)
+
+
+def _train_locked(config: RunConfig, resume: bool) -> RunResult:
     config = _prepare_run_dir(config, resume)
+    run_dir = Path(config.run_dir)
     checkpoints = _checkpoint_dir(config)
     torch.manual_seed(config.seed)
     env = make_env(config)
@@ -481,6 +706,11 @@ def train(config: RunConfig, resume: bool = False) -> RunResult:
     teacher_names = list(kd.teacher_names)
     total_steps = config.total_steps or kd.engine.total_steps
     state = _initial_state(config, resume)
+    if state["env_steps"] == 0 and (run_dir / "tb").exists():
+        # events of an attempt killed before its first checkpoint: a fresh start replaces them
+        shutil.rmtree(run_dir / "tb")
+    elif (run_dir / "tb").exists():
+        purge_tensorboard_events(run_dir / "tb", state["env_steps"])
     logger = RunLogger(config, teacher_names, total_steps, state["env_steps"], state)
     clock = {"since": time.perf_counter()}
 
@@ -490,11 +720,18 @@ def train(config: RunConfig, resume: bool = False) -> RunResult:
         clock["since"] = now
 
     def save_checkpoint(save_policy: SavePolicy) -> None:
-        save_policy(checkpoints)
-        kd.save(checkpoints / ENV_CHECKPOINT)
         state["env_steps"] = logger.step
         account_time()
-        _write_json(checkpoints / STATE_FILE, state)
+        logger.flush()  # the points up to the checkpoint reach the disk with it: a kill loses none
+
+        def write(folder: Path) -> None:
+            save_policy(folder)
+            crash_point("checkpoint:policy")
+            kd.save(folder / ENV_CHECKPOINT)
+            crash_point("checkpoint:env")
+            _write_json(folder / STATE_FILE, state)
+
+        _commit_checkpoint(run_dir, write, logger.step)
 
     remaining = total_steps - state["env_steps"]
     spec = config.spec

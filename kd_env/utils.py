@@ -1,10 +1,12 @@
-"""Small shared helpers: atomic file writes, CPU thread counts."""
+"""Small shared helpers: atomic file writes, crash points for the reliability tests, CPU thread counts."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import secrets
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -12,13 +14,52 @@ from typing import IO, Any
 import torch
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """fsync a folder, so that renames into it survive a power loss (where the OS supports it)."""
     with contextlib.suppress(OSError):  # not supported everywhere (e.g. Windows)
         descriptor = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+
+
+#: Environment variable naming the crash points at which this process kills itself (tests only).
+CRASH_ENV = "KD_ENV_CRASH_AT"
+_crash_counts: collections.Counter[str] = collections.Counter()
+
+
+def crash_point(name: str) -> None:
+    """Kill this process with SIGKILL here if ``$KD_ENV_CRASH_AT`` names this point.
+
+    ``KD_ENV_CRASH_AT="checkpoint:env@2,step@7"`` kills the process the 2nd time it reaches
+    ``checkpoint:env`` or the 7th time it reaches ``step`` (``@1`` when no count is given). The
+    reliability tests use it to stop a run at a chosen instruction, as ``kill -9`` would, but
+    deterministically; unset (always, outside those tests) it costs one dict lookup.
+    """
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    for item in spec.split(","):
+        point, _, count = item.strip().partition("@")
+        if point == name:
+            _crash_counts[name] += 1
+            if _crash_counts[name] == int(count or 1):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files :func:`atomic_write` leaves behind when its process is killed
+    mid-write (``.<name>.<pid>.<hex>.tmp`` and the older ``.<name>.tmp``) in ``folder``.
+
+    Only call it while no other process can be writing there (e.g. under the run folder's lock).
+    """
+    removed = []
+    for path in Path(folder).glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed.append(path)
+    return removed
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
@@ -34,12 +75,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             write(file)
             file.flush()
             os.fsync(file.fileno())
+        crash_point(f"atomic_write:{path.name}")  # a kill here leaves the temporary behind
         os.replace(temp_name, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp_name)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 

@@ -438,16 +438,93 @@ class DistillationEngine:
             self.current = None
             result.done = True
             return result
+        # a finite but huge loss (raw weights of 1e30, lr=1e6) can still blow the weights up:
+        # keep what the update changes, so that a non-finite outcome can be undone
+        self._snapshot_trainable_state()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if not self._trainable_state_finite():
+            self.rollback(result)
+            return result
         self.global_step += 1
         self.step_in_epoch += 1
         if self.step_in_epoch == self.steps_per_epoch:
             self._end_epoch(result)
         result.done = self.done
         self.current = None if self.done else self._prepare()
+        if self.current is not None and not self._prepared_batch_finite(self.current):
+            # finite weights whose next forward overflows: as diverged as NaN weights
+            self.rollback(result)
         return result
+
+    # ------------------------------------------------------------------ divergence
+    def _trainable_tensors(self) -> list[torch.Tensor]:
+        """What an update changes: parameters, buffers (BN statistics) and optimizer state
+        tensors (momentum) of the student and adapters."""
+        assert self.student is not None and self.adapters is not None
+        tensors = [t for model in (self.student, self.adapters) for t in (*model.parameters(), *model.buffers())]
+        for state in self.optimizer.state.values():
+            tensors += [value for value in state.values() if isinstance(value, torch.Tensor) and value.is_floating_point()]
+        return tensors  # BN's integer num_batches_tracked included: a rollback restores it too
+
+    def _snapshot_trainable_state(self) -> None:
+        """Copy the trainable state before an update (one memcpy of the student; the copies are
+        reused across steps, so no allocation per step once the optimizer state exists)."""
+        tensors = self._trainable_tensors()
+        snapshot = getattr(self, "_snapshot", None)
+        if snapshot is None or len(snapshot[0]) != len(tensors) or any(a is not b for a, b in zip(snapshot[0], tensors)):
+            self._snapshot = (tensors, [t.detach().clone() for t in tensors])
+        else:
+            with torch.no_grad():
+                torch._foreach_copy_(snapshot[1], [t.detach() for t in tensors])
+        self._snapshot_step = (self.global_step, self.step_in_epoch)
+
+    def _trainable_state_finite(self) -> bool:
+        """One reduction and one sync: every parameter, BN statistic and momentum entry finite."""
+        tensors = [t.detach() for t in self._trainable_tensors() if t.is_floating_point()]
+        if not tensors:
+            return True
+        norms = torch._foreach_norm(tensors, float("inf"))  # NaN or inf anywhere -> NaN or inf here
+        return bool(torch.isfinite(torch.stack(norms)).all())
+
+    @staticmethod
+    def _prepared_batch_finite(batch: StepBatch) -> bool:
+        quantities = [batch.student_logits.detach(), batch.kd_loss.detach()]
+        if batch.feature_mse is not None:
+            quantities.append(batch.feature_mse.detach())
+        return bool(all(torch.isfinite(q).all() for q in quantities))
+
+    def rollback(self, result: StepResult | None = None) -> None:
+        """Undo the last update: the student's and adapters' parameters, BN statistics and the
+        optimizer's momentum go back to their values before it, and the episode ends as diverged
+        (``result.diverged = result.done = True``; :meth:`reset` starts a new student).
+
+        Called by :meth:`step` when the update left a non-finite tensor behind, and by the envs
+        when the reward of an update is not finite. The step counters are restored too when the
+        update did not end an epoch (an epoch end's evaluation is not undone).
+        """
+        snapshot = getattr(self, "_snapshot", None)
+        if snapshot is None:
+            raise RuntimeError("no update to roll back")
+        with torch.no_grad():
+            torch._foreach_copy_([t.detach() for t in snapshot[0]], snapshot[1])
+        # optimizer state the update created (the first step's momentum) has no earlier value: drop it
+        known = {id(t) for t in snapshot[0]}
+        for parameter, state in list(self.optimizer.state.items()):
+            if any(isinstance(v, torch.Tensor) and v.is_floating_point() and id(v) not in known for v in state.values()):
+                del self.optimizer.state[parameter]
+        global_step, step_in_epoch = self._snapshot_step
+        if self.epoch_of(global_step) == self.epoch:
+            self.global_step, self.step_in_epoch = global_step, step_in_epoch
+        self.current = None
+        if result is not None:
+            result.diverged = True
+            result.done = True
+
+    def epoch_of(self, global_step: int) -> int:
+        """The epoch that update number ``global_step`` (0-based) belongs to."""
+        return global_step // self.steps_per_epoch
 
     def _end_epoch(self, result: StepResult) -> None:
         self.scheduler.step()

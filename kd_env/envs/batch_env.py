@@ -140,7 +140,7 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
             if result.diverged:
                 reward, terminated = float(self.settings.divergence_penalty), True
                 break
-            reward += self.rewards.batch_reward(result)
+            reward += step_reward
             if result.done:
                 terminated = True
                 break
@@ -156,6 +156,9 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
         shown = "" if weights is None else " ".join(f"{n}={w:.2f}" for n, w in zip(self.teacher_names, weights))
         return f"epoch {info.get('epoch', 0)} step {info.get('step', 0)} lr {info.get('lr', 0):.4g} weights: {shown}"
 
+            step_reward = 0.0 if result.diverged else self.rewards.batch_reward(result)
+            if not np.isfinite(step_reward):  # finite loss, non-finite outcome: undo it, diverged
+                self.engine.rollback(result)
     def close(self) -> None:
         # teachers and data stay (re-creating them is the expensive part); drop the episode state
         self.engine.current = None

@@ -1,0 +1,198 @@
+"""Reliability (issue #11): what survives a kill -9, a full disk, damaged files and bad arguments.
+
+Kills are deterministic: a child process runs with ``$KD_ENV_CRASH_AT`` naming a crash point
+(:func:`kd_env.utils.crash_point`), where it SIGKILLs itself, so each test stops a run at a chosen
+instruction instead of at a moment chosen by a timer. A full disk is a writer that raises ENOSPC.
+The README's "What survives what" table counts the cases of this module.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from kd_env.run import CheckpointError, RunConfig, RunFolderBusyError, RunResult, train
+
+ENV = "MultiTeacherKD-Synthetic-v0"
+SHORT = {"epochs": 2, "max_steps_per_epoch": 5}
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _config(run_dir: Path, agent: str = "reinforce", **overrides: Any) -> dict[str, Any]:
+    agent_kwargs = {"n_steps": 4} if agent == "reinforce" else {}
+    config = {
+        "env_id": ENV, "agent": agent, "run_dir": str(run_dir), "env_kwargs": SHORT, "agent_kwargs": agent_kwargs,
+        "checkpoint_every": 3, "progress": False, "per_sample": agent in ("mtkd-rl",),
+    }
+    return {**config, **overrides}
+
+
+def _run_killed(config: dict[str, Any], crash_at: str, resume: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run ``train`` in a child process that SIGKILLs itself at ``crash_at``; it must die there."""
+    script = "import json, sys\nfrom kd_env.run import RunConfig, train\ntrain(RunConfig(**json.loads(sys.argv[1])), resume=sys.argv[2] == '1')"
+    environment = {**os.environ, "KD_ENV_CRASH_AT": crash_at, "OMP_NUM_THREADS": "1"}
+    process = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(config), "1" if resume else "0"],
+        env=environment, cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
+    return process
+
+
+def _scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    return sorted((event.step, event.value) for event in events.Scalars(tag))
+
+
+def _same_run(resumed: RunResult, straight: RunResult) -> None:
+    assert resumed.env_steps == straight.env_steps
+    assert resumed.episodes == straight.episodes
+    assert resumed.val_curve == straight.val_curve
+    assert resumed.weight_trajectory == straight.weight_trajectory
+
+
+def _leftovers(run_dir: Path) -> list[str]:
+    """Temporaries and unfinished checkpoint folders anywhere in a run folder."""
+    return sorted(
+        str(path.relative_to(run_dir)) for path in run_dir.rglob("*")
+        if path.name.endswith(".tmp") or path.name in (".checkpoints.incoming", ".checkpoints.old")
+    )
+
+
+@pytest.fixture(scope="module")
+def straight_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, RunResult]:
+    """The uninterrupted runs the killed-and-resumed ones must equal."""
+    root = tmp_path_factory.mktemp("straight")
+    return {agent: train(RunConfig(**_config(root / agent, agent))) for agent in ("reinforce", "mtkd-rl")}
+
+
+# ------------------------------------------------------------------------------------ item 2: checkpoints are one unit
+@pytest.mark.parametrize(
+    "agent, crash_at",
+    [
+        ("reinforce", "checkpoint:policy@2"),  # agent.pt of the 2nd checkpoint written, env.pt not
+        ("reinforce", "checkpoint:env@2"),  # agent.pt and env.pt written, state.json not
+        ("reinforce", "checkpoint:sealed@2"),  # all written and sealed, not yet in place
+        ("reinforce", "checkpoint:swap@2"),  # between the two renames: no checkpoints/ at all
+        ("mtkd-rl", "checkpoint:env@2"),
+    ],
+)
+def test_kill_during_a_checkpoint_resumes_exactly(tmp_path, straight_runs, agent, crash_at):
+    config = _config(tmp_path / "run", agent)
+    _run_killed(config, crash_at)
+    resumed = train(RunConfig(**{**config, "total_steps": None}), resume=True)
+    _same_run(resumed, straight_runs[agent])
+    assert _leftovers(tmp_path / "run") == []
+    # one TensorBoard curve, each step once, the same values as the uninterrupted run
+    assert [step for step, _ in _scalars(tmp_path / "run", "reward/mean")] == list(range(1, 11))
+    if agent == "reinforce":
+        from kd_env.agents import Reinforce
+
+        agent_file = Reinforce.load(Path(config["run_dir"]) / "checkpoints" / "agent.pt")
+        assert agent_file.num_updates == 2  # updates at steps 4 and 8, none lost or doubled
+
+
+def test_kill_mid_write_leaves_no_temporary_behind(tmp_path, straight_runs):
+    config = _config(tmp_path / "run")
+    _run_killed(config, "atomic_write:env.pt@2")  # the temporary of the 2nd env.pt is written, not renamed
+    assert any(name.endswith(".tmp") for name in _leftovers(tmp_path / "run"))
+    # a stray temporary of an older version's flat checkpoint folder goes too
+    stray = tmp_path / "run" / "checkpoints" / ".agent.zip.1234.abcd1234.tmp"
+    stray.write_bytes(b"half a zip")
+    resumed = train(RunConfig(**config), resume=True)
+    _same_run(resumed, straight_runs["reinforce"])
+    assert _leftovers(tmp_path / "run") == []
+
+
+@pytest.mark.parametrize("crash_at", ["step@7", "step@2"])  # after a checkpoint (step 6) / before the first
+def test_kill_between_checkpoints_duplicates_no_logged_point(tmp_path, straight_runs, crash_at):
+    config = _config(tmp_path / "run")
+    _run_killed(config, crash_at)
+    resumed = train(RunConfig(**config), resume=True)
+    _same_run(resumed, straight_runs["reinforce"])
+    points = _scalars(tmp_path / "run", "reward/mean")
+    assert [step for step, _ in points] == list(range(1, 11))
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_last_one(tmp_path, straight_runs, monkeypatch):
+    import kd_env.envs.core as core
+
+    real_save = core.atomic_torch_save
+    calls = {"n": 0}
+
+    def full_disk(obj: Any, path: Any) -> Path:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the 2nd checkpoint's env.pt: the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(obj, path)
+
+    monkeypatch.setattr(core, "atomic_torch_save", full_disk)
+    config = _config(tmp_path / "run")
+    with pytest.raises(OSError, match="No space left"):
+        train(RunConfig(**config))
+    assert json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())["env_steps"] == 3
+    assert _leftovers(tmp_path / "run") == []
+    monkeypatch.setattr(core, "atomic_torch_save", real_save)  # space freed
+    _same_run(train(RunConfig(**config), resume=True), straight_runs["reinforce"])
+
+
+def test_damaged_checkpoint_is_refused_by_name(tmp_path):
+    config = _config(tmp_path / "run")
+    train(RunConfig(**{**config, "total_steps": 6}))
+    env_file = tmp_path / "run" / "checkpoints" / "env.pt"
+    data = bytearray(env_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    env_file.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="env.pt differs"):
+        train(RunConfig(**config), resume=True)
+
+
+def test_a_run_folder_is_locked(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with open(run_dir / ".lock", "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(RunFolderBusyError, match="in use by another process"):
+            train(RunConfig(**_config(run_dir)))
+    train(RunConfig(**_config(run_dir, total_steps=2)))  # released: the run goes
+
+
+# ------------------------------------------------------------------------------------ item 5: divergence
+def test_huge_raw_action_is_rolled_back_as_divergence():
+    import gymnasium as gym
+
+    env = gym.make(ENV, action_mode="raw", **SHORT).unwrapped
+    env.reset(seed=0)
+    before = {k: v.clone() for k, v in env.engine.student.state_dict().items()}
+    _, reward, terminated, _, info = env.step(np.full(env.action_space.shape, 1e30, dtype=np.float32))
+    assert info["diverged"] is True and terminated and np.isfinite(reward)
+    for key, value in env.engine.student.state_dict().items():
+        assert torch.equal(value, before[key]), key  # the update was rolled back
+    tensors = [*env.engine.student.state_dict().values(), *env.engine.adapters.state_dict().values()]
+    assert all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_diverging_run_writes_its_result(tmp_path, per_sample):
+    config = RunConfig(ENV, "reinforce", str(tmp_path / "run"), per_sample=per_sample,
+                       env_kwargs={**SHORT, "lr": 1e6}, agent_kwargs={"n_steps": 4}, progress=False)
+    result = train(config)
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result.env_steps == 10 and saved["env_steps"] == 10
+    assert any(episode.get("diverged") for episode in result.episodes)
+    for name in ("reward/mean", "loss/total"):
+        assert all(np.isfinite(value) for _, value in _scalars(tmp_path / "run", name))
