@@ -196,3 +196,83 @@ def test_diverging_run_writes_its_result(tmp_path, per_sample):
     assert any(episode.get("diverged") for episode in result.episodes)
     for name in ("reward/mean", "loss/total"):
         assert all(np.isfinite(value) for _, value in _scalars(tmp_path / "run", name))
+
+
+# ------------------------------------------------------------------------------------ item 4: the sweep
+def _sweep_runs(out: Path, checkpoint_every: int = 3) -> list[Any]:
+    from kd_env.benchmark import Method, Preset, sweep
+
+    preset = Preset(env_id=ENV, methods=[Method("REINFORCE", "reinforce", agent_kwargs={"n_steps": 4})], seeds=[0],
+                    env_kwargs=SHORT, train_teachers=False)
+    return sweep.plan(preset, out, checkpoint_every=checkpoint_every)
+
+
+def _processes_running(marker: str) -> list[int]:
+    """Pids of live processes whose command line mentions ``marker``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("State:"))
+            except (OSError, StopIteration):
+                continue
+            if marker in command and "zombie" not in state:
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_killed_sweep_takes_its_child_down_and_the_rerun_finishes_once(tmp_path, straight_runs):
+    from kd_env.benchmark import sweep
+
+    runs = _sweep_runs(tmp_path)
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom kd_env.benchmark import Method, Preset, sweep\n"
+        f"preset = Preset(env_id={ENV!r}, methods=[Method('REINFORCE', 'reinforce', agent_kwargs={{'n_steps': 4}})], "
+        f"seeds=[0], env_kwargs={SHORT!r}, train_teachers=False)\n"
+        "sweep.LocalExecutor(1, 1).run(sweep.plan(preset, Path(sys.argv[1]), checkpoint_every=3), progress=False)"
+    )
+    environment = {**os.environ, "KD_ENV_CRASH_AT": "sweep:child-started", "OMP_NUM_THREADS": "1"}
+    parent = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=environment, cwd=REPO, timeout=600)
+    assert parent.returncode == -signal.SIGKILL  # the sweep was killed right after starting its child
+    marker = f"--run-one {runs[0].run_dir}"
+    for _ in range(300):  # the child gets SIGTERM from the kernel; wait (bounded) for it to be gone
+        if not _processes_running(marker):
+            break
+        subprocess.run(["sleep", "0.1"])
+    assert _processes_running(marker) == []
+    assert sweep.LocalExecutor(1, 1).run(runs, progress=False) == []
+    result = json.loads((runs[0].run_dir / "result.json").read_text())
+    assert result["episodes"] == straight_runs["reinforce"].episodes
+    assert [step for step, _ in _scalars(runs[0].run_dir, "reward/mean")] == list(range(1, 11))
+
+
+def test_sweep_run_killed_mid_run_resumes_from_its_checkpoint(tmp_path, straight_runs, monkeypatch):
+    from kd_env.benchmark import sweep
+
+    runs = _sweep_runs(tmp_path)
+    assert runs[0].config.checkpoint_every == 3
+    monkeypatch.setenv("KD_ENV_CRASH_AT", "step@8")  # the child dies after logging step 8
+    failures = sweep.LocalExecutor(1, 1).run(runs, progress=False)
+    assert len(failures) == 1 and "exit -9" in failures[0][1]
+    assert json.loads((runs[0].run_dir / "checkpoints" / "state.json").read_text())["env_steps"] == 6
+    monkeypatch.delenv("KD_ENV_CRASH_AT")
+    assert sweep.LocalExecutor(1, 1).run(runs, progress=False) == []
+    assert "resuming the run" in (runs[0].run_dir / "log.txt").read_text()
+    result = json.loads((runs[0].run_dir / "result.json").read_text())
+    assert result["episodes"] == straight_runs["reinforce"].episodes
+    assert result["val_curve"] == [list(point) for point in straight_runs["reinforce"].val_curve]
+    assert [step for step, _ in _scalars(runs[0].run_dir, "reward/mean")] == list(range(1, 11))
+
+
+def test_sweep_refuses_a_second_process_on_a_run_folder(tmp_path):
+    from kd_env.benchmark import sweep
+
+    runs = _sweep_runs(tmp_path)
+    runs[0].run_dir.mkdir(parents=True)
+    with open(runs[0].run_dir / ".lock", "w") as holder:  # a still-running orphan holds the folder
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        failures = sweep.LocalExecutor(1, 1).run(runs, progress=False)
+    assert len(failures) == 1 and "in use by another process" in failures[0][1]
+    assert not (runs[0].run_dir / "tb").exists()  # it wrote nothing
