@@ -136,6 +136,9 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
         reward, terminated, info = 0.0, False, {}
         for _ in range(self.steps_per_action):
             result = self.engine.step(logit_weights, feature_weights)
+            step_reward = 0.0 if result.diverged else self.rewards.batch_reward(result)
+            if not np.isfinite(step_reward):  # finite loss, non-finite outcome: undo it, diverged
+                self.engine.rollback(result)
             info = step_info(self.engine, result)
             if result.diverged:
                 reward, terminated = float(self.settings.divergence_penalty), True
@@ -156,9 +159,6 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
         shown = "" if weights is None else " ".join(f"{n}={w:.2f}" for n, w in zip(self.teacher_names, weights))
         return f"epoch {info.get('epoch', 0)} step {info.get('step', 0)} lr {info.get('lr', 0):.4g} weights: {shown}"
 
-            step_reward = 0.0 if result.diverged else self.rewards.batch_reward(result)
-            if not np.isfinite(step_reward):  # finite loss, non-finite outcome: undo it, diverged
-                self.engine.rollback(result)
     def close(self) -> None:
         # teachers and data stay (re-creating them is the expensive part); drop the episode state
         self.engine.current = None
