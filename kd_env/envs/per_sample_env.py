@@ -130,6 +130,10 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
             return observation, np.zeros(self.num_envs), zeros, zeros.copy(), {}
         logit_weights, feature_weights = self._weights_for(actions, self.action_space.shape)
         result = self.engine.step(logit_weights, feature_weights)
+        if not result.diverged:
+            rewards = self.rewards.sample_rewards(result)
+            if not np.isfinite(rewards).all():  # finite loss, non-finite outcome: undo it, diverged
+                self.engine.rollback(result)
         if result.diverged:
             rewards = np.full(self.num_envs, float(self.settings.divergence_penalty))
         terminated = bool(result.diverged or result.done)
@@ -145,10 +149,6 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
         self._last_observation = state.cpu().numpy().astype(np.float32)
         return self._last_observation.copy()
 
-        if not result.diverged:
-            rewards = self.rewards.sample_rewards(result)
-            if not np.isfinite(rewards).all():  # finite loss, non-finite outcome: undo it, diverged
-                self.engine.rollback(result)
     def _infos(self, result: Any) -> dict[str, Any]:
         """Vector-env infos: one value per slot, with Gymnasium's ``_key`` masks (all slots)."""
         per_slot: dict[str, Any] = {
