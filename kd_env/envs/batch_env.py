@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from kd_env.envs.core import KDEnvCore, step_info
+from kd_env.envs.core import KDEnvCore, checkpoint_option, step_info, supported_render_mode
 from kd_env.features import BatchFeatureSpec, batch_features
 
 
@@ -37,7 +37,9 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
     renormalised to sum to one (negative entries or an all-zero head raise ``ValueError``);
     with ``action_mode="raw"`` the non-negative weights are applied as they are (MTKD-RL's
     warm-up epoch uses all-ones weights, a K-times KD scale).
-    NaN, inf or a wrong shape raise ``ValueError`` and leave the student unchanged.
+    NaN, inf or a wrong shape raise ``ValueError`` and leave the student unchanged. Softmax-mode
+    actions outside ``[-1, 1]`` are clipped to the Box, as Gymnasium's continuous envs do (a
+    warning the first time); simplex and raw weights above 1 keep their meaning.
 
     ## Observation Space
 
@@ -66,6 +68,9 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
     ``reset(seed=...)`` builds a fresh student and feature adapters (new initialisation), a new
     SGD optimizer and LR schedule and a new data order, every random draw derived from the seed.
     The teachers and the dataset are loaded once, at construction.
+    ``reset(options={"checkpoint": path})`` instead continues the training run saved by
+    ``env.unwrapped.save(path)`` (the observation it returns is the saved one); other option keys
+    raise ``ValueError``.
 
     ## Episode End
 
@@ -89,23 +94,30 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
     ``action_mode``, ``scale``, ``temperature``, ``alpha``, ``beta``, ``kd_scale``, ``augment``,
     ``max_steps_per_epoch``, ``val_fraction``, ``reward_scale``, ``divergence_penalty``,
     ``probe_size``, ``state_parts``, ``synthetic``; plus ``steps_per_action`` (updates per
-    action, rewards summed) and ``render_mode`` (``"ansi"`` or None).
+    action, rewards summed) and ``render_mode``: ``"ansi"`` (``render()`` returns a one-line text
+    summary), ``"human"`` (that line is printed at every reset and step) or None; other modes
+    (SB3's ``make_vec_env`` asks for ``"rgb_array"``) warn and turn rendering off.
+
+    ## Copies and workers
+
+    ``pickle`` and ``copy.deepcopy`` give a faithful copy: rebuilt from the constructor arguments,
+    checked to have the same teachers and data, with the training state restored (the next
+    update of the copy equals the original's). In a worker forked after ``import kd_env``
+    (``gym.make_vec(..., vectorization_mode="async")`` on Linux) torch runs on one thread.
 
     ## Version History
 
     * v0: initial release.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 1}
+    metadata = {"render_modes": ["ansi", "human"], "render_fps": 1}
 
     def __init__(self, steps_per_action: int = 1, render_mode: str | None = None, **kwargs: Any) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, got {render_mode!r}")
         if steps_per_action < 1:
             raise ValueError(f"steps_per_action must be >= 1, got {steps_per_action}")
-        self.render_mode = render_mode
+        self.render_mode = supported_render_mode(render_mode, self.metadata["render_modes"], type(self).__name__)
         self.steps_per_action = int(steps_per_action)
-        self._setup_core(kwargs)
+        self._setup_core(kwargs, {"steps_per_action": steps_per_action, "render_mode": render_mode, **kwargs})
         self.feature_spec = BatchFeatureSpec(
             tuple(self.teacher_names),
             self.engine.num_classes,
@@ -118,13 +130,21 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
         self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.action_space = self._single_action_space()
         self._last_info: dict[str, Any] = {}
+        self._shown = True  # "human" mode: whether the current state was printed already
 
     # ------------------------------------------------------------------ Gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        checkpoint = checkpoint_option(seed, options)
         super().reset(seed=seed)
-        self._start_episode()
-        observation = self._observation()
-        self._last_info = {"epoch": 0, "step": 0, "lr": float(self.engine.lr)}
+        if checkpoint is not None:
+            self.load(checkpoint)
+            observation = self.last_observation
+            assert observation is not None
+        else:
+            self._start_episode()
+            observation = self._observation()
+        self._last_info = {"epoch": int(self.engine.epoch), "step": int(self.engine.global_step), "lr": float(self.engine.lr)}
+        self._after_update()
         return observation, dict(self._last_info)
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -149,15 +169,42 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
                 break
         observation = self._observation() if not terminated else self._terminal_observation()
         self._last_info = info
+        self._after_update()
         return observation, float(reward), bool(terminated), False, info
 
     def render(self) -> str | None:
-        if self.render_mode != "ansi":
-            return None
+        """``"ansi"``: the last step as one line of text; ``"human"``: print it (once per step)."""
+        if self.render_mode == "ansi":
+            return self._text()
+        if self.render_mode == "human":
+            self._show()
+        elif self.render_mode is None:
+            gym.logger.warn("render() was called without a render_mode: build the env with render_mode='ansi' or 'human'")
+        return None
+
+    def _text(self) -> str:
         info = self._last_info
         weights = info.get("weights")
         shown = "" if weights is None else " ".join(f"{n}={w:.2f}" for n, w in zip(self.teacher_names, weights))
         return f"epoch {info.get('epoch', 0)} step {info.get('step', 0)} lr {info.get('lr', 0):.4g} weights: {shown}"
+
+    def _after_update(self) -> None:
+        # "human" rendering happens in reset and step, as in Gymnasium's envs; render() right
+        # after (RL Zoo's enjoy calls it every step) does not print the same line again
+        self._shown = False
+        if self.render_mode == "human":
+            self._show()
+
+    def _show(self) -> None:
+        if not self._shown:
+            print(self._text(), flush=True)
+            self._shown = True
+
+    def _view_state(self) -> dict[str, Any]:
+        return {"last_info": self._last_info}
+
+    def _load_view_state(self, state: dict[str, Any]) -> None:
+        self._last_info = dict(state["last_info"])
 
     def close(self) -> None:
         # teachers and data stay (re-creating them is the expensive part); drop the episode state

@@ -1,11 +1,17 @@
 """What both environment views share: the engine core, the step's ``info``, the run's final
-numbers and the training-state checkpoint."""
+numbers, the training-state checkpoint, faithful pickling, ``reset`` options, the render-mode
+policy and the single-thread rule for forked workers."""
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import os
+import pickle
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -51,7 +57,79 @@ def final_metrics(engine: DistillationEngine, result: StepResult) -> dict[str, f
     return {"best_val_acc": float(engine.best_val_acc), "best_epoch": float(engine.best_epoch), "final_test_acc": float(test_acc)}
 
 
+# ---------------------------------------------------------------------- forked workers
+_forked = False
+"""Set in a child created by ``os.fork`` after this module was imported."""
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+if hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork
+    os.register_at_fork(after_in_child=_mark_forked)
+
+
+def _one_thread_if_forked() -> None:
+    """In a forked worker, run torch on one thread.
+
+    ``gym.make_vec(..., vectorization_mode="async")`` builds one env in the parent (to read its
+    spaces) and then forks its workers (Linux's default start method). The parent's torch work
+    started OpenMP's thread pool, which does not survive ``fork``: the child's first parallel
+    op waits forever on threads that do not exist. One thread per worker avoids the pool (as
+    PyTorch's own DataLoader workers do) and is also the right size for N workers sharing the
+    machine's cores. Spawned workers import afresh and keep torch's default.
+    """
+    if _forked and torch.get_num_threads() > 1:
+        torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------------- render modes
+def supported_render_mode(render_mode: str | None, supported: list[str], owner: str) -> str | None:
+    """``render_mode`` if the env can render it; otherwise a warning and ``None`` (rendering off).
+
+    Gymnasium's own envs warn on a mode they do not support rather than raise, and tools rely
+    on that: SB3's ``make_vec_env`` asks for ``"rgb_array"`` (falling back only on
+    ``TypeError``), RL Zoo's ``enjoy`` for ``"human"``. Storing ``None`` (not the unsupported
+    mode) makes SB3's ``VecEnv.render`` warn and return ``None`` instead of tiling ``None`` images.
+    """
+    if render_mode is None or render_mode in supported:
+        return render_mode
+    shown = supported or "no modes"
+    gym.logger.warn(
+        f"{owner} cannot render render_mode={render_mode!r} (it supports {shown}); rendering is off and render() returns None"
+    )
+    return None
+
+
+# ---------------------------------------------------------------------- reset options
+RESET_OPTIONS = ("checkpoint",)
+"""The keys ``reset(options=...)`` understands."""
+
+
+def checkpoint_option(seed: int | None, options: dict[str, Any] | None) -> Path | None:
+    """The checkpoint path of ``reset(options={"checkpoint": path})``, or ``None``.
+
+    Unknown keys raise ``ValueError`` (silently ignoring a misspelt option would run a different
+    experiment than the one asked for). ``seed`` together with a checkpoint is refused too: the
+    checkpoint carries its own random state, so the seed would be ignored.
+    """
+    if not options:
+        return None
+    unknown = sorted(set(options) - set(RESET_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown reset option(s) {unknown}; kd-env understands {list(RESET_OPTIONS)}")
+    path = options.get("checkpoint")
+    if path is None:
+        return None
+    if seed is not None:
+        raise ValueError("reset(seed=..., options={'checkpoint': ...}): a checkpoint carries its own random state; pass one or the other")
+    return Path(path)
+
+
 CHECKPOINT_FORMAT = "kd_env.env/1"
+PICKLE_FORMAT = "kd_env.pickle/1"
 # settings that must match between a checkpoint and the env that loads it
 _COMPAT_KEYS = ("dataset", "student", "epochs", "batch_size", "feature_kd", "reward_mode", "max_steps_per_epoch")
 
@@ -69,7 +147,13 @@ class KDEnvCore:
     np_random: np.random.Generator
     _last_observation: np.ndarray | None
 
-    def _setup_core(self, kwargs: dict[str, Any]) -> None:
+    def _setup_core(self, kwargs: dict[str, Any], init_args: dict[str, Any]) -> None:
+        """Build settings and engine from ``kwargs``; ``init_args`` are the constructor's
+        arguments as given (what :meth:`__setstate__` rebuilds the env from)."""
+        _one_thread_if_forked()  # before any torch work in this process
+        self._init_args = copy.deepcopy(init_args)
+        self._resources_digest: str | None = None
+        self._clip_warned = False
         self.settings = KDEnvSettings.from_kwargs(**kwargs)
         self.engine = build_engine(self.settings)
         self.teacher_names = list(self.engine.teacher_names)
@@ -96,7 +180,28 @@ class KDEnvCore:
 
     def _weights_for(self, action: Any, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
         array = validate_action(action, shape, self.settings.action_mode, self.num_teachers)
+        if self.settings.action_mode == "softmax":
+            array = self._clip_to_box(array)
         return action_to_weights(array, self.num_teachers, self.heads, self.settings.action_mode, self.settings.scale)
+
+    def _clip_to_box(self, array: np.ndarray) -> np.ndarray:
+        """Clip softmax-mode logits to the action space's ``[-1, 1]``.
+
+        Out-of-bounds logits used to be extrapolated (``softmax(scale * 5)``), giving an agent
+        that ignores the bounds weights no in-bounds action can reach. Gymnasium's continuous
+        envs clip to their Box (Pendulum, MountainCarContinuous) and SB3's PPO/A2C clip before
+        ``step``, so the env clips too; the first clipped action warns once per env, so an agent
+        bug does not go unnoticed. (Simplex and raw weights are not logits: their values above
+        1 keep their meaning, a larger share or a larger scale.)
+        """
+        clipped = np.clip(array, -1.0, 1.0)
+        if not self._clip_warned and not np.array_equal(clipped, array):
+            self._clip_warned = True
+            gym.logger.warn(
+                f"action outside the action space [-1, 1] (min {float(array.min()):.3g}, max {float(array.max()):.3g}) "
+                "was clipped to it; warned once per env"
+            )
+        return clipped
 
     def _extra_state(self) -> dict[str, Any]:
         return {}
@@ -109,12 +214,11 @@ class KDEnvCore:
         values["teacher_names"] = list(self.teacher_names)
         return values
 
-    def save(self, path: str | Path) -> Path:
-        """Write the whole training state (student, adapters, optimizer, schedule, data order,
-        RNG, reward state) atomically. ``load`` on an env built with the same arguments resumes it."""
+    def _training_state(self) -> dict[str, Any]:
+        """The whole training state, as :meth:`save` writes it (requires a started episode)."""
         if self._last_observation is None:
             raise RuntimeError("nothing to save: call reset() first")
-        state = {
+        return {
             "format": CHECKPOINT_FORMAT,
             "kind": type(self).__name__,
             "settings": self._compat_settings(),
@@ -125,10 +229,29 @@ class KDEnvCore:
             "last_observation": torch.from_numpy(self._last_observation.copy()),
             **self._extra_state(),
         }
-        return atomic_torch_save(state, path)
+
+    def _restore_training_state(self, state: dict[str, Any]) -> None:
+        """Install a :meth:`_training_state` (already checked to fit this env)."""
+        self.engine.load_state_dict(state["engine"])
+        self.rewards.load_state_dict(state["rewards"])
+        self.np_random.bit_generator.state = state["np_random"]
+        self._episode_seed = state["episode_seed"]
+        self._last_observation = state["last_observation"].numpy().astype(np.float32)
+        self._load_extra_state(state)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the whole training state (student, adapters, optimizer, schedule, data order,
+        RNG, reward state) atomically. ``load`` on an env built with the same arguments resumes it,
+        and so does ``reset(options={"checkpoint": path})`` (through any wrapper)."""
+        return atomic_torch_save(self._training_state(), path)
 
     def load(self, path: str | Path) -> None:
-        """Restore a :meth:`save` checkpoint; ``ValueError`` names what does not match."""
+        """Restore a :meth:`save` checkpoint; ``ValueError`` names what does not match.
+
+        Through ``gym.make``'s wrappers prefer ``env.reset(options={"checkpoint": path})``: it
+        restores the same state and returns its observation, and wrappers that track episodes
+        (Gymnasium's env checker and order enforcing, ``RecordEpisodeStatistics``) see a reset.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no environment checkpoint at {path}")
@@ -145,9 +268,78 @@ class KDEnvCore:
         if mismatched:
             details = ", ".join(f"{k}: checkpoint {a!r} vs env {b!r}" for k, (a, b) in mismatched.items())
             raise ValueError(f"checkpoint {path} was made by a different environment ({details}); build the env with the same arguments")
-        self.engine.load_state_dict(state["engine"])
-        self.rewards.load_state_dict(state["rewards"])
-        self.np_random.bit_generator.state = state["np_random"]
-        self._episode_seed = state["episode_seed"]
-        self._last_observation = state["last_observation"].numpy().astype(np.float32)
-        self._load_extra_state(state)
+        self._restore_training_state(state)
+
+    # ------------------------------------------------------------------ pickling / copying
+    def _view_state(self) -> dict[str, Any]:
+        """What a subclass keeps outside the training state (e.g. the last info, for render)."""
+        return {}
+
+    def _load_view_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    def _resources_fingerprint(self) -> str:
+        """SHA-256 over the teachers' weights and the dataset tensors (computed once).
+
+        A pickled env is rebuilt from its constructor arguments; this digest proves the rebuilt
+        env found the same teachers and data (a cache cleared or retrained in between would
+        otherwise give a different environment silently).
+        """
+        if self._resources_digest is None:
+            digest = hashlib.sha256()
+            named = [(f"teacher{k}.{n}", t) for k, teacher in enumerate(self.engine.teachers) for n, t in teacher.state_dict().items()]
+            named += [(name, getattr(self.engine.data, name)) for name in self.engine.data._TENSOR_FIELDS]
+            for name, tensor in named:
+                flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+                digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+                digest.update(flat.view(torch.uint8).numpy().tobytes())
+            self._resources_digest = digest.hexdigest()
+        return self._resources_digest
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle (and ``copy.deepcopy``) as constructor arguments + training state.
+
+        The env's live objects cannot be pickled faithfully: the prepared batch holds an
+        autograd graph (pickling drops it, and the copy's next update would differ) and the
+        teacher-output store is memory-mapped. So a copy is rebuilt the way ``load`` restores a
+        checkpoint: a new env from the same arguments, then the training state, with the
+        prepared batch recomputed exactly. Small (no data, no teachers), but a rebuild costs
+        what building the env costs.
+        """
+        episode_over = self.engine.current is None
+        return {
+            "format": PICKLE_FORMAT,
+            "class": type(self).__name__,
+            "init_args": self._init_args,
+            "fingerprint": self._resources_fingerprint(),
+            "spec": self.__dict__.get("spec"),
+            "np_random": None if self._np_random is None else self._np_random.bit_generator.state,
+            "np_random_seed": self._np_random_seed,
+            "training": None if self._last_observation is None else self._training_state(),
+            "episode_over": episode_over,
+            "view": self._view_state(),
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("format") != PICKLE_FORMAT:
+            raise pickle.UnpicklingError(f"not a pickled kd-env environment (format {PICKLE_FORMAT})")
+        type(self).__init__(self, **copy.deepcopy(state["init_args"]))
+        if self._resources_fingerprint() != state["fingerprint"]:
+            raise pickle.UnpicklingError(
+                f"cannot restore this pickled {state['class']}: its teachers or dataset differ from the original's "
+                "(teacher cache or data changed since it was pickled); build the env afresh instead"
+            )
+        if state["spec"] is not None:
+            self.spec = state["spec"]
+        if state["np_random"] is not None:
+            generator = np.random.Generator(getattr(np.random, state["np_random"]["bit_generator"])())
+            generator.bit_generator.state = state["np_random"]
+            self._np_random, self._np_random_seed = generator, state["np_random_seed"]
+        if state["training"] is not None:
+            # the engine restores the global torch RNG of the checkpoint; a copy must not
+            # change the RNG of the process that unpickles it
+            with torch.random.fork_rng(devices=[]):
+                self._restore_training_state(state["training"])
+            if state["episode_over"]:
+                self.engine.current = None  # a diverged episode stays over in the copy too
+        self._load_view_state(state["view"])

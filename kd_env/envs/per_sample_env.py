@@ -9,7 +9,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from kd_env.envs.core import KDEnvCore, final_metrics
+from kd_env.envs.core import KDEnvCore, checkpoint_option, final_metrics, supported_render_mode
 from kd_env.features import SampleStateSpec, per_sample_state
 
 
@@ -30,7 +30,8 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
     weights and renormalises them, ``action_mode="raw"`` applies non-negative weights as they
     are. The batched ``action_space`` is ``[num_envs, ...]``. NaN,
     inf, a wrong shape (or negative / all-zero simplex rows) raise ``ValueError`` and leave the
-    student unchanged.
+    student unchanged. Softmax-mode actions outside ``[-1, 1]`` are clipped to the Box (a
+    warning the first time), as in the batch env.
 
     ## Observation Space
 
@@ -50,7 +51,8 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
 
     ## Starting State
 
-    As the batch env: ``reset(seed=...)`` starts a fresh student, every draw from the seed.
+    As the batch env: ``reset(seed=...)`` starts a fresh student, every draw from the seed;
+    ``reset(options={"checkpoint": path})`` continues a run saved by ``save(path)``.
 
     ## Episode End
 
@@ -69,7 +71,10 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
 
     ``num_envs`` > 1 sets the batch size (``num_envs=1``, ``gym.make_vec``'s default, keeps the
     ``batch_size`` argument or the dataset default). ``include_embeddings``, ``logits``,
-    ``obs_clip``, and every argument of the batch-level env except ``steps_per_action``.
+    ``obs_clip``, and every argument of the batch-level env except ``steps_per_action``. There is
+    no render mode: any ``render_mode`` warns and rendering stays off.
+
+    ``pickle`` / ``copy.deepcopy`` give a faithful copy, as for the batch env.
 
     ## Version History
 
@@ -87,15 +92,21 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
         render_mode: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if render_mode is not None:
-            raise ValueError("the per-sample env has no render modes")
-        self.render_mode = None
+        init_args = {
+            "num_envs": num_envs,
+            "include_embeddings": include_embeddings,
+            "logits": logits,
+            "obs_clip": obs_clip,
+            "render_mode": render_mode,
+            **kwargs,
+        }
+        self.render_mode = supported_render_mode(render_mode, self.metadata["render_modes"], type(self).__name__)
         if num_envs > 1:
             if kwargs.get("batch_size") not in (None, num_envs):
                 raise ValueError(f"num_envs={num_envs} and batch_size={kwargs['batch_size']} disagree: they are the same thing here")
             kwargs["batch_size"] = num_envs
         kwargs.setdefault("reward_mode", "neg_loss")
-        self._setup_core(kwargs)
+        self._setup_core(kwargs, init_args)
         self.num_envs = self.engine.config.batch_size
         self.obs_clip = float(obs_clip)
         embedding_dims = tuple(int(shape[0]) for shape in self.engine.teacher_shapes)
@@ -116,7 +127,13 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
         self._needs_reset = True
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        checkpoint = checkpoint_option(seed, options)
         super().reset(seed=seed)
+        if checkpoint is not None:
+            self.load(checkpoint)
+            observation = self.last_observation
+            assert observation is not None
+            return observation, {}
         self._start_episode()
         self._needs_reset = False
         return self._observation(), {}
