@@ -5,11 +5,22 @@ dataset classes, carves a seeded validation split from the training set and retu
 ``DatasetSplits``; ``batch_indices`` gives an epoch's index batches and ``BatchTransform`` turns
 a uint8 batch into augmented, normalised float32 images. The test split is for reported numbers
 only; tune on the validation split.
+
+torchvision is imported only when a dataset is read from disk (or :func:`find_data_root` is
+used): ``kd_env.data.sources`` loads on first use, so that an env on synthetic or in-memory
+data, and every subprocess worker running one, skips its import (~165 MB, ~3 s).
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 from .augment import BatchTransform, default_augmentation
-from .sources import DatasetNotFoundError, default_cache_dir, find_data_root
+from .names import DatasetNotFoundError, default_cache_dir
 from .tensors import DatasetSplits, batch_indices, load_dataset, make_synthetic
+
+# names whose module imports torchvision: resolved on first access (PEP 562)
+_LAZY = {"find_data_root": "sources"}
 
 __all__ = [
     "BatchTransform",
@@ -22,3 +33,13 @@ __all__ = [
     "load_dataset",
     "make_synthetic",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this hook
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .sources import canonical_name
+from .names import canonical_name
 
 __all__ = ["BatchTransform", "default_augmentation"]
 

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .sources import canonical_name, read_dataset
+from .names import canonical_name
 
 __all__ = [
     "DATASET_STATS",
@@ -273,6 +273,10 @@ def load_dataset(
     else:
         if synthetic_kwargs:
             raise TypeError(f"unexpected arguments for {name}: {sorted(synthetic_kwargs)}")
+        # torchvision reads the files: imported here, not at module import, so a process on
+        # synthetic or in-memory data never pays for it (see kd_env.data.names)
+        from .sources import read_dataset
+
         raw = read_dataset(name, data_root, download=download, verify_checksums=verify_checksums)
         class_names = raw.class_names
         num_classes = len(class_names)
