@@ -383,27 +383,99 @@ def add_bench_parser(subparsers: Any) -> None:
     )
     bench.add_argument("--no-progress", action="store_true")
     _add_threads_arg(bench)
+    # where the runs go (issue #14): this machine, or a Ray cluster
+    bench.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="local: child processes on this machine, --jobs at once (default); ray: one Ray task per run "
+        '(pip install "kd-env[ray]"); the output folder, teacher cache and data must then be on a filesystem every node sees',
+    )
+    bench.add_argument(
+        "--address",
+        default=None,
+        help="--executor ray: the cluster to join, 'auto' (started by `ray start` on this node) or ray://HOST:10001 "
+        "(default: $RAY_ADDRESS, else a local Ray instance on this machine)",
+    )
+    bench.add_argument("--cpus-per-run", type=float, default=None, help="--executor ray: CPUs each run asks for (default 1)")
+    bench.add_argument(
+        "--gpus-per-run", type=float, default=None,
+        help="--executor ray: GPUs each run asks for, a fraction shares a GPU (default 0; add --env-arg device=cuda)",
+    )
+    bench.add_argument(
+        "--retries", type=int, default=None,
+        help="times a failed run is tried again, from its last checkpoint, before it is reported as failed (default 2)",
+    )
     bench.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.jobs < 1:
-        print(f"error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+    from kd_env.benchmark.sweep import DEFAULT_RETRIES, SweepFailedError
+
+    jobs = getattr(args, "jobs", 1)
+    retries = DEFAULT_RETRIES if getattr(args, "retries", None) is None else args.retries
+    if jobs < 1 or retries < 0:
+        print(f"error: --jobs must be >= 1 and --retries >= 0, got {jobs} and {retries}", file=sys.stderr)
         return 2
-    # each run is a child process with its share of the cores (OMP_NUM_THREADS and --threads)
-    threads = _apply_threads(getattr(args, "threads", None), jobs=args.jobs)
+    executor = _bench_executor(args, retries)
+    if isinstance(executor, int):  # an error, printed
+        return executor
+    # local: each run is a child process with its share of the cores (OMP_NUM_THREADS and --threads);
+    # ray: each run gets the threads of its CPU request (or --threads)
+    threads = _apply_threads(getattr(args, "threads", None), jobs=jobs) if executor == "local" else None
     from kd_env.benchmark import run_benchmark
 
     out = args.out or f"results/{args.preset}"
-    run_benchmark(
-        args.preset, out, _key_values(args.env_arg, "--env-arg"), progress=not args.no_progress,
-        jobs=args.jobs, threads=threads, imports=args.imports,
-    )
+    try:
+        run_benchmark(
+            args.preset, out, _key_values(args.env_arg, "--env-arg"), progress=not args.no_progress,
+            jobs=jobs, threads=threads, imports=getattr(args, "imports", []), executor=executor, retries=retries,
+        )
+    except SweepFailedError as exc:  # the report lists the failed runs: show it, then the errors
+        _print_bench_report(out)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    _print_bench_report(out)
+    return 0
+
+
+def _bench_executor(args: argparse.Namespace, retries: int) -> Any:
+    """``"local"``, a :class:`~kd_env.benchmark.ray_executor.RayExecutor`, or an exit status after
+    printing why the options cannot be used (Ray missing: the extra to install)."""
+    name = getattr(args, "executor", "local")
+    ray_options = {
+        "address": getattr(args, "address", None),
+        "cpus_per_run": getattr(args, "cpus_per_run", None),
+        "gpus_per_run": getattr(args, "gpus_per_run", None),
+    }
+    if name == "local":
+        given = [f"--{key.replace('_', '-')}" for key, value in ray_options.items() if value is not None]
+        if given:
+            print(f"error: {', '.join(given)} only apply to --executor ray", file=sys.stderr)
+            return 2
+        return "local"
+    from kd_env.benchmark import ray_executor
+
+    try:
+        ray_executor.require_ray()
+        return ray_executor.RayExecutor(
+            address=ray_options["address"],
+            cpus_per_run=1.0 if ray_options["cpus_per_run"] is None else ray_options["cpus_per_run"],
+            gpus_per_run=0.0 if ray_options["gpus_per_run"] is None else ray_options["gpus_per_run"],
+            threads=getattr(args, "threads", None),
+            retries=retries,
+        )
+    except (ray_executor.RayNotInstalledError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1 if isinstance(exc, ray_executor.RayNotInstalledError) else 2
+
+
+def _print_bench_report(out: str) -> None:
+    """The sweep's tables (and statistics) on stdout, and where everything is."""
     print((Path(out) / "results.md").read_text())
     if (Path(out) / "stats.md").exists():
         print((Path(out) / "stats.md").read_text())
     print(f"tables, statistics, plots and TensorBoard runs: {out}")
-    return 0
 
 
 def add_demo_parser(subparsers: Any) -> None:

@@ -238,3 +238,63 @@ def write_report(runs: Sequence[PlannedRun], out: Path, preset_name: str, preset
     write_statistics(runs, out, preset)
     plot(runs, out)
     return rows
+
+
+# --------------------------------------------------------------------------- failed runs (issue #14)
+def failed_row(run: PlannedRun, error: str) -> dict[str, Any]:
+    """One failed run: its cell (scenario, student, method, seed), folder and last error."""
+    return {
+        "scenario": run.scenario or "",
+        "student": run.student or "",
+        "method": run.method.label,
+        "seed": run.config.seed,
+        "run": run.run_dir.name,
+        "error": error,
+    }
+
+
+def _cell(text: str, limit: int = 400) -> str:
+    """``text`` fit for one markdown table cell: one line, no column separators, at most about
+    ``limit`` characters (its first line and its end; the whole text is in ``results.json``)."""
+    text = " ".join(text.split())
+    if len(text) > limit:
+        first = text[: limit // 4]
+        text = f"{first} ... {text[-(limit - len(first)):]}"
+    return text.replace("|", "\\|")
+
+
+def write_report_with_failures(
+    runs: Sequence[PlannedRun], failures: Sequence[tuple[PlannedRun, str]], out: Path, preset_name: str, preset: Preset
+) -> list[dict[str, Any]]:
+    """The report of a sweep whose ``failures`` (``(run, error)``) failed every attempt: the
+    tables and plots of the finished runs, and the failed runs with their errors (a "Failed runs"
+    table at the end of ``results.md``, and ``"failed"`` in ``results.json``). The normalised
+    statistics need every cell, so ``stats.md`` only says why they are missing. Returns the rows
+    of the finished runs."""
+    done = [run for run in runs if run.done]
+    rows = summarise(done) if done else []
+    if rows:
+        write_tables(rows, out, preset_name, preset)
+        plot(done, out)
+        markdown = (out / "results.md").read_text()
+    else:
+        markdown = f"Preset `{preset_name}`: {preset.description}.\nNo run finished.\n"
+    failed = [failed_row(run, error) for run, error in failures]
+    lines = [
+        "",
+        f"### Failed runs ({len(failed)} of {len(runs)}, after their retries; rerun the same command to try them again)",
+        "",
+        "| scenario | method | student | seed | run folder | error (the end of the run's log.txt) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in failed:
+        lines.append(
+            f"| {row['scenario'] or '-'} | {row['method']} | {row['student'] or '-'} | {row['seed']} | {row['run']} "
+            f"| {_cell(row['error'])} |"
+        )
+    (out / "results.md").write_text(markdown + "\n".join(lines) + "\n")
+    (out / "results.json").write_text(
+        json.dumps({"preset": preset_name, "description": preset.description, "rows": rows, "failed": failed}, indent=1)
+    )
+    (out / "stats.md").write_text(f"Normalised scores not computed: {len(failed)} of {len(runs)} runs failed (see results.md).\n")
+    return rows

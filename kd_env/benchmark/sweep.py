@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kd_env.benchmark.presets import PRESETS, Method, Preset
 from kd_env.run import RunConfig
@@ -35,6 +35,10 @@ from kd_env.utils import crash_point
 #: Student updates between a sweep run's checkpoints: a killed run loses at most this many
 #: (a Fashion-MNIST epoch of batch 128 is 421 updates; a checkpoint costs well under a second).
 SWEEP_CHECKPOINT_EVERY = 100
+
+#: Times a failed run is tried again in one sweep (``kd-env bench --retries``) before it is
+#: reported as failed; every new attempt continues from the run's last checkpoint.
+DEFAULT_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -124,19 +128,69 @@ def prepare_teachers(preset: Preset, overrides: dict[str, Any] | None = None) ->
         ensure_pool(scenario or "capacity", splits, seed=settings.teacher_seed, cache_dir=settings.cache_dir, train_missing=True)
 
 
+# ------------------------------------------------------------------------------------ executors
+class Executor(Protocol):
+    """Runs a sweep's planned runs somewhere (:class:`LocalExecutor`, or
+    :class:`~kd_env.benchmark.ray_executor.RayExecutor` on a Ray cluster)."""
+
+    def run(self, runs: list[PlannedRun], progress: bool = True, description: str = "bench") -> list[tuple[PlannedRun, str]]:
+        """Run every run that is not done; returns ``(run, error)`` for the runs that failed every attempt."""
+        ...
+
+
+class RetryPolicy:
+    """The retry rule every executor applies.
+
+    A run whose attempt fails (non-zero exit, no ``result.json``, a lost worker) is tried again up
+    to ``retries`` times; a new attempt continues from the run's last checkpoint. A run that fails
+    them all is reported as failed with its last error (in the tables: never silently dropped).
+    """
+
+    def __init__(self, retries: int = DEFAULT_RETRIES) -> None:
+        if int(retries) < 0:
+            raise ValueError(f"retries must be >= 0, got {retries}")
+        self.retries = int(retries)
+        self.attempts: dict[Path, int] = {}
+
+    def failed(self, run: PlannedRun, error: str) -> tuple[PlannedRun, str] | None:
+        """Record a failed attempt of ``run``: ``None`` when it is to be tried again, else the
+        ``(run, error)`` to report."""
+        from tqdm.auto import tqdm
+
+        attempts = self.attempts[run.run_dir] = self.attempts.get(run.run_dir, 0) + 1
+        if attempts <= self.retries:
+            first_line = (error.splitlines() or [""])[0]
+            tqdm.write(f"{run.run_dir.name}: attempt {attempts} failed ({first_line}); trying again", file=sys.stderr)
+            return None
+        return run, f"failed {attempts} attempt(s); the last: {error}"
+
+
+class SweepFailedError(RuntimeError):
+    """Some runs failed every attempt. The report was written all the same (``rows`` of the
+    finished runs; the failed ones listed with their errors); rerunning the command retries them."""
+
+    def __init__(self, message: str, rows: list[dict[str, Any]], failures: list[tuple[PlannedRun, str]]) -> None:
+        super().__init__(message)
+        self.rows = rows
+        self.failures = failures
+
+
 class LocalExecutor:
     """Runs planned runs as child processes on this machine, ``jobs`` at once.
 
     Each child gets ``threads`` torch threads (``OMP_NUM_THREADS`` and ``--threads``): the cores
     divided among the runs, since oversubscribed threads are what makes a loaded CPU crawl.
-    Children die with the sweep: they are terminated if the parent is interrupted.
+    Children die with the sweep: they are terminated if the parent is interrupted. A failed run is
+    tried ``retries`` more times (:class:`RetryPolicy`; :func:`run_benchmark` and ``kd-env bench``
+    pass :data:`DEFAULT_RETRIES`).
     """
 
-    def __init__(self, jobs: int = 1, threads: int | None = None) -> None:
+    def __init__(self, jobs: int = 1, threads: int | None = None, retries: int = 0) -> None:
         from kd_env.utils import threads_per_run
 
         self.jobs = max(1, int(jobs))
         self.threads = threads or threads_per_run(self.jobs)
+        self.retry = RetryPolicy(retries)
 
     def _start(self, run: PlannedRun) -> subprocess.Popen[bytes]:
         run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +228,11 @@ class LocalExecutor:
                     run = running.pop(process)
                     if process.returncode != 0 or not run.done:
                         tail = (run.run_dir / "log.txt").read_text(errors="replace")[-1500:]
-                        failures.append((run, f"exit {process.returncode}; log ends with:\n{tail}"))
+                        failure = self.retry.failed(run, f"exit {process.returncode}; log ends with:\n{tail}")
+                        if failure is None:  # tried again, from its last checkpoint
+                            todo.append(run)
+                            continue
+                        failures.append(failure)
                     bar.update(1)
         finally:
             for process in running:  # interrupted: take the children down with the sweep
@@ -221,13 +279,20 @@ def run_benchmark(
     jobs: int = 1,
     threads: int | None = None,
     imports: list[str] | None = None,
+    executor: str | Executor = "local",
+    retries: int = DEFAULT_RETRIES,
 ) -> list[dict[str, Any]]:
     """Run (or continue) a preset's sweep and write its tables and plots. Returns the table rows.
 
+    ``executor``: ``"local"`` (child processes here, ``jobs`` at once), ``"ray"`` (a Ray task per
+    run, :class:`~kd_env.benchmark.ray_executor.RayExecutor` with its defaults) or an executor
+    object; a failed run is tried ``retries`` more times (:class:`RetryPolicy`).
+
     Raises:
-        RuntimeError: some runs failed (the others are kept; rerunning continues where it stopped).
+        SweepFailedError: some runs failed every attempt; the report lists them with their errors
+            (the others are kept; rerunning the command continues where it stopped).
     """
-    from kd_env.benchmark.report import write_report
+    from kd_env.benchmark.report import write_report, write_report_with_failures
 
     preset_name, preset = resolve_preset(preset)
     out = Path(out)
@@ -235,10 +300,22 @@ def run_benchmark(
     runs = plan(preset, out, overrides, imports)
     if not all(run.done for run in runs):
         prepare_teachers(preset, overrides)
-    failures = LocalExecutor(jobs, threads).run(runs, progress=progress, description=f"bench {preset_name}")
+    if executor == "local":
+        executor = LocalExecutor(jobs, threads, retries)
+    elif executor == "ray":
+        from kd_env.benchmark.ray_executor import RayExecutor
+
+        executor = RayExecutor(threads=threads, retries=retries)
+    elif isinstance(executor, str):
+        raise ValueError(f"unknown executor {executor!r}; choose local or ray")
+    failures = executor.run(runs, progress=progress, description=f"bench {preset_name}")
     if failures:
+        rows = write_report_with_failures(runs, failures, out, preset_name, preset)
         details = "\n\n".join(f"{run.run_dir.name}: {error}" for run, error in failures)
-        raise RuntimeError(f"{len(failures)} of {len(runs)} runs failed (rerun the same command to retry them):\n{details}")
+        raise SweepFailedError(
+            f"{len(failures)} of {len(runs)} runs failed (listed in {out / 'results.md'}; rerun the same command to retry them):\n{details}",
+            rows, failures,
+        )
     return write_report(runs, out, preset_name, preset)
 
 
