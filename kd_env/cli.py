@@ -19,6 +19,7 @@ Commands:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from collections.abc import Sequence
@@ -97,15 +98,15 @@ def cmd_teachers_train(args: argparse.Namespace) -> int:
         return 2
     if args.pool is not None or not args.arch:
         return _train_pool(args, args.pool or "capacity")
-    todo = []
+    todo, damaged = [], 0
     for arch in args.arch:
         path = T.teacher_path(arch, args.dataset, args.seed, args.cache_dir)
-        if path.is_file() and not args.force:
-            print(f"{arch}: {path} exists, skipping (use --force to retrain)")
+        if path.exists() and not args.force:
+            damaged += not _existing_teacher_ok(arch, path)
         else:
             todo.append((arch, path))
     if not todo:
-        return 0
+        return 1 if damaged else 0
     splits = load_dataset(args.dataset, args.data_root, download=args.download, device=args.device)
     for arch, path in todo:
         T.train_teacher(
@@ -121,7 +122,21 @@ def cmd_teachers_train(args: argparse.Namespace) -> int:
             resume=not args.no_resume,
         )
         _print_trained(arch, path)
-    return 0
+    return 1 if damaged else 0
+
+
+def _existing_teacher_ok(name: str, path: Path) -> bool:
+    """Report an existing checkpoint that is skipped: healthy (True), or damaged/unreadable (False,
+    with the error and its fix on stderr, since skipping it would leave it broken)."""
+    from kd_env import teachers as T
+
+    try:
+        T.verify_teacher(path)
+    except T.TeacherCheckpointError as exc:
+        print(f"error: {name}: {exc}", file=sys.stderr)
+        return False
+    print(f"{name}: {path} exists, skipping (use --force to retrain)")
+    return True
 
 
 def _print_trained(name: str, path: Path) -> None:
@@ -142,12 +157,13 @@ def _train_pool(args: argparse.Namespace, pool: str) -> int:
 
     splits = load_dataset(args.dataset, args.data_root, download=args.download, device=args.device)
     members = T.pool_members(pool, args.dataset, int(splits.num_classes), seed=args.seed, cache_dir=args.cache_dir)
+    damaged = 0
     for name, path, recipe in members:
         if recipe is None:
             print(f"{name}: {path} is a fixed checkpoint of pool {pool!r}, nothing to train")
             continue
-        if path.is_file() and not args.force:
-            print(f"{name}: {path} exists, skipping (use --force to retrain)")
+        if path.exists() and not args.force:
+            damaged += not _existing_teacher_ok(name, path)
             continue
         T.train_teacher(
             recipe.arch,
@@ -164,7 +180,7 @@ def _train_pool(args: argparse.Namespace, pool: str) -> int:
             resume=not args.no_resume,
         )
         _print_trained(name, path)
-    return 0
+    return 1 if damaged else 0
 
 
 def _fmt_acc(value: Any) -> str:
@@ -203,7 +219,7 @@ def cmd_teachers_list(args: argparse.Namespace) -> int:
             str(e.get("seed", "-")),
             str(e.get("epochs", "-")),
             _recipe_text(e.get("recipe")),
-            _fmt_acc(e.get("test_acc")) if "error" not in e else "CORRUPT",
+            _fmt_acc(e.get("test_acc")) if "error" not in e else ("UNREADABLE" if e.get("unreadable") else "CORRUPT"),
             _fmt_acc(e.get("test_acc_own")),
             _fmt_acc(e.get("test_acc_rest")),
             e["path"],
@@ -213,7 +229,10 @@ def cmd_teachers_list(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-    return 0
+    for entry in entries:  # a damaged or unreadable checkpoint: say why and how to fix it
+        if "error" in entry:
+            print(f"error: {entry['error']}", file=sys.stderr)
+    return 1 if any("error" in entry for entry in entries) else 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -589,6 +608,8 @@ def cmd_store_clear(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``kd-env`` parser: one subparser per command group."""
     parser = argparse.ArgumentParser(prog="kd-env", description="kd-env: multi-teacher knowledge distillation as a Gymnasium env")
+    # read by main() wherever it stands on the command line; declared here for --help
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     parser.set_defaults(func=lambda args: _print_help(parser))
     subparsers = parser.add_subparsers(dest="command", metavar="<command>")
     add_demo_parser(subparsers)
@@ -600,22 +621,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (errors of the library print one message, status 1)."""
-    from kd_env.data import DatasetNotFoundError
-    from kd_env.envs import TeacherSetupError
-    from kd_env.teachers import TeacherCheckpointError
+#: Errors the library raises on purpose, with messages written for the user: printed as they are.
+_EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, LookupError, RuntimeError, OSError)
 
+_OS_ERROR_ADVICE = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+}
+
+
+def describe_error(exc: BaseException) -> str:
+    """One message for an error the CLI reports without a traceback (what went wrong and, where
+    the library knows it, the fix)."""
+    if isinstance(exc, OSError) and exc.errno in _OS_ERROR_ADVICE and not type(exc).__module__.startswith("kd_env"):
+        where = exc.filename or "a file"
+        what = _OS_ERROR_ADVICE[exc.errno]
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = "free some space and rerun (with --resume for kd-env train: the last complete checkpoint was kept)"
+        else:
+            fix = ("fix the permissions, or use a writable place: --cache-dir or $KD_ENV_CACHE for the cache, "
+                   "--data-root or $KD_ENV_DATA for data, --run-dir / --out for results")
+        return f"{what}: {where}. Fix: {fix}"
+    message = str(exc) or type(exc).__name__
+    # gymnasium re-raises an env constructor's error with the call appended: keep the error itself
+    message = message.split(" was raised from the environment creator for ")[0]
+    if isinstance(exc, _EXPECTED_ERRORS):
+        return message
+    return f"{type(exc).__name__}: {message} (unexpected: rerun with --debug for the traceback, and please report it)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status. An error prints one message on stderr (status 1; 130
+    when interrupted); ``--debug`` (anywhere on the command line) shows the traceback instead."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in arguments
+    arguments = [argument for argument in arguments if argument != "--debug"]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     try:
         return int(args.func(args) or 0)
-    except (TeacherCheckpointError, TeacherSetupError, DatasetNotFoundError, FileExistsError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
+        if debug:
+            raise
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    except Exception as exc:  # every error: one message, the traceback only on request
+        if debug:
+            raise
+        print(f"error: {describe_error(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -276,3 +276,95 @@ def test_sweep_refuses_a_second_process_on_a_run_folder(tmp_path):
         failures = sweep.LocalExecutor(1, 1).run(runs, progress=False)
     assert len(failures) == 1 and "in use by another process" in failures[0][1]
     assert not (runs[0].run_dir / "tb").exists()  # it wrote nothing
+
+
+# ------------------------------------------------------------------------------------ item 8: teacher checkpoints
+def _teacher_file(cache: Path) -> Path:
+    from kd_env.models import create_model
+    from kd_env.teachers import save_teacher, teacher_path
+
+    torch.manual_seed(0)
+    model = create_model("mlp", 10, 1, image_size=8)
+    path = teacher_path("mlp", "synthetic", 0, cache)
+    meta = {"arch": "mlp", "dataset": "synthetic", "num_classes": 10, "in_channels": 1, "model_kwargs": {"image_size": 8},
+            "epochs": 1, "seed": 0, "test_acc": 0.5}
+    return save_teacher(model, path, meta)
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "foreign pickle", "flipped weights"])
+def test_damaged_teacher_gives_a_fix_that_works(tmp_path, capsys, damage):
+    from kd_env.cli import main
+    from kd_env.teachers import TeacherCheckpointError, load_teacher
+
+    path = _teacher_file(tmp_path)
+    if damage == "random bytes":
+        path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    elif damage == "foreign pickle":
+        torch.save({"model": torch.nn.Linear(2, 2)}, path)
+    else:
+        checkpoint = torch.load(path, weights_only=True)
+        first = next(iter(checkpoint["state_dict"]))
+        checkpoint["state_dict"][first].view(-1)[0] += 1.0
+        torch.save(checkpoint, path)
+    with pytest.raises(TeacherCheckpointError) as caught:
+        load_teacher(path)
+    assert "kd-env teachers train" in str(caught.value) and "--force" in str(caught.value)
+    # the listing does not call it healthy, and says why
+    assert main(["teachers", "list", "--cache-dir", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "CORRUPT" in captured.out and "--force" in captured.err
+    # the advised command without --force refuses to skip it silently
+    assert main(["teachers", "train", "--dataset", "synthetic", "--arch", "mlp", "--cache-dir", str(tmp_path)]) == 1
+    assert "--force" in capsys.readouterr().err
+
+
+def test_unreadable_teacher_is_named_a_permission_problem(tmp_path, monkeypatch, capsys):
+    from kd_env.cli import main
+    from kd_env.teachers import TeacherPermissionError, load_teacher
+
+    path = _teacher_file(tmp_path)
+
+    def denied(*args: Any, **kwargs: Any) -> Any:  # what a non-root user gets for a 0600 file of root's
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(torch, "load", denied)
+    with pytest.raises(TeacherPermissionError, match="permission denied") as caught:
+        load_teacher(path)
+    assert "corrupt" not in str(caught.value) and "chmod" in str(caught.value)
+    assert main(["teachers", "list", "--cache-dir", str(tmp_path)]) == 1
+    assert "UNREADABLE" in capsys.readouterr().out
+    assert path.exists()  # nothing deleted
+
+
+# ------------------------------------------------------------------------------------ item 9: the CLI
+def _cli_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    from kd_env.cli import main
+
+    status = main(argv)
+    captured = capsys.readouterr()
+    assert status != 0, captured
+    assert "Traceback" not in captured.err
+    assert captured.err.startswith("error: ")
+    return captured.err
+
+
+def test_cli_errors_are_one_message_without_traceback(tmp_path, capsys, monkeypatch):
+    from kd_env.cli import main
+
+    train = ["train", "--env", ENV, "--agent", "aver", "--no-progress", "--run-dir"]
+    error = _cli_error(capsys, [*train, str(tmp_path / "a"), "--env-arg", "no_such_argument=1"])
+    assert "unknown environment argument(s) ['no_such_argument']" in error and len(error.strip().splitlines()) == 1
+    # a read-only or full disk, as the OS reports it
+    import kd_env.run as run
+
+    for code, words in ((errno.EROFS, "read-only file system"), (errno.EACCES, "permission denied"), (errno.ENOSPC, "no space left")):
+        def refuse(*args: Any, code: int = code, **kwargs: Any) -> None:
+            raise OSError(code, os.strerror(code), str(tmp_path / "b" / "run.json"))
+
+        monkeypatch.setattr(run, "_write_json", refuse)
+        error = _cli_error(capsys, [*train, str(tmp_path / "b")])
+        assert error.startswith(f"error: {words}") and "Fix:" in error and len(error.strip().splitlines()) == 1
+    monkeypatch.undo()
+    # --debug shows the traceback instead
+    with pytest.raises(TypeError, match="no_such_argument"):
+        main(["--debug", *train, str(tmp_path / "c"), "--env-arg", "no_such_argument=1"])

@@ -15,6 +15,7 @@ from .checkpoints import (
     TeacherChecksumError,
     TeacherMismatchError,
     TeacherNotFoundError,
+    TeacherPermissionError,
     load_teacher,
     read_teacher_metadata,
     save_teacher,
@@ -22,6 +23,7 @@ from .checkpoints import (
     teacher_path,
     teachers_dir,
     train_command,
+    verify_teacher,
 )
 from .pools import (
     POOLS,
@@ -58,6 +60,7 @@ __all__ = [
     "TeacherCheckpointError",
     "TeacherChecksumError",
     "TeacherMismatchError",
+    "TeacherPermissionError",
     "TeacherNotFoundError",
     "TeacherRecipe",
     "accuracy_by_class_group",

@@ -64,6 +64,10 @@ class TeacherMismatchError(TeacherCheckpointError, ValueError):
     """The checkpoint holds another architecture or dataset than expected."""
 
 
+class TeacherPermissionError(TeacherCheckpointError, PermissionError):
+    """The checkpoint exists but this user may not read it (not a damaged file: do not delete it)."""
+
+
 # --------------------------------------------------------------------------------------------
 # paths and recipe
 
@@ -97,8 +101,10 @@ def train_command(
     *,
     seed: int = 0,
     cache_dir: str | os.PathLike | None = None,
+    force: bool = False,
 ) -> str:
-    """The shell command that trains ``archs`` (default: the pool) of ``dataset``."""
+    """The shell command that trains ``archs`` (default: the pool) of ``dataset``; ``force`` adds
+    ``--force``, needed to replace a checkpoint file that exists (a damaged one included)."""
     parts = ["kd-env", "teachers", "train", "--dataset", dataset]
     for arch in archs or ():
         parts += ["--arch", arch]
@@ -106,6 +112,8 @@ def train_command(
         parts += ["--seed", str(seed)]
     if cache_dir is not None:
         parts += ["--cache-dir", str(cache_dir)]
+    if force:
+        parts.append("--force")
     return shlex.join(parts)
 
 
@@ -199,7 +207,8 @@ def save_teacher(
 
 
 def _guess_train_command(path: Path, expected_arch: str | None, expected_dataset: str | None) -> str:
-    """Best guess of the command that creates ``path`` (uses the cache layout)."""
+    """Best guess of the command that creates ``path`` (uses the cache layout); with ``--force``
+    when the file exists, since the command skips existing checkpoints otherwise."""
     arch, seed, dataset, cache_dir = expected_arch, 0, expected_dataset, None
     stem = path.name[:-3] if path.name.endswith(".pt") else path.stem
     if "-s" in stem:
@@ -213,7 +222,7 @@ def _guess_train_command(path: Path, expected_arch: str | None, expected_dataset
         with contextlib.suppress(Exception):
             if cache_dir.resolve() == _default_cache_dir().resolve():
                 cache_dir = None
-    return train_command(dataset or "<dataset>", [arch or "<arch>"], seed=seed, cache_dir=cache_dir)
+    return train_command(dataset or "<dataset>", [arch or "<arch>"], seed=seed, cache_dir=cache_dir, force=path.exists())
 
 
 def _read_checkpoint(path: Path, expected_arch: str | None = None, expected_dataset: str | None = None, *, mmap: bool = False) -> dict[str, Any]:
@@ -224,17 +233,24 @@ def _read_checkpoint(path: Path, expected_arch: str | None = None, expected_data
         )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except PermissionError as exc:  # the file may be fine: it must not be called corrupt, nor deleted
+        raise TeacherPermissionError(
+            exc.errno,
+            f"teacher checkpoint {str(path)!r} cannot be read: permission denied for this user (uid {os.getuid()}). "
+            f"Fix: make it readable (chmod a+r {shlex.quote(str(path))}, or ask its owner), or use a cache folder of "
+            "your own (--cache-dir or $KD_ENV_CACHE)",
+        ) from exc
     except Exception as exc:  # zip/pickle/EOF errors: the bytes are not a complete checkpoint
         if "Weights only load failed" in str(exc):
             raise TeacherCheckpointError(
                 f"{str(path)!r} holds objects other than tensors and plain Python types, so it is not a "
-                f"{TEACHER_FORMAT!r} teacher checkpoint (refusing to unpickle it). Retrain it with "
+                f"{TEACHER_FORMAT!r} teacher checkpoint (refusing to unpickle it). Replace it with "
                 f"{_guess_train_command(path, expected_arch, expected_dataset)}"
             ) from exc
         raise TeacherCheckpointError(
             f"teacher checkpoint {str(path)!r} is corrupt or truncated and cannot be read "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Delete it and "
-            f"retrain it ({_guess_train_command(path, expected_arch, expected_dataset)}) or re-download it."
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). To replace it, retrain it "
+            f"({_guess_train_command(path, expected_arch, expected_dataset)}) or re-download it."
         ) from exc
     if (
         not isinstance(checkpoint, dict)
@@ -245,7 +261,7 @@ def _read_checkpoint(path: Path, expected_arch: str | None = None, expected_data
         found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise TeacherCheckpointError(
             f"{str(path)!r} is not a kd_env teacher checkpoint (format {found!r}, expected "
-            f"{TEACHER_FORMAT!r}); retrain it with "
+            f"{TEACHER_FORMAT!r}); replace it with "
             f"{_guess_train_command(path, expected_arch, expected_dataset)}"
         )
     return checkpoint
@@ -255,6 +271,41 @@ def read_teacher_metadata(path: str | os.PathLike) -> dict[str, Any]:
     """The metadata dict of a teacher checkpoint (the weights are not verified)."""
     checkpoint = _read_checkpoint(Path(path), mmap=True)
     return dict(checkpoint["metadata"])
+
+
+def verify_teacher(path: str | os.PathLike) -> dict[str, Any]:
+    """The metadata of a teacher checkpoint whose weights match their stored SHA-256.
+
+    Raises:
+        TeacherCheckpointError: as :func:`load_teacher` (unreadable, damaged, not a checkpoint,
+            checksum mismatch); the message gives the fix.
+    """
+    path = Path(path)
+    checkpoint = _read_checkpoint(path, mmap=True)
+    meta = checkpoint["metadata"]
+    _check_digest(path, meta, checkpoint["state_dict"], None, None)
+    return dict(meta)
+
+
+def _check_digest(
+    path: Path, meta: dict[str, Any], state_dict: dict[str, Any], expected_arch: str | None, expected_dataset: str | None
+) -> None:
+    if "sha256" not in meta:
+        raise TeacherCheckpointError(
+            f"teacher checkpoint {str(path)!r} lacks metadata field 'sha256'; retrain it "
+            f"({_guess_train_command(path, expected_arch, expected_dataset)})"
+        )
+    try:
+        digest = state_dict_sha256(state_dict)
+    except TypeError as exc:
+        raise TeacherCheckpointError(f"teacher checkpoint {str(path)!r} is corrupt: {exc}") from exc
+    if digest != meta["sha256"]:
+        raise TeacherChecksumError(
+            f"checksum mismatch in teacher checkpoint {str(path)!r}: the weights hash to {digest[:16]}..., "
+            f"the file records {str(meta['sha256'])[:16]}...; the file is corrupt or was modified. "
+            f"To replace it, retrain it ({_guess_train_command(path, expected_arch, expected_dataset)}) "
+            "or re-download it."
+        )
 
 
 def load_teacher(
@@ -282,18 +333,11 @@ def load_teacher(
     meta, state_dict = checkpoint["metadata"], checkpoint["state_dict"]
     for key in ("arch", "dataset", "num_classes", "in_channels", "sha256"):
         if key not in meta:
-            raise TeacherCheckpointError(f"teacher checkpoint {str(path)!r} lacks metadata field {key!r}; retrain it")
-    try:
-        digest = state_dict_sha256(state_dict)
-    except TypeError as exc:
-        raise TeacherCheckpointError(f"teacher checkpoint {str(path)!r} is corrupt: {exc}") from exc
-    if digest != meta["sha256"]:
-        raise TeacherChecksumError(
-            f"checksum mismatch in teacher checkpoint {str(path)!r}: the weights hash to {digest[:16]}..., "
-            f"the file records {str(meta['sha256'])[:16]}...; the file is corrupt or was modified. "
-            f"Delete it and retrain it ({_guess_train_command(path, expected_arch, expected_dataset)}) "
-            "or re-download it."
-        )
+            raise TeacherCheckpointError(
+                f"teacher checkpoint {str(path)!r} lacks metadata field {key!r}; retrain it "
+                f"({_guess_train_command(path, expected_arch, expected_dataset)})"
+            )
+    _check_digest(path, meta, state_dict, expected_arch, expected_dataset)
     if expected_arch is not None and meta["arch"] != expected_arch:
         raise TeacherMismatchError(
             f"teacher checkpoint {str(path)!r} holds arch {meta['arch']!r}, expected arch {expected_arch!r}"

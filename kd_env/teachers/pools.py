@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import TeacherCheckpointError, TeacherNotFoundError, read_teacher_metadata, teacher_path, teachers_dir
+from .checkpoints import TeacherCheckpointError, TeacherNotFoundError, teacher_path, teachers_dir, verify_teacher
 from .recipes import TEACHER_POOLS, TeacherRecipe
 
 PathLike = str | os.PathLike
@@ -284,7 +284,9 @@ def ensure_teacher_pool(
 def list_teachers(cache_dir: PathLike | None = None, dataset: str | None = None) -> list[dict[str, Any]]:
     """Metadata of every teacher checkpoint in the cache (each dict gains a ``path`` key).
 
-    Unreadable files are listed with an ``error`` key instead of raising. Partial (in-progress)
+    Every file's weights are checked against their SHA-256 (a flipped byte is reported, not
+    listed as healthy); unreadable or damaged files are listed with an ``error`` key (and
+    ``unreadable: True`` for a permission problem) instead of raising. Partial (in-progress)
     files are skipped.
     """
     root = teachers_dir(cache_dir)
@@ -296,9 +298,9 @@ def list_teachers(cache_dir: PathLike | None = None, dataset: str | None = None)
         if file.name.endswith(".partial.pt") or file.name.startswith("."):
             continue
         try:
-            meta = read_teacher_metadata(file)
+            meta = verify_teacher(file)
         except TeacherCheckpointError as exc:
-            meta = {"dataset": file.parent.name, "arch": file.stem, "error": str(exc)}
+            meta = {"dataset": file.parent.name, "arch": file.stem, "error": str(exc), "unreadable": isinstance(exc, PermissionError)}
         meta["path"] = str(file)
         entries.append(meta)
     return entries
