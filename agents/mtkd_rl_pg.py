@@ -29,7 +29,14 @@ teachers that are right rather than the one the student agrees with.
 
 Update: every ``n_steps`` env steps one Adam step on ``-mean(log pi(u|s) * A)``, with
 ``A = r - mean_batch(r)`` (the per-step batch mean is the baseline: it removes what all samples
-of one update share, the student's progress included), normalised over the rollout.
+of one update share, the student's progress included). The advantages keep the reward's scale
+by default (``normalize_advantage=False``): where the teachers' label probabilities barely
+differ (the ``capacity`` pool) the policy then stays near uniform weights, where they differ a
+lot (``noisy``, ``specialists``) it routes. Measured on Fashion-MNIST, 2 epochs, 20k images,
+seed 0 (val / test %): z-scored advantages (lr 3e-3) gave specialists 74.35 / 73.86 and
+capacity 78.77 / 78.35 (AVER 79.65 / 79.52: hard routing among similar teachers costs a point);
+unnormalised with lr 1e-2, 77.00 / 76.56 and 79.98 / 79.50; lr 3e-2 diverged to 57.2 / 57.6 on
+specialists.
 
 Transfer: ``policy_path=`` starts from a saved agent's network and observation statistics;
 ``learn=False`` freezes it (no updates, no statistics, deterministic weights ``w(s)``), so a
@@ -206,6 +213,11 @@ class MTKDRLPG(BaseAgent):
             exponential running mean of the rewards over updates (rate ``baseline_momentum``),
             for those shared, batch-level rewards.
         baseline_momentum: rate of the ``"running"`` baseline, in ``(0, 1]``.
+        normalize_advantage: divide the advantages by their standard deviation over the rollout.
+            That makes the step size independent of how much the teachers' rewards differ: on a
+            pool where they barely differ (``capacity``) it still drives the weights toward one
+            teacher. ``False`` keeps the reward's own scale, so the policy moves only as far as the
+            differences between teachers are large.
         tie_heads: with feature KD, send the logit head's weights to the feature head too (the
             teacher trusted for its logits is trusted for its features; ``label_logprob`` only
             credits the logit weights, so a separate feature head would only get noise).
@@ -226,7 +238,7 @@ class MTKDRLPG(BaseAgent):
         dynamic: bool = True,
         mix_learning_rate: float = 0.05,
         n_steps: int = 4,
-        learning_rate: float = 3e-3,
+        learning_rate: float = 1e-2,
         sigma_start: float = 1.0,
         sigma_end: float = 0.3,
         sigma_decay_steps: int = 200,
@@ -235,6 +247,7 @@ class MTKDRLPG(BaseAgent):
         max_grad_norm: float | None = 1.0,
         baseline: str = "batch",
         baseline_momentum: float = 0.1,
+        normalize_advantage: bool = False,
         tie_heads: bool = True,
         learn: bool = True,
         policy_path: str | None = None,
@@ -257,6 +270,7 @@ class MTKDRLPG(BaseAgent):
             raise ValueError(f"baseline_momentum must be in (0, 1], got {baseline_momentum!r}")
         self.baseline = baseline
         self.baseline_momentum = float(baseline_momentum)
+        self.normalize_advantage = bool(normalize_advantage)
         self.running_baseline: float | None = None
         self.network = network
         self.hidden = int(hidden) if hidden is not None else (32 if network == "scorer" else 128)
@@ -400,6 +414,7 @@ class MTKDRLPG(BaseAgent):
             "max_grad_norm": self.max_grad_norm,
             "baseline": self.baseline,
             "baseline_momentum": self.baseline_momentum,
+            "normalize_advantage": self.normalize_advantage,
             "tie_heads": self.tie_heads,
             "learn": self.learning,
             # the network is in the checkpoint itself: loading must not need the source file
@@ -458,7 +473,8 @@ class MTKDRLPG(BaseAgent):
                 ``sigma`` each step was sampled with; rewards: ``[T, B]``.
 
         Returns:
-            ``-mean(log pi(u|s) * A)`` with ``A = r - b`` normalised over the rollout (``b``: the
+            ``-mean(log pi(u|s) * A)`` with ``A = r - b``, normalised over the rollout unless
+            ``normalize_advantage=False`` (``b``: the
             per-step batch mean, or the running mean with ``baseline="running"``), and ``A``.
         """
         if self.baseline == "batch":
@@ -466,7 +482,7 @@ class MTKDRLPG(BaseAgent):
         else:
             reference = float(rewards.mean()) if self.running_baseline is None else self.running_baseline
             advantages = rewards - reference
-        if advantages.numel() > 1:
+        if self.normalize_advantage and advantages.numel() > 1:
             advantages = advantages / (advantages.std() + 1e-8)
         log_prob = logistic_normal_log_prob(samples, mean, sigmas.view(-1, 1, 1))
         return -(log_prob * advantages).mean(), advantages

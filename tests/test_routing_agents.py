@@ -164,6 +164,7 @@ def tiny_agent(**overrides) -> MTKDRLPG:
         "hidden": 3,
         "normalize_observations": False,
         "max_grad_norm": None,
+        "normalize_advantage": True,  # the hand computation below z-scores the advantages
         "state_layout": layout,
         "observation_space": spaces.Box(-100, 100, (layout["state_dim"],), dtype=np.float32),
         "action_space": spaces.Box(0, 1, (2,), dtype=np.float32),
@@ -348,3 +349,12 @@ def test_running_baseline_credits_rewards_shared_by_the_batch():
     _, advantages = agent.policy_loss(*inputs, torch.tensor(rewards[None], dtype=torch.float32))
     centred = rewards + 0.5
     np.testing.assert_allclose(advantages[0].numpy(), centred / (centred.std(ddof=1) + 1e-8), rtol=1e-5)
+
+
+def test_unnormalised_advantages_keep_the_reward_scale():
+    states, samples, rewards = tiny_batch()
+    agent = tiny_agent(normalize_advantage=False)
+    mean = agent.mean_log_weights(torch.tensor(states, dtype=torch.float32))[None].detach()
+    _, advantages = agent.policy_loss(mean, torch.tensor(samples[None], dtype=torch.float32), torch.tensor([0.5]),
+                                      torch.tensor(rewards[None], dtype=torch.float32))
+    np.testing.assert_allclose(advantages[0].numpy(), rewards - rewards.mean(), rtol=1e-6)
