@@ -14,7 +14,7 @@ terms and the z-scored, clipped reward are the environment's (``reward_mode="neg
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -284,7 +284,10 @@ class MTKDRL(BaseAgent):
             default, is the paper's reward), possibly wrapped; None for a predict-only agent.
         seed: seeds the agent's initialisation (the global RNG is untouched) and the env's
             first reset.
-        dynamic: learn the mixing coefficients of agent and priors (``--dynamic``).
+        dynamic: learn the mixing coefficients of agent and priors (``--dynamic``). A mapping
+            ``{student architecture: bool}`` chooses per student, looked up by the env's
+            ``student`` (the official README reports the better setting per student; the
+            ``cifar100-paper`` preset passes that choice).
         learning_rate: the agent's SGD learning rate (0.1).
         hidden: stem width (128).
         warmup: ``"official"``, ``"uniform"`` or ``"none"`` (see above).
@@ -304,7 +307,7 @@ class MTKDRL(BaseAgent):
         env: EnvLike | None,
         seed: int = 0,
         *,
-        dynamic: bool = False,
+        dynamic: bool | Mapping[str, bool] = False,
         learning_rate: float = 0.1,
         hidden: int = 128,
         warmup: str = "official",
@@ -323,6 +326,14 @@ class MTKDRL(BaseAgent):
         for name, value in (("agent_step", agent_step), ("max_buffer_batches", max_buffer_batches)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
+        if isinstance(dynamic, Mapping):
+            # one preset entry for every student: the choice is made here, from the env's student
+            if env is None:
+                raise ValueError("dynamic as a per-student mapping needs an env to read the student from")
+            student = _per_sample_env(env).settings.resolved("student")
+            if student not in dynamic:
+                raise ValueError(f"dynamic has no entry for the env's student {student!r} (entries: {sorted(dynamic)})")
+            dynamic = dynamic[student]
         self.dynamic = bool(dynamic)
         self.learning_rate = self._check_positive("learning_rate", learning_rate)
         self.hidden = int(hidden)

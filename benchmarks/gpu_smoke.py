@@ -1,28 +1,49 @@
-"""CIFAR-100 on a GPU: a smoke run of the real code path and its step times.
+"""CIFAR-100 on a GPU: every method of the ``cifar100-paper`` preset for a few updates.
 
 No CIFAR-100 can be fetched on our machines, so this writes files of the real on-disk format
 (``cifar-100-python/{train,test,meta}`` pickles) with random pixels and reads them through
 torchvision (checksums off: the pixels are not the official ones). The teachers are the
 MTKD-RL pool (RegNetY_400MF, RegNetX_400MF, resnet32x4, wrn_28_4), untrained (``random:``
-specs): the step times are those of the real architectures, the accuracies are meaningless.
+specs): the step times and memory are those of the real architectures, the accuracies are
+meaningless.
 
-    python benchmarks/gpu_smoke.py --steps 150
+Each method runs through the same runner as ``kd-env bench`` (:func:`kd_env.run.train`) with the
+preset's per-method env and agent arguments (the CA-MKD recipe, logit-only baselines, CA-MKD's
+own feature term, MTKD-RL's per-student ``dynamic``), for ``--steps`` updates plus two: the
+first has nothing to time from, the last closes the epoch (evaluation, MTKD-RL's agent update). Per method and
+student it reports the median milliseconds per update (policy + env + student step, measured
+between the ends of consecutive student updates), the peak GPU memory of the run, and for the
+per-sample methods the overhead over ``AVER (MTKD-RL)`` (the same loss terms with equal
+weights: MTKD-RL's own baseline) and over ``AVER`` (logits only, the CA-MKD code's).
+
+    python benchmarks/gpu_smoke.py --steps 50 --out results/gpu_smoke.json
+    python benchmarks/gpu_smoke.py --device cpu --steps 2 --train-size 256 --test-size 64 \\
+        --teachers resnet8 resnet8 --students resnet56 --batch-size 16     # checks the script itself
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import pickle
+import statistics
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 POOL = ["RegNetY_400MF", "RegNetX_400MF", "resnet32x4", "wrn_28_4"]
+ENV_ID = "MultiTeacherKD-CIFAR100-v0"
 
 
 def write_cifar100(root: Path, train_size: int, test_size: int) -> None:
+    """``<root>/cifar-100-python/{train,test,meta}`` in the real pickle format, random pixels."""
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -41,117 +62,166 @@ def write_cifar100(root: Path, train_size: int, test_size: int) -> None:
 
 
 def synchronize() -> None:
+    """Wait for queued GPU work, so that wall-clock times include it."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
 
-def peak_mib() -> float:
-    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
+@dataclass
+class MethodTiming:
+    """One method on one student."""
+
+    method: str
+    student: str
+    per_sample: bool
+    ms_per_update: float
+    updates_timed: int
+    peak_gpu_mib: float
+    run_wall_s: float
 
 
-def timed_episode(env, act, steps: int) -> tuple[float, dict]:
-    """Milliseconds per env step over the steps after the first 10 (warm-up), and the last info."""
-    observation, _ = env.reset(seed=0)
-    times, info = [], {}
-    for _ in range(steps):
+@contextmanager
+def update_clock() -> Iterator[list[float]]:
+    """Time stamps at the end of every student update (``DistillationEngine.step``) while open.
+
+    The difference between consecutive stamps is one whole update cycle: the policy's work on
+    the prepared batch, the env and the student's step, whatever the driver (rule, agent, SB3).
+    """
+    from kd_env.engine import DistillationEngine
+
+    stamps: list[float] = []
+    original = DistillationEngine.step
+
+    def timed_step(self: DistillationEngine, *args: Any, **kwargs: Any) -> Any:
+        result = original(self, *args, **kwargs)
         synchronize()
-        start = time.perf_counter()
-        observation, _, terminated, _, info = env.step(act(observation))
-        synchronize()
-        times.append(time.perf_counter() - start)
-        if np.any(terminated):
-            break
-    return 1000 * float(np.median(times[10:])), info
+        stamps.append(time.perf_counter())
+        return result
+
+    DistillationEngine.step = timed_step  # type: ignore[method-assign]
+    try:
+        yield stamps
+    finally:
+        DistillationEngine.step = original  # type: ignore[method-assign]
 
 
-def main() -> None:
+def time_method(method: Any, student: str, env_kwargs: dict[str, Any], steps: int, run_dir: Path) -> MethodTiming:
+    """Run one method for ``steps + 2`` updates (one short epoch) and time ``steps`` of them."""
+    from kd_env.run import RunConfig, train
+
+    config = RunConfig(
+        env_id=ENV_ID,
+        agent=method.agent,
+        run_dir=str(run_dir),
+        per_sample=method.per_sample,
+        env_kwargs=env_kwargs,
+        agent_kwargs=dict(method.agent_kwargs),
+        seed=0,
+        tensorboard=False,
+        progress=False,
+    )
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    with update_clock() as stamps:
+        train(config)
+    wall = time.perf_counter() - start
+    # the first update has no predecessor to time from, the last closes the epoch (evaluation,
+    # agent update): the ``steps`` updates between them are the ordinary ones
+    deltas = np.diff(stamps)[:-1]
+    ms = 1000 * float(np.median(deltas)) if len(deltas) else float("nan")
+    peak = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else float("nan")
+    return MethodTiming(method.label, student, method.per_sample, ms, int(len(deltas)), peak, wall)
+
+
+def overheads(timings: list[MethodTiming]) -> dict[str, dict[str, float]]:
+    """Per student, each per-sample method's ms/update over AVER (MTKD-RL) and over AVER."""
+    table: dict[str, dict[str, float]] = {}
+    for student in sorted({t.student for t in timings}):
+        rows = {t.method: t for t in timings if t.student == student}
+        for reference in ("AVER (MTKD-RL)", "AVER"):
+            if reference not in rows:
+                continue
+            for timing in rows.values():
+                if timing.per_sample:
+                    table.setdefault(f"{timing.method} / {reference}", {})[student] = timing.ms_per_update / rows[reference].ms_per_update
+    return table
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default="/tmp/kd_env_cifar100")
+    parser.add_argument("--root", default=None, help="where the CIFAR-100-format files go (default: a temporary folder)")
     parser.add_argument("--train-size", type=int, default=50000)
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--student", default="resnet56")
+    parser.add_argument("--test-size", type=int, default=10000)
+    parser.add_argument("--steps", type=int, default=50, help="timed updates per method (two more run untimed)")
+    parser.add_argument("--students", nargs="+", default=None, help="default: the preset's four students")
+    parser.add_argument("--teachers", nargs="+", default=POOL, help="architectures of the untrained teachers")
+    parser.add_argument("--methods", nargs="+", default=None, help="method labels (default: every method of the preset)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the preset's (64)")
+    parser.add_argument("--preset", default="cifar100-paper")
     parser.add_argument("--device", default="cuda", help="cpu only to check this script itself")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=None, help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be >= 1")
 
-    import gymnasium as gym
+    import kd_env  # noqa: F401  (registers the envs and policies)
+    from kd_env.benchmark.presets import PRESETS
 
-    import kd_env  # noqa: F401
-    from kd_env.agents import MTKDRL
-    from kd_env.data import load_dataset
-    from kd_env.teachers import load_teacher, train_teacher
+    preset = PRESETS[args.preset]
+    methods = [m for m in preset.methods if args.methods is None or m.label in args.methods]
+    if not methods:
+        parser.error(f"no method of {args.preset} matches {args.methods}; labels: {[m.label for m in preset.methods]}")
+    students = args.students or [s for s in preset.students if s]
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"torch {torch.__version__}, {device_name}; preset {args.preset}: {len(methods)} methods x {len(students)} students")
 
-    device = args.device
-    print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}")
-    start = time.perf_counter()
-    write_cifar100(Path(args.root), args.train_size, 10000)
-    print(f"wrote CIFAR-100-format files ({args.train_size} train) in {time.perf_counter() - start:.1f} s")
-
-    data = load_dataset("cifar100", args.root, verify_checksums=False, device=device)
-    print(f"loaded: train {tuple(data.train_images.shape)} val {tuple(data.val_images.shape)} on {data.train_images.device}")
-    start = time.perf_counter()
-    path = train_teacher("resnet8", data, epochs=1, device=device, path=Path(args.root) / "resnet8.pt", progress=False)
-    teacher = load_teacher(path, expected_arch="resnet8", expected_dataset="cifar100", device=device)
-    print(f"teacher resnet8: 1 epoch trained, saved and verified in {time.perf_counter() - start:.1f} s ({type(teacher).__name__})")
-
-    common = {
-        "data_root": args.root,
-        "verify_checksums": False,
-        "teachers": [f"random:{arch}" for arch in POOL],
-        "student": args.student,
-        "device": device,
-        "epochs": 1,
-        "max_steps_per_epoch": args.steps,
-    }
-    steps_per_epoch = int(data.train_labels.shape[0]) // 64
-
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for reward_mode in ("neg_loss", "val_loss_delta"):
-        env = gym.make("MultiTeacherKD-CIFAR100-v0", action_mode="simplex", reward_mode=reward_mode, **common)
-        uniform = np.ones(env.action_space.shape, dtype=np.float32)
-        ms, info = timed_episode(env, lambda observation: uniform, args.steps)
-        print(
-            f"[batch env, reward {reward_mode}, AVER weights, augmentation on, 4 teachers + {args.student}] {ms:.1f} ms/step, "
-            f"~{ms * steps_per_epoch / 1000:.0f} s per {steps_per_epoch}-step epoch; peak GPU memory "
-            f"{peak_mib():.0f} MiB; last info: val_acc {info.get('val_acc')}, "
-            f"final_test_acc {info.get('final_test_acc')}"
-        )
-        if reward_mode == "neg_loss":
-            env_ms = ms
-
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    engine = env.unwrapped.engine
-    weights = torch.full((4,), 0.25, device=device)
-    engine_times = []
-    engine.reset(seed=0)
-    for _ in range(min(60, args.steps)):
-        if engine.done:
-            engine.reset(seed=0)
-        synchronize()
+    with tempfile.TemporaryDirectory(prefix="kd_env_gpu_smoke_") as scratch:
+        root = Path(args.root or Path(scratch) / "data")
         start = time.perf_counter()
-        engine.step(weights)
-        synchronize()
-        engine_times.append(time.perf_counter() - start)
-    engine_ms = 1000 * float(np.median(engine_times[10:]))
-    print(f"[engine alone] {engine_ms:.1f} ms/step -> batch env (neg_loss) / engine = {env_ms / engine_ms:.3f}")
-    env.close()
-
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    vector_env = gym.make_vec(
-        "MultiTeacherKD-CIFAR100-v0", num_envs=64, vectorization_mode="vector_entry_point", action_mode="raw", reward_mode="neg_loss", **common
-    )
-    agent = MTKDRL(vector_env, seed=0)
-    start = time.perf_counter()
-    agent.learn(args.steps * 64)
-    synchronize()
-    seconds = time.perf_counter() - start
-    print(
-        f"[per-sample env + MTKD-RL agent (warm-up epoch, one agent update at its end)] {1000 * seconds / args.steps:.1f} ms/step "
-        f"incl. the epoch-end evaluation; state dim {vector_env.single_observation_space.shape[0]}; "
-        f"agent updates {agent.num_updates}; peak GPU memory {peak_mib():.0f} MiB"
-    )
+        write_cifar100(root, args.train_size, args.test_size)
+        print(f"wrote CIFAR-100-format files ({args.train_size} train, {args.test_size} test) in {time.perf_counter() - start:.1f} s")
+        timings: list[MethodTiming] = []
+        for student in students:
+            for method in methods:
+                env_kwargs = {
+                    **preset.env_kwargs,
+                    **method.env_kwargs,
+                    "student": student,
+                    "data_root": str(root),
+                    "verify_checksums": False,
+                    "teachers": [f"random:{arch}" for arch in args.teachers],
+                    "device": args.device,
+                    "epochs": 1,
+                    "max_steps_per_epoch": args.steps + 2,
+                    "cache_dir": str(Path(scratch) / "cache"),
+                }
+                if args.batch_size is not None:
+                    env_kwargs["batch_size"] = args.batch_size
+                run_dir = Path(scratch) / "runs" / f"{student}__{method.label.replace(' ', '_').replace('/', '_')}"
+                timing = time_method(method, student, env_kwargs, args.steps, run_dir)
+                timings.append(timing)
+                print(
+                    f"[{student:>13} | {method.label:<17}{' per-sample' if method.per_sample else ' batch-level'}] "
+                    f"{timing.ms_per_update:7.1f} ms/update (median of {timing.updates_timed}), peak GPU memory "
+                    f"{timing.peak_gpu_mib:.0f} MiB, whole run {timing.run_wall_s:.1f} s"
+                )
+    ratios = overheads(timings)
+    for name, per_student in ratios.items():
+        print(f"{name}: " + ", ".join(f"{student} {ratio:.2f}" for student, ratio in per_student.items()))
+    report = {
+        "torch": torch.__version__,
+        "device": device_name,
+        "preset": args.preset,
+        "steps": args.steps,
+        "timings": [timing.__dict__ for timing in timings],
+        "overheads": ratios,
+        "median_ms_per_update": {m.label: statistics.median(t.ms_per_update for t in timings if t.method == m.label) for m in methods},
+    }
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2))
+    return report
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from kd_env.models import MODELS, KDModel, ModelOutput, create_model, list_model
 
 CIFAR_MODELS = [
     "resnet8", "resnet20", "resnet32", "resnet56", "resnet110", "resnet8x4", "resnet32x4",
-    "wrn_16_2", "wrn_40_2", "wrn_28_4", "vgg8", "vgg13", "MobileNetV2", "mobile_half",
+    "wrn_16_2", "wrn_40_2", "wrn_28_4", "vgg8", "vgg13", "MobileNetV2", "MobileNetV2_s1", "mobile_half",
     "ShuffleV2", "RegNetX_200MF", "RegNetX_400MF", "RegNetY_400MF",
 ]  # fmt: skip
 SMALL_MODELS = ["mlp", "cnn_w8", "cnn_w16", "cnn_w32", "cnn_w64"]
@@ -33,7 +33,7 @@ EXACT = {
     "resnet8": 83_892, "resnet20": 278_324, "resnet32": 472_756, "resnet56": 861_620,
     "resnet110": 1_736_564, "resnet8x4": 1_233_540, "resnet32x4": 7_433_860,
     "wrn_16_2": 703_284, "wrn_40_2": 2_255_156, "wrn_28_4": 5_872_180,
-    "vgg8": 3_965_028, "vgg13": 9_462_180, "MobileNetV2": 2_353_060, "mobile_half": 812_836,
+    "vgg8": 3_965_028, "vgg13": 9_462_180, "MobileNetV2": 2_353_060, "MobileNetV2_s1": 2_353_060, "mobile_half": 812_836,
     "ShuffleV2": 1_355_528, "RegNetX_200MF": 2_355_156, "RegNetX_400MF": 4_813_988,
     "RegNetY_400MF": 5_749_012,
     "mlp": 203_530, "cnn_w8": 6_274, "cnn_w16": 24_058, "cnn_w32": 94_186, "cnn_w64": 372_682,
@@ -68,8 +68,13 @@ def check_output(model: KDModel, x: torch.Tensor, num_classes: int) -> ModelOutp
     assert out.logits.shape == (b, num_classes)
     assert out.feature_map.dim() == 4
     assert out.feature_map.shape[:2] == (b, model.feature_channels)
-    assert out.embedding.shape == (b, model.feature_channels)
-    torch.testing.assert_close(out.embedding, out.feature_map.mean(dim=(2, 3)))
+    # the embedding is the pooled KD tap, unless the network has layers between the two
+    # (the official MobileNetV2: tap on the last block, then the 1x1 head conv, then the pooling)
+    assert out.embedding.shape == (b, getattr(model, "embedding_channels", model.feature_channels))
+    torch.testing.assert_close(out.embedding, model.embed(out.feature_map))
+    torch.testing.assert_close(logits, model.head_logits(out.feature_map))
+    if getattr(model, "embedding_channels", model.feature_channels) == model.feature_channels and not getattr(model, "tap_last_block", False):
+        torch.testing.assert_close(out.embedding, out.feature_map.mean(dim=(2, 3)))
     torch.testing.assert_close(logits, out.logits)
     assert torch.isfinite(out.logits).all()
     return out

@@ -86,6 +86,20 @@ class EngineConfig:
     student_channels_last: bool = False
     """The student (and adapters) in channels-last format; off by default, since training small
     conv nets that way was up to 35% slower on our CPUs (measured for cnn_w8)."""
+    feature_term: str = "mse"
+    """How the feature-KD term's teacher weights are set. ``"mse"``: by the policy (MTKD-RL,
+    FitNet-style MSE). ``"camkd"``: CA-MKD's intermediate-feature term (the authors'
+    ``CalWeight``): each adapted student map goes through teacher k's own head, and
+    ``v_bk = (1 - softmax_k(CE(head_k(adapter_k(f_s)), y)))_bk / (K - 1)`` weights the MSE,
+    *not detached* (the gradient flows through the weights too); the policy's feature weights
+    are then ignored."""
+    feature_kd_from_epoch: int = 0
+    """The feature term counts from this epoch (0-based) on; CA-MKD switches it off in its first
+    epoch (1)."""
+    select_on: str = "val"
+    """Which split picks the reported student at epoch ends: ``"val"`` (the best-validation
+    student; the test set is only reported) or ``"test"`` (the official MTKD-RL / RepDistiller
+    protocol: the best test accuracy over epochs, no validation split)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,6 +124,7 @@ class StepBatch:
     kd_loss: torch.Tensor  # [B, K], graph: T^2 KL(teacher || student)
     feature_mse: torch.Tensor | None  # [B, K], graph; None without feature KD
     feature_cosine: torch.Tensor | None  # [B, K]; None without feature KD
+    feature_head_weights: torch.Tensor | None = None  # [B, K], graph; CA-MKD's feature weights
 
     @property
     def batch_size(self) -> int:
@@ -159,6 +174,14 @@ class DistillationEngine:
         if not teachers:
             raise ValueError("the engine needs at least one teacher")
         self.config = config or EngineConfig()
+        if self.config.feature_term not in ("mse", "camkd"):
+            raise ValueError(f"feature_term must be 'mse' or 'camkd', got {self.config.feature_term!r}")
+        if self.config.select_on not in ("val", "test"):
+            raise ValueError(f"select_on must be 'val' or 'test', got {self.config.select_on!r}")
+        if self.config.select_on == "test" and not self.config.evaluate_test:
+            raise ValueError("select_on='test' needs evaluate_test=True (the test accuracy picks the student)")
+        if self.config.feature_term == "camkd" and len(teachers) < 2:
+            raise ValueError("feature_term='camkd' needs at least 2 teachers (its weights divide by K - 1)")
         self.device = torch.device(device)
         self.data = data.to(self.device)
         self.student_factory = student_factory
@@ -323,6 +346,7 @@ class DistillationEngine:
         self.global_step = 0
         self.step_in_epoch = 0
         self.best_val_acc = -1.0
+        self.best_score = -1.0  # the selection split's best accuracy (= best_val_acc under select_on="val")
         self.best_epoch = -1
         self.best_student_state: dict[str, torch.Tensor] | None = None
         self.last_val_acc: float | None = None
@@ -362,7 +386,7 @@ class DistillationEngine:
             teacher_ce = per_sample_cross_entropy(teacher_logits, labels)
             teacher_entropy = per_sample_entropy(teacher_logits)
             teacher_correct = (teacher_logits.argmax(-1) == labels).transpose(0, 1).float()
-        feature_mse = cosine = None
+        feature_mse = cosine = head_weights = None
         if self.config.feature_kd:
             adapted = [adapter(student_output.feature_map) for adapter in self.adapters]
             # one loop over teachers is unavoidable here: each adapter has its own channel count
@@ -373,6 +397,8 @@ class DistillationEngine:
                 cosine = torch.stack(
                     [feature_cosine(a.mean(dim=(2, 3)), e) for a, e in zip(adapted, teacher_embeddings)], dim=1
                 )
+            if self.config.feature_term == "camkd":
+                head_weights = self._camkd_feature_weights(adapted, labels)
         return StepBatch(
             indices=indices,
             labels=labels,
@@ -386,7 +412,18 @@ class DistillationEngine:
             kd_loss=per_sample_kd_loss(student_output.logits, teacher_logits, temperature),
             feature_mse=feature_mse,
             feature_cosine=cosine,
+            feature_head_weights=head_weights,
         )
+
+    def _camkd_feature_weights(self, adapted: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+        """CA-MKD's feature-level weights ``[B, K]`` (graph kept, as in the authors' code): the
+        confidence of teacher k's head on the student's map adapted to teacher k."""
+        # each teacher's head is frozen, but its input carries the student's graph
+        head_ce = torch.stack(
+            [per_sample_cross_entropy(teacher.head_logits(a), labels) for teacher, a in zip(self.teachers, adapted)],
+            dim=1,
+        )
+        return (1.0 - torch.softmax(head_ce, dim=1)) / (self.num_teachers - 1)
 
     # ------------------------------------------------------------------ the step
     def step(
@@ -419,7 +456,9 @@ class DistillationEngine:
         config = self.config
         kd_term = weighted_teacher_sum(batch.kd_loss, logit_weights)
         per_sample_loss = batch.student_ce + config.alpha * config.kd_scale * kd_term
-        if batch.feature_mse is not None:
+        if batch.feature_head_weights is not None:
+            feature_weights = batch.feature_head_weights  # CA-MKD's own feature weights, with their graph
+        if batch.feature_mse is not None and self.epoch >= config.feature_kd_from_epoch:
             per_sample_loss = per_sample_loss + config.beta * weighted_teacher_sum(batch.feature_mse, feature_weights)
         loss = per_sample_loss.mean()
         diverged = not bool(torch.isfinite(loss))
@@ -430,7 +469,7 @@ class DistillationEngine:
             feature_mse=None if batch.feature_mse is None else batch.feature_mse.detach(),
             per_sample_loss=per_sample_loss.detach(),
             logit_weights=logit_weights,
-            feature_weights=feature_weights if batch.feature_mse is not None else None,
+            feature_weights=feature_weights.detach() if batch.feature_mse is not None else None,
             diverged=diverged,
         )
         if diverged:
@@ -535,8 +574,10 @@ class DistillationEngine:
         if self.config.evaluate_test:
             result.test_acc, result.metrics["test_loss"] = self.evaluate("test")
         self.last_val_acc, self.last_test_acc = result.val_acc, result.test_acc
-        if val_acc > self.best_val_acc:
-            self.best_val_acc, self.best_epoch = val_acc, self.epoch
+        # the official protocol has no validation split: it keeps the best *test* epoch
+        score = result.test_acc if self.config.select_on == "test" else val_acc
+        if score is not None and score > self.best_score:
+            self.best_score, self.best_val_acc, self.best_epoch = score, val_acc, self.epoch
             assert self.student is not None
             self.best_student_state = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
         self.epoch += 1
@@ -614,6 +655,7 @@ class DistillationEngine:
             "global_step": self.global_step,
             "step_in_epoch": self.step_in_epoch,
             "best_val_acc": self.best_val_acc,
+            "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "best_student_state": self.best_student_state,
             "last_val_acc": self.last_val_acc,
@@ -642,6 +684,7 @@ class DistillationEngine:
         self.global_step = int(state["global_step"])
         self.step_in_epoch = int(state["step_in_epoch"])
         self.best_val_acc = float(state["best_val_acc"])
+        self.best_score = float(state.get("best_score", state["best_val_acc"]))  # older checkpoints: val
         self.best_epoch = int(state["best_epoch"])
         self.best_student_state = state["best_student_state"]
         self.last_val_acc, self.last_test_acc = state["last_val_acc"], state["last_test_acc"]

@@ -11,6 +11,8 @@ from kd_env.weights import ACTION_MODES
 REWARD_MODES = ("neg_loss", "val_loss_delta", "val_acc", "label_logprob")
 STATE_PARTS = ("performance", "gap")
 STORE_DTYPES = ("float16", "float32")
+PROTOCOLS = ("default", "official")
+FEATURE_TERMS = ("mse", "camkd")
 
 # Per-dataset defaults: the CIFAR ones are MTKD-RL's recipe; the CPU ones are sized for 2 cores.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -60,6 +62,21 @@ class KDEnvSettings:
     alpha: float = 1.0
     beta: float = 5.0
     kd_scale: float = 1.0
+    weight_decay: float = 1e-4
+    """The student's SGD weight decay: MTKD-RL's 1e-4; the CA-MKD authors' recipe (AVER, EBKD,
+    AEKD, CA-MKD as they ran them) uses 5e-4."""
+    feature_term: str = "mse"
+    """``"mse"``: the policy weights a FitNet-style MSE (MTKD-RL); ``"camkd"``: CA-MKD's own
+    intermediate-feature term, weighted by each teacher's head on the adapted student map
+    (:attr:`kd_env.engine.EngineConfig.feature_term`). Needs ``feature_kd=True``."""
+    feature_kd_from_epoch: int = 0
+    """The feature term counts from this epoch (0-based) on; CA-MKD: 1 (none in its first epoch)."""
+    protocol: str = "default"
+    """``"default"``: hold out ``val_fraction`` of the training images and report the test
+    accuracy of the best-validation student. ``"official"``: the official MTKD-RL /
+    RepDistiller protocol: every training image is trained on (``val_fraction`` is ignored),
+    and the reported number is the best test accuracy over epochs, so that a paper number can be
+    put next to ours. Validation-based rewards are not available then."""
     augment: bool | None = None
     max_steps_per_epoch: int | None = None
     val_fraction: float = 0.1
@@ -98,6 +115,8 @@ class KDEnvSettings:
             ("reward_mode", self.reward_mode, REWARD_MODES),
             ("action_mode", self.action_mode, ACTION_MODES),
             ("store_dtype", self.store_dtype, STORE_DTYPES),
+            ("protocol", self.protocol, PROTOCOLS),
+            ("feature_term", self.feature_term, FEATURE_TERMS),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -117,6 +136,18 @@ class KDEnvSettings:
                 raise ValueError(f"student must be a zoo model ({', '.join(list_models())}), got {self.student!r}")
         if self.reward_mode == "val_loss_delta" and self.val_fraction <= 0:
             raise ValueError("reward_mode='val_loss_delta' needs a validation split: set val_fraction > 0")
+        if self.protocol == "official" and self.reward_mode in ("val_loss_delta", "val_acc"):
+            raise ValueError(
+                f"protocol='official' has no validation split, so reward_mode={self.reward_mode!r} cannot be "
+                "computed: use 'neg_loss' or 'label_logprob'"
+            )
+        if self.feature_term == "camkd" and not self.feature_kd:
+            raise ValueError("feature_term='camkd' is a feature-KD term: set feature_kd=True (or feature_term='mse')")
+
+    @property
+    def effective_val_fraction(self) -> float:
+        """The validation share actually held out: 0 under ``protocol="official"``."""
+        return 0.0 if self.protocol == "official" else self.val_fraction
 
     def _check_types(self) -> None:
         for name in _BOOL_FIELDS:
@@ -162,8 +193,8 @@ class KDEnvSettings:
 
 _OPTIONAL = {"student", "pool", "epochs", "batch_size", "lr", "data_root", "cache_dir", "train_teachers", "augment", "max_steps_per_epoch", "train_size"}
 _BOOL_FIELDS = ("download", "verify_checksums", "train_teachers", "feature_kd", "augment", "teacher_store")
-_STR_FIELDS = ("dataset", "student", "pool", "device", "data_root", "cache_dir", "reward_mode", "action_mode", "store_dtype")
-_INT_MINIMUM = {"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 1, "probe_size": 1, "teacher_seed": 0, "split_seed": 0, "train_size": 2}
+_STR_FIELDS = ("dataset", "student", "pool", "device", "data_root", "cache_dir", "reward_mode", "action_mode", "store_dtype", "protocol", "feature_term")
+_INT_MINIMUM = {"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 1, "probe_size": 1, "teacher_seed": 0, "split_seed": 0, "train_size": 2, "feature_kd_from_epoch": 0}
 # name -> (minimum or None, strictly greater)
 _FLOAT_MINIMUM: dict[str, tuple[float | None, bool]] = {
     "lr": (0.0, True),
@@ -172,6 +203,7 @@ _FLOAT_MINIMUM: dict[str, tuple[float | None, bool]] = {
     "alpha": (0.0, False),
     "beta": (0.0, False),
     "kd_scale": (0.0, False),
+    "weight_decay": (0.0, False),
     "val_fraction": (0.0, False),
     "reward_scale": (None, False),
     "divergence_penalty": (None, False),

@@ -1,19 +1,23 @@
 """MobileNetV2 (Sandler et al. 2018), CIFAR variants.
 
 Name clash to be aware of: in RepDistiller / CRD the student called "MobileNetV2" is
-``mobile_half`` (width multiplier 0.5, stem stride 2, ~0.81M params with 100 classes). MTKD-RL's
-``MobileNetV2`` is the full width-1.0 network (~2.4M params). Here ``MobileNetV2`` is the
-width-1.0 CIFAR variant and ``mobile_half`` reproduces RepDistiller's width-0.5 model.
+``mobile_half`` (width multiplier 0.5, ~0.81M params with 100 classes). MTKD-RL's
+``MobileNetV2`` is the full width-1.0 network (~2.4M params). Here:
 
-Both use the RepDistiller inverted-residual block (the 1x1 expansion conv is present even when
+* ``MobileNetV2`` is MTKD-RL's network as in its official code (RepDistiller's
+  ``mobilenetv2.py`` at width 1.0): stride-2 stem, so a 2x2 final map at 32x32, and the KD tap
+  (``feature_map``, RepDistiller's ``feat[-2]``) is the 320-channel output of the last inverted
+  residual block, a linear bottleneck (no ReLU); the 1x1 conv to 1280 channels, BN, ReLU and
+  the pooling come after the tap, so ``embedding`` (``feat[-1]``) has 1280 dims.
+* ``MobileNetV2_s1`` is kd-env's earlier variant, kept under its own name: a stride-1 stem
+  (4x4 final map, about 4x the multiply-adds: 89.1M vs 22.4M at 32x32) and the KD tap on the
+  1280-channel head output after its ReLU. Its parameters are the same as ``MobileNetV2``'s; the networks are not.
+* ``mobile_half`` reproduces RepDistiller's width-0.5 model (stride-2 stem, 2x2 final map,
+  tap on the pooled 1280-channel tensor as before).
+
+All use the RepDistiller inverted-residual block (the 1x1 expansion conv is present even when
 the expansion ratio is 1) and the standard ``(t, c, n, s)`` table with the second stage's
-stride reduced to 1 for small images. The width-1.0 CIFAR variant also uses a stride-1 stem (as
-in the common CIFAR ports), giving a 4x4 final map at 32x32; ``mobile_half`` keeps
-RepDistiller's stride-2 stem (2x2 final map).
-
-``feature_map`` is the output of the final 1x1 conv + BN + ReLU to 1280 channels, i.e. the
-tensor that is pooled. Note that RepDistiller's ``feat[-2]`` is the output of the last inverted
-residual stage (320 * width channels), *before* that 1x1 conv, so it differs from ours.
+stride reduced to 1 for small images.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class CifarMobileNetV2(KDModel):
         num_classes: classifier outputs.
         in_channels: input image channels.
         last_channels: width of the final 1x1 conv (1280, scaled only when ``width_mult > 1``).
+        tap_last_block: the KD tap (``feature_map``) is the last block's output (the official
+            ``feat[-2]``, before the head conv); otherwise it is the head's output (pooled as is).
     """
 
     def __init__(
@@ -74,6 +80,7 @@ class CifarMobileNetV2(KDModel):
         num_classes: int = 100,
         in_channels: int = 3,
         last_channels: int = 1280,
+        tap_last_block: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -90,17 +97,34 @@ class CifarMobileNetV2(KDModel):
         # As in the reference: the head is never narrowed below 1280 for width < 1.
         head = int(last_channels * width_mult) if width_mult > 1.0 else last_channels
         self.head = conv_bn(prev, head, 1)
-        self.feature_channels = head
+        self.tap_last_block = tap_last_block
+        self.feature_channels = prev if tap_last_block else head
+        self.embedding_channels = head
         self.classifier = nn.Linear(head, num_classes)
         kaiming_init(self, linear_std=0.01)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem(x)))
+        features = self.blocks(self.stem(x))
+        return features if self.tap_last_block else self.head(features)
+
+    def embed(self, feature_map: torch.Tensor) -> torch.Tensor:
+        # with the tap on the last block, the head conv (+BN+ReLU) still sits between tap and pool
+        if self.tap_last_block:
+            feature_map = self.head(feature_map)
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(feature_map, 1), 1)
 
 
 @register_model("MobileNetV2")
 def mobilenetv2(num_classes: int = 100, in_channels: int = 3) -> CifarMobileNetV2:
-    """MTKD-RL's MobileNetV2: width 1.0, stride-1 stem (~2.4M params)."""
+    """MTKD-RL's MobileNetV2 as in its official code: width 1.0, stride-2 stem, KD tap on the
+    last block's 320-channel output (``[320, 2, 2]`` at 32x32; ~2.35M params)."""
+    return CifarMobileNetV2(1.0, 2, num_classes, in_channels, tap_last_block=True)
+
+
+@register_model("MobileNetV2_s1")
+def mobilenetv2_s1(num_classes: int = 100, in_channels: int = 3) -> CifarMobileNetV2:
+    """kd-env's earlier MobileNetV2: width 1.0, stride-1 stem, KD tap on the 1280-channel head
+    after its ReLU (``[1280, 4, 4]`` at 32x32; the same ~2.35M params, about 4x the multiply-adds)."""
     return CifarMobileNetV2(1.0, 1, num_classes, in_channels)
 
 
