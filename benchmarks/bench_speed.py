@@ -30,6 +30,10 @@ Sections (each prints ratios; the goals are from the project's issues):
   store, 3 seeds each (goal: within the seed spread).
 * ``agents``: one 1-epoch ``kd-env train`` run of the per-sample MTKD-RL agent and of AVER, each
   in its own process: wall time and peak RSS ratios (goal <= 1.05 each).
+* ``imports`` (issue #12): resident memory (RSS) of a fresh process after ``import torch``,
+  after ``import kd_env`` (and its time), and of one synthetic-env worker (an env built, reset
+  and stepped once, as in each ``SubprocVecEnv`` / async worker); which heavy modules each
+  stage has loaded; and what ``import torchvision`` would add on top.
 
 Timing rounds alternate between the variants (A B A B ...) and report medians, so machine
 noise hits both sides alike.
@@ -460,11 +464,63 @@ def bench_agents(batch_size: int, rounds: int) -> None:
           f"memory {memory['mtkd-rl'] / memory['aver']:.3f} (goal <= 1.05 each)")
 
 
+_IMPORTS_CHILD = """
+import json, sys, time
+
+def rss_mib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+def loaded():
+    return [name for name in ("torchvision", "torch._dynamo", "sympy", "stable_baselines3", "tensorboard") if name in sys.modules]
+
+record = {"python": rss_mib()}
+import torch
+torch.set_num_threads(1)
+record["torch"] = rss_mib()
+start = time.perf_counter()
+import kd_env
+record["kd_env_import_s"] = time.perf_counter() - start
+record["kd_env"] = rss_mib()
+record["kd_env_modules"] = loaded()
+import numpy as np, gymnasium as gym
+env = gym.make("MultiTeacherKD-Synthetic-v0")
+env.reset(seed=0)
+env.step(np.zeros(env.action_space.shape, dtype=np.float32))
+record["worker"] = rss_mib()
+record["worker_modules"] = loaded()
+import torchvision
+record["plus_torchvision"] = rss_mib()
+print(json.dumps(record))
+"""
+
+
+def bench_imports(rounds: int) -> None:
+    """RSS of ``import kd_env`` and of one synthetic-env worker, each child a fresh process."""
+    if not sys.platform.startswith("linux"):
+        print("[imports] skipped: reads /proc/self/status (Linux only)")
+        return
+
+    def child() -> dict:
+        output = subprocess.run([sys.executable, "-c", _IMPORTS_CHILD], check=True, capture_output=True, text=True)
+        return json.loads(output.stdout.strip().splitlines()[-1])
+
+    child()  # trains the synthetic teachers into the cache if missing: not part of a worker's cost
+    records = [child() for _ in range(rounds)]
+    median = {key: statistics.median(r[key] for r in records) for key in ("python", "torch", "kd_env", "worker", "plus_torchvision", "kd_env_import_s")}
+    print(f"[imports] fresh processes, 1 torch thread, median of {rounds}; RSS in MiB")
+    print(f"  python {median['python']:.0f} | import torch {median['torch']:.0f} | import kd_env {median['kd_env']:.0f} "
+          f"(+{median['kd_env'] - median['torch']:.0f} over torch; {median['kd_env_import_s']:.2f} s)")
+    print(f"    heavy modules loaded by import kd_env: {records[-1]['kd_env_modules'] or 'none'}")
+    print(f"  synthetic-env worker (built, reset, one step) {median['worker']:.0f}; loaded: {records[-1]['worker_modules']}")
+    print(f"  import torchvision on top of that worker: +{median['plus_torchvision'] - median['worker']:.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--section", action="append",
-        choices=["all", "step", "epoch", "env", "store", "run", "teachers16", "accuracy", "agents"],
+        choices=["all", "step", "epoch", "env", "store", "run", "teachers16", "accuracy", "agents", "imports"],
         help="repeatable; default: all",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $KD_BENCH_THREADS or 2)")
@@ -484,7 +540,7 @@ def main() -> None:
         return
     sections = set(args.section or ["all"])
     if "all" in sections:
-        sections = {"step", "epoch", "env", "store", "run", "teachers16", "accuracy", "agents"}
+        sections = {"step", "epoch", "env", "store", "run", "teachers16", "accuracy", "agents", "imports"}
     torch.set_num_threads(int(os.environ.get("KD_BENCH_THREADS", "2")))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
     if "step" in sections:
@@ -503,6 +559,8 @@ def main() -> None:
         bench_accuracy(args.batch_size, args.seeds)
     if "agents" in sections:
         bench_agents(args.batch_size, args.rounds)
+    if "imports" in sections:
+        bench_imports(max(3, args.rounds))
 
 
 if __name__ == "__main__":
