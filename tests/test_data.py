@@ -299,7 +299,7 @@ def test_fashion_mnist_prepared_from_flat_gz_files(isolated):
     root = find_data_root("fashion_mnist", flat)
     assert root == isolated / "cache" / "data"
     assert not list((root / "FashionMNIST" / "raw").glob(".*.tmp")), "no temp files left behind"
-    data = load_dataset("fashion_mnist", flat, val_fraction=0.0)
+    data = load_dataset("fashion_mnist", flat, val_fraction=0.0, verify_checksums=False)  # not the release's pixels
     assert data.test_labels[:12].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
 
 

@@ -368,3 +368,75 @@ def test_cli_errors_are_one_message_without_traceback(tmp_path, capsys, monkeypa
     # --debug shows the traceback instead
     with pytest.raises(TypeError, match="no_such_argument"):
         main(["--debug", *train, str(tmp_path / "c"), "--env-arg", "no_such_argument=1"])
+
+
+# ------------------------------------------------------------------------------------ items 6, 7: dataset files
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+needs_fashion = pytest.mark.skipif(
+    not (DEBIAN_FASHION / "train-images-idx3-ubyte.gz").is_file(), reason="needs apt-get install dataset-fashion-mnist"
+)
+
+
+@pytest.fixture()
+def fashion_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder of links to Debian's four .gz files, a private cache, no other place to look."""
+    from kd_env.data import sources
+
+    monkeypatch.setenv("KD_ENV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("KD_ENV_DATA", raising=False)
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", {})
+    folder = tmp_path / "fashion"
+    folder.mkdir()
+    for name in FASHION_FILES:
+        (folder / f"{name}.gz").symlink_to(DEBIAN_FASHION / f"{name}.gz")
+    return folder
+
+
+def _replace_with(folder: Path, name: str, content: bytes, compressed: bool = True) -> None:
+    """Put ``content`` in place of the link to Debian's ``<name>.gz`` (as ``<name>`` if plain)."""
+    (folder / f"{name}.gz").unlink()
+    (folder / (f"{name}.gz" if compressed else name)).write_bytes(content)
+
+
+@needs_fashion
+def test_fashion_mnist_with_flipped_pixels_is_refused(fashion_folder):
+    import gzip
+
+    from kd_env.data import load_dataset
+    from kd_env.data.sources import DataFileError
+
+    pixels = bytearray(gzip.open(DEBIAN_FASHION / "train-images-idx3-ubyte.gz").read())
+    flipped = np.random.default_rng(0).choice(np.arange(16, len(pixels)), 100_000, replace=False)
+    for index in flipped:
+        pixels[index] ^= 0xFF
+    _replace_with(fashion_folder, "train-images-idx3-ubyte", bytes(pixels), compressed=False)
+    with pytest.raises(DataFileError, match="train-images-idx3-ubyte differs from the Fashion-MNIST release") as caught:
+        load_dataset("fashion_mnist", fashion_folder)
+    assert "Fix:" in str(caught.value)
+
+
+@needs_fashion
+@pytest.mark.parametrize("damage", ["truncated .gz", "not gzip", "truncated idx"])
+def test_damaged_fashion_mnist_file_is_named(fashion_folder, capsys, damage):
+    import gzip
+
+    from kd_env.cli import main
+    from kd_env.data import load_dataset
+    from kd_env.data.sources import DataFileError
+
+    name = "t10k-labels-idx1-ubyte"
+    compressed = (DEBIAN_FASHION / f"{name}.gz").read_bytes()
+    if damage == "truncated .gz":
+        _replace_with(fashion_folder, name, compressed[: len(compressed) // 2])
+    elif damage == "not gzip":
+        _replace_with(fashion_folder, name, b"\x1f\x8b" + bytes(range(256)) * 10)
+    else:
+        _replace_with(fashion_folder, name, gzip.decompress(compressed)[:5000], compressed=False)
+    with pytest.raises(DataFileError) as caught:
+        load_dataset("fashion_mnist", fashion_folder)
+    message = str(caught.value)
+    assert (name in message or "FashionMNIST/raw" in message) and "Fix:" in message
+    assert main(["data", "fetch", "fashion_mnist", "--data-root", str(fashion_folder)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "Traceback" not in error and len(error.strip().splitlines()) == 1

@@ -26,17 +26,22 @@ per-call opt-out rather than a global switch so real runs can never lose it by a
 
 Fashion-MNIST checksums: torchvision only knows md5 sums of the *compressed* upstream
 downloads, and Debian's package recompressed those files (its ``.gz`` sums differ while the
-decompressed bytes are the originals), so local Fashion-MNIST files are not md5-checked;
-torchvision's idx reader checks each file's magic number and shape, and we check the sample
-counts (60000 / 10000).
+decompressed bytes are the originals), so the *decompressed arrays* are checked instead: the
+SHA-256 of each file's pixels or labels (the bytes after the idx header) must equal
+:data:`FASHION_MNIST_SHA256`, computed once from the release (about 0.1 s per read). A file that
+cannot be decompressed or parsed, or whose content differs, raises :class:`DataFileError`
+naming the file and the fix. ``verify_checksums=False`` skips the content check, for files in
+the same format that are not the release (test fixtures).
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,7 +56,9 @@ from .names import DATASET_NAMES, DatasetNotFoundError, canonical_name, default_
 
 __all__ = [
     "DATASET_NAMES",
+    "FASHION_MNIST_SHA256",
     "SYSTEM_DATA_DIRS",
+    "DataFileError",
     "DatasetNotFoundError",
     "RawDataset",
     "canonical_name",
@@ -121,6 +128,36 @@ def _fashion_sources(folder: Path) -> dict[str, Path] | None:
     return found
 
 
+#: SHA-256 of the decompressed Fashion-MNIST arrays: the bytes after each idx file's header
+#: (pixels as uint8, row-major; labels as uint8), computed from Debian's ``dataset-fashion-mnist``,
+#: whose decompressed files are the upstream release's.
+FASHION_MNIST_SHA256: dict[str, str] = {
+    "train-images-idx3-ubyte": "2e487a6c89124f78f2d7521542223cafe96f7123c3ca13d447772ac6ecbb3012",
+    "train-labels-idx1-ubyte": "657fbd221bfc9f4198cc14b5619cc33ec57c58dd0e47af4d99d6650759e869a7",
+    "t10k-images-idx3-ubyte": "c867c93ff95360594e8ec3287995350b824dd110b11595c0e13d5423f621867a",
+    "t10k-labels-idx1-ubyte": "3d0e6c6ea990b53b6f8f500a41cac93881d981b315f84578b7d915342ade01e9",
+}
+
+
+class DataFileError(RuntimeError):
+    """A dataset file is damaged: it cannot be decompressed or parsed, or its content differs
+    from the release's checksum. The message names the file and how to replace it."""
+
+
+def _replace_advice(path: Path) -> str:
+    cache = default_cache_dir() / "data"
+    with_cache = ""
+    try:
+        if path.resolve().is_relative_to(cache.resolve()):
+            with_cache = f"it is kd-env's prepared copy: delete {path.parent} and it is prepared again from the source files; "
+    except OSError:
+        pass
+    return (
+        f"Fix: {with_cache}replace the file with the release's (Debian: apt-get install --reinstall "
+        "dataset-fashion-mnist; or kd-env data fetch fashion_mnist --download into an empty folder)"
+    )
+
+
 def _atomic_write_from(source: Path, target: Path) -> None:
     """Write ``source`` (decompressed if it ends in .gz) to ``target`` via temp file + rename.
 
@@ -133,7 +170,13 @@ def _atomic_write_from(source: Path, target: Path) -> None:
     try:
         opener = gzip.open if source.suffix == ".gz" else open
         with os.fdopen(fd, "wb") as out, opener(source, "rb") as src:
-            shutil.copyfileobj(src, out, length=1 << 20)
+            try:
+                shutil.copyfileobj(src, out, length=1 << 20)
+            except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # the source, not the target
+                raise DataFileError(
+                    f"{source} cannot be decompressed ({type(exc).__name__}: {exc}): it is truncated or corrupt. "
+                    + _replace_advice(source)
+                ) from None
         # mkstemp creates 0600; a shared cache should be readable by other users' runs.
         os.chmod(tmp_name, 0o644)
         os.replace(tmp_name, target)
@@ -343,15 +386,38 @@ def _read_cifar(name: str, root: Path, verify_checksums: bool) -> RawDataset:
     )
 
 
-def _read_fashion(root: Path) -> RawDataset:
-    train = FashionMNIST(str(root), train=True)
-    test = FashionMNIST(str(root), train=False)
+def _read_fashion(root: Path, verify_checksums: bool = True) -> RawDataset:
+    raw = root / "FashionMNIST" / "raw"
+    try:
+        train = FashionMNIST(str(root), train=True)
+        test = FashionMNIST(str(root), train=False)
+    except (RuntimeError, ValueError, AssertionError, IndexError, EOFError) as exc:
+        # torchvision's idx parser fails deep inside with no file name: name the folder and files
+        raise DataFileError(
+            f"the Fashion-MNIST files in {raw} cannot be parsed ({type(exc).__name__}: {exc}): one of "
+            f"{', '.join(_FASHION_FILES)} is truncated or not an idx file. " + _replace_advice(raw / _FASHION_FILES[0])
+        ) from None
     # Guard against a truncated or foreign idx file that still has a valid header.
     if len(train.data) != 60000 or len(test.data) != 10000:
-        raise RuntimeError(
-            f"Fashion-MNIST under {root / 'FashionMNIST' / 'raw'} has {len(train.data)} train / "
-            f"{len(test.data)} test images, expected 60000 / 10000; delete those files and retry"
+        raise DataFileError(
+            f"Fashion-MNIST under {raw} has {len(train.data)} train / {len(test.data)} test images, expected "
+            f"60000 / 10000. " + _replace_advice(raw / _FASHION_FILES[0])
         )
+    if verify_checksums:
+        arrays = {
+            "train-images-idx3-ubyte": train.data, "train-labels-idx1-ubyte": train.targets,
+            "t10k-images-idx3-ubyte": test.data, "t10k-labels-idx1-ubyte": test.targets,
+        }
+        bad = [
+            name for name, array in arrays.items()
+            if hashlib.sha256(array.to(torch.uint8).contiguous().numpy().tobytes()).hexdigest() != FASHION_MNIST_SHA256[name]
+        ]
+        if bad:
+            raise DataFileError(
+                f"the content of {', '.join(str(raw / name) for name in bad)} differs from the Fashion-MNIST release "
+                "(SHA-256 of the decompressed array): the file is damaged or not the original. "
+                + _replace_advice(raw / bad[0]) + "; for files you made yourself, pass verify_checksums=False"
+            )
     # torchvision's MNIST readers already return uint8 [N, H, W] tensors: add the channel axis.
     return RawDataset(
         train_images=train.data.unsqueeze(1).contiguous(),
@@ -373,5 +439,5 @@ def read_dataset(
     name = canonical_name(name)
     root = find_data_root(name, data_root, download=download, verify_checksums=verify_checksums)
     if name == "fashion_mnist":
-        return _read_fashion(root)
+        return _read_fashion(root, verify_checksums)
     return _read_cifar(name, root, verify_checksums)

@@ -253,8 +253,9 @@ def load_dataset(
         split_seed: seed of the validation split (independent of any training seed).
         device: where the tensors are put.
         verify_checksums: check CIFAR files against the official md5 sums (torchvision's own
-            check). Keep it on for real data; pass False only for files you generated
-            yourself, such as test fixtures. Ignored for Fashion-MNIST and synthetic data.
+            check) and Fashion-MNIST's decompressed arrays against their SHA-256. Keep it on for
+            real data; pass False only for files you generated yourself, such as test fixtures.
+            Ignored for synthetic data.
         **synthetic_kwargs: arguments of :func:`make_synthetic` (only for ``"synthetic"``).
 
     Raises:
