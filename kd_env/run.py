@@ -92,7 +92,10 @@ class RunConfig:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     agent_kwargs: dict[str, Any] = field(default_factory=dict)
     total_steps: int | None = None
-    """Env steps to run; ``None`` = one student training run (one episode)."""
+    """Env steps to run; ``None`` = ``student_runs`` whole student training runs (episodes)."""
+    student_runs: int = 1
+    """Whole student runs to train when ``total_steps`` is ``None`` (e.g. a policy learned over
+    several runs, then evaluated frozen: the benchmark's transfer protocol)."""
     seed: int = 0
     checkpoint_every: int = 0
     """Env steps between checkpoints (0: only at the end)."""
@@ -103,6 +106,8 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         self.imports = list(self.imports)
+        if isinstance(self.student_runs, bool) or not isinstance(self.student_runs, int) or self.student_runs < 1:
+            raise ValueError(f"student_runs must be an integer >= 1, got {self.student_runs!r}")
         import_policy_modules(self.imports)
         spec = get_policy(self.agent)  # ValueError listing the known names
         if spec.per_sample is True and not self.per_sample:
@@ -481,7 +486,7 @@ class RunContext:
     @property
     def budget(self) -> int:
         """The env step at which the run stops."""
-        return int(self.config.total_steps or self.kd.engine.total_steps)
+        return int(self.config.total_steps or self.kd.engine.total_steps * self.config.student_runs)
 
     @property
     def env_steps_per_timestep(self) -> int:
@@ -704,7 +709,7 @@ def _train_locked(config: RunConfig, resume: bool) -> RunResult:
     env = make_env(config)
     kd = env.unwrapped  # make_env's envs: gym.make's wrappers, or the per-sample env itself
     teacher_names = list(kd.teacher_names)
-    total_steps = config.total_steps or kd.engine.total_steps
+    total_steps = config.total_steps or kd.engine.total_steps * config.student_runs
     state = _initial_state(config, resume)
     if state["env_steps"] == 0 and (run_dir / "tb").exists():
         # events of an attempt killed before its first checkpoint: a fresh start replaces them
