@@ -440,3 +440,46 @@ def test_damaged_fashion_mnist_file_is_named(fashion_folder, capsys, damage):
     assert main(["data", "fetch", "fashion_mnist", "--data-root", str(fashion_folder)]) == 1
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "Traceback" not in error and len(error.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------ item 10: arguments
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"epochs": 0}, "epochs must be an integer >= 1"),
+        ({"epochs": -1}, "epochs must be an integer >= 1"),
+        ({"epochs": "1"}, "epochs must be an integer >= 1"),
+        ({"epochs": "abc"}, "epochs must be an integer >= 1"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"max_steps_per_epoch": -3}, "max_steps_per_epoch"),
+        ({"lr": float("nan")}, "lr must be a finite number"),
+        ({"lr": "abc"}, "lr must be a finite number"),
+        ({"scale": float("nan")}, "scale must be a finite number"),
+        ({"probe_size": 0}, "probe_size must be an integer >= 1"),
+        ({"state_parts": ["performnce"]}, "state_parts"),
+        ({"state_parts": []}, "state_parts must be a non-empty list"),
+        ({"teachers": "mlp"}, "teachers must be a non-empty list"),
+        ({"student": "nope"}, "student must be a zoo model"),
+        ({"no_such_argument": 1}, "unknown environment argument"),
+    ],
+)
+def test_bad_env_arguments_are_refused_by_name(kwargs, message):
+    import gymnasium as gym
+
+    with pytest.raises((ValueError, TypeError), match=message):
+        gym.make(ENV, **{**SHORT, **kwargs})
+
+
+@pytest.mark.parametrize("num_envs", [0, -4])
+def test_per_sample_num_envs_must_be_positive(num_envs):
+    import gymnasium as gym
+
+    with pytest.raises(ValueError, match="num_envs is the batch size"):
+        gym.make_vec(ENV, num_envs=num_envs, vectorization_mode="vector_entry_point", **SHORT)
+
+
+def test_bad_env_argument_from_the_cli_is_one_line(tmp_path, capsys):
+    train = ["train", "--env", ENV, "--agent", "aver", "--no-progress", "--run-dir", str(tmp_path / "run")]
+    for pair, message in (("epochs=abc", "epochs must be an integer"), ("lr=abc", "lr must be a finite number")):
+        error = _cli_error(capsys, [*train, "--env-arg", pair])
+        assert message in error and len(error.strip().splitlines()) == 1

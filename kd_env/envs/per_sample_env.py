@@ -101,6 +101,9 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
             **kwargs,
         }
         self.render_mode = supported_render_mode(render_mode, self.metadata["render_modes"], type(self).__name__)
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            # not silently the default batch size: num_envs is the batch size of this env
+            raise ValueError(f"num_envs is the batch size here (one slot per sample): an integer >= 1, got {num_envs!r}")
         if num_envs > 1:
             if kwargs.get("batch_size") not in (None, num_envs):
                 raise ValueError(f"num_envs={num_envs} and batch_size={kwargs['batch_size']} disagree: they are the same thing here")
