@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import resource
 import shutil
 import time
@@ -426,6 +427,32 @@ def _commit_checkpoint(run_dir: Path, write: Callable[[Path], None], env_steps: 
         shutil.rmtree(retired)
 
 
+RNG_FILE = "rng.pt"
+
+
+def _save_global_rng(path: Path) -> None:
+    """The process-wide RNG states (torch's, NumPy's legacy global one, Python's) that policies
+    draw from without owning a generator (SB3 samples actions with torch's, its replay buffers
+    and action noise with NumPy's)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+    atomic_write(path, lambda file: torch.save(state, file))
+
+
+def _restore_global_rng(path: Path) -> None:
+    if not path.exists():
+        return  # a checkpoint written before rng.pt existed: the env's torch state is all there is
+    state = torch.load(path, weights_only=True)
+    torch.set_rng_state(state["torch"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    random.setstate(state["python"])
+
+
 @contextlib.contextmanager
 def _run_folder_lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``run_dir`` for a run's lifetime (``flock`` on ``run_dir/.lock``).
@@ -536,6 +563,10 @@ class Driver(ABC):
         if context.resumed:
             context.kd.load(context.checkpoints / ENV_CHECKPOINT)
             policy = self.restore(context)
+            # building the restored policy drew from the global RNGs (e.g. SB3 initialises its
+            # networks before loading them): put back their state at the checkpoint, so that the
+            # policy's next random draws (SB3's action sampling) are the uninterrupted run's
+            _restore_global_rng(context.checkpoints / RNG_FILE)
         else:
             policy = self.build(context)
         self.drive(context, policy)
@@ -730,6 +761,7 @@ def _train_locked(config: RunConfig, resume: bool) -> RunResult:
         logger.flush()  # the points up to the checkpoint reach the disk with it: a kill loses none
 
         def write(folder: Path) -> None:
+            _save_global_rng(folder / RNG_FILE)
             save_policy(folder)
             crash_point("checkpoint:policy")
             kd.save(folder / ENV_CHECKPOINT)

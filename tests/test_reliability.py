@@ -483,3 +483,27 @@ def test_bad_env_argument_from_the_cli_is_one_line(tmp_path, capsys):
     for pair, message in (("epochs=abc", "epochs must be an integer"), ("lr=abc", "lr must be a finite number")):
         error = _cli_error(capsys, [*train, "--env-arg", pair])
         assert message in error and len(error.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------------------------ item 1: SB3 resume
+def test_ppo_killed_and_resumed_equals_the_uninterrupted_run(tmp_path):
+    """Within a rollout (the default n_steps 32 spans this whole 10-step run) a resumed PPO run is
+    the uninterrupted one: VecNormalize keeps training and the global RNGs are restored."""
+    config = _config(tmp_path / "killed", "ppo")
+    straight = train(RunConfig(**{**config, "run_dir": str(tmp_path / "straight")}))
+    _run_killed(config, "step@8")  # after the checkpoint of step 6
+    _same_run(train(RunConfig(**config), resume=True), straight)
+
+
+def test_ppo_resume_loses_the_rollout_in_progress(tmp_path):
+    """What differs (README): SB3 keeps no rollout in a checkpoint, so a resumed run starts a new
+    rollout at the checkpoint's step. With n_steps=4 and a checkpoint at step 6 (inside the
+    rollout of steps 5-8), the actions are identical through step 8 and differ after the update
+    the uninterrupted run makes at step 8 and the resumed one at step 10."""
+    config = _config(tmp_path / "stopped", "ppo", agent_kwargs={"n_steps": 4, "batch_size": 4})
+    straight = train(RunConfig(**{**config, "run_dir": str(tmp_path / "straight")}))
+    train(RunConfig(**{**config, "total_steps": 6}))
+    resumed = train(RunConfig(**{**config, "total_steps": 10}), resume=True)
+    assert resumed.weight_trajectory[:8] == straight.weight_trajectory[:8]
+    assert resumed.weight_trajectory[8:] != straight.weight_trajectory[8:]
+    assert resumed.env_steps == straight.env_steps and len(resumed.episodes) == len(straight.episodes) == 1
