@@ -19,7 +19,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from stable_baselines3.common.env_util import make_vec_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -64,6 +63,7 @@ def _run_child(script: str, *args: str, cwd: Path | None = None) -> subprocess.C
             text=True,
             timeout=CHILD_TIMEOUT_S,
             cwd=cwd,
+            check=False,  # the caller asserts on the return code, showing stderr
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
     except subprocess.TimeoutExpired as exc:
@@ -73,7 +73,7 @@ def _run_child(script: str, *args: str, cwd: Path | None = None) -> subprocess.C
 def _run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
-            [sys.executable, "-m", *args], capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, cwd=cwd,
+            [sys.executable, "-m", *args], capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, cwd=cwd, check=False,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
     except subprocess.TimeoutExpired as exc:
@@ -123,7 +123,7 @@ def test_unsupported_render_modes_warn_and_sb3_make_vec_env_works():
         warnings.simplefilter("ignore", UserWarning)
         vec_env = make_vec_env(SYNTHETIC, n_envs=2, seed=0, env_kwargs=FAST)
     observation = vec_env.reset()
-    observation, rewards, dones, _ = vec_env.step(np.stack([_action(env), _action(env, 1)]))
+    observation, rewards, _, _ = vec_env.step(np.stack([_action(env), _action(env, 1)]))
     assert observation.shape == (2, *env.observation_space.shape) and rewards.shape == (2,)
     vec_env.close()
     with pytest.warns(UserWarning, match="cannot render"):
@@ -209,7 +209,7 @@ def test_load_then_step_through_gym_make_and_reset_option_with_the_checker_on(tm
     _assert_same(_steps(fresh, actions), expected)
 
     checked = gym.make(SYNTHETIC, disable_env_checker=False, **FAST)  # Gymnasium's passive checker
-    observation, info = checked.reset(options={"checkpoint": str(path)})
+    _, info = checked.reset(options={"checkpoint": str(path)})
     assert info["step"] == 1
     _assert_same(_steps(checked, actions), expected)
     vector = gym.make_vec(SYNTHETIC, num_envs=8, vectorization_mode="vector_entry_point", **FAST)

@@ -52,7 +52,12 @@ from torchvision.datasets.utils import check_integrity
 
 # names and the cache folder live in the torch-free .names (so that importing kd_env does not
 # import torchvision); re-exported here, where they always were
-from .names import DATASET_NAMES, DatasetNotFoundError, canonical_name, default_cache_dir
+from .names import (
+    DATASET_NAMES,
+    DatasetNotFoundError,
+    canonical_name,
+    default_cache_dir,
+)
 
 __all__ = [
     "DATASET_NAMES",

@@ -8,7 +8,12 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from kd_env.envs.core import KDEnvCore, checkpoint_option, step_info, supported_render_mode
+from kd_env.envs.core import (
+    KDEnvCore,
+    checkpoint_option,
+    step_info,
+    supported_render_mode,
+)
 from kd_env.features import BatchFeatureSpec, batch_features
 
 

@@ -9,7 +9,12 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from kd_env.envs.core import KDEnvCore, checkpoint_option, final_metrics, supported_render_mode
+from kd_env.envs.core import (
+    KDEnvCore,
+    checkpoint_option,
+    final_metrics,
+    supported_render_mode,
+)
 from kd_env.features import SampleStateSpec, per_sample_state
 
 
