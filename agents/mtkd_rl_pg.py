@@ -202,7 +202,11 @@ class MTKDRLPG(BaseAgent):
         n_steps: env steps per update (a rollout holds ``n_steps * B`` decisions).
         learning_rate: Adam's step size.
         sigma_start, sigma_end, sigma_decay_steps: the exploration schedule of ``sigma``
-            (linear in env steps of learning, then constant).
+            (linear in env steps of learning, then constant). Measured (Fashion-MNIST
+            specialists, 2 epochs, val %): from 1.0 over 200 steps, 77.00 (seed 0) and 67.42
+            (seed 1); from 0.5 over 100 steps (the default), 79.18 and 76.38: wide early noise
+            costs the student more than the exploration gains. On capacity 79.12 vs 79.98
+            (AVER 79.65), within one seed's noise.
         normalize_observations: running mean/std of the inputs (shared across teachers for the
             scorer, so it stays equivariant); the MTKD-RL priors always read the raw columns.
         obs_clip: clip of the normalised inputs.
@@ -239,9 +243,9 @@ class MTKDRLPG(BaseAgent):
         mix_learning_rate: float = 0.05,
         n_steps: int = 4,
         learning_rate: float = 1e-2,
-        sigma_start: float = 1.0,
+        sigma_start: float = 0.5,
         sigma_end: float = 0.3,
-        sigma_decay_steps: int = 200,
+        sigma_decay_steps: int = 100,
         normalize_observations: bool = True,
         obs_clip: float = 10.0,
         max_grad_norm: float | None = 1.0,
