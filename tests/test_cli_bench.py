@@ -117,3 +117,38 @@ def test_cli_bench_runs_a_preset(tmp_path, capsys):
     output = capsys.readouterr().out
     assert "### noisy" in output and "Normalised scores" in output  # computed, or the reason why not
     assert main(["bench", "--preset", "suite-synthetic", "--out", str(tmp_path), "--jobs", "0"]) == 2
+
+
+def test_transfer_methods_pretrain_once_then_evaluate_frozen(tmp_path):
+    """The transfer protocol: one pretraining run per scenario shared by the transfer rows, its
+    seed never an evaluation seed; the evaluation runs load its policy and do not learn."""
+    from pathlib import Path
+
+    from kd_env.benchmark.presets import Pretrain
+
+    suite = PRESETS["suite"]
+    pretraining = sweep.plan_pretraining(suite, tmp_path)
+    assert len(pretraining) == len(suite.scenarios)  # both transfer rows share one per scenario
+    for run in pretraining:
+        assert run.config.student_runs == 3 and run.config.seed not in suite.seeds
+        assert run.config.env_kwargs["student"] == "cnn_w8"
+    transfer = [run for run in sweep.plan(suite, tmp_path) if run.method.pretrain is not None]
+    assert transfer and all(run.config.agent_kwargs["learn"] is False for run in transfer)
+    assert {Path(run.config.agent_kwargs["policy_path"]).parent.parent for run in transfer} == {run.run_dir for run in pretraining}
+
+    # end to end on the synthetic env: the pretraining runs first, its policy is what is evaluated
+    preset = Preset(
+        env_id="MultiTeacherKD-Synthetic-v0",
+        methods=[
+            Method("AVER", "aver"),
+            Method("Router (transfer)", "router", per_sample=True, env_kwargs={"reward_mode": "label_logprob"},
+                   pretrain=Pretrain(student_runs=2, seed=50)),
+        ],
+        seeds=[0],
+        env_kwargs={"epochs": 1, "max_steps_per_epoch": 4, "feature_kd": False},
+        scenarios=["specialists"],
+    )
+    rows = run_benchmark(preset, tmp_path / "e2e", progress=False, jobs=2)
+    assert {row["method"] for row in rows} == {"AVER", "Router (transfer)"}
+    (trained,) = sweep.plan_pretraining(preset, tmp_path / "e2e")
+    assert json.loads((trained.run_dir / "result.json").read_text())["env_steps"] == 8  # two student runs of 4

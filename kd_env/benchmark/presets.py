@@ -16,6 +16,21 @@ SYNTHETIC_ID = "MultiTeacherKD-Synthetic-v0"
 
 
 @dataclass(frozen=True)
+class Pretrain:
+    """The transfer protocol: the method's policy is first trained over ``student_runs`` whole
+    student runs at ``seed`` (never an evaluation seed), saved, then evaluated frozen (no
+    learning, its deterministic weights) at every seed of the preset.
+
+    ``env_kwargs`` override the evaluation's env arguments for the training (e.g. train with one
+    student, evaluate with an architecture the policy never saw).
+    """
+
+    student_runs: int = 3
+    seed: int = 1000
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Method:
     """One row of the results table.
 
@@ -26,6 +41,8 @@ class Method:
         env_kwargs: env arguments of this method (on top of the preset's).
         agent_kwargs: the agent's or rule's keyword arguments.
         reference: a reference (oracle, equal weights, best teacher, no KD) rather than a competitor.
+        pretrain: evaluate a policy trained beforehand and frozen (:class:`Pretrain`) instead of
+            one that learns within the run (online).
     """
 
     label: str
@@ -34,6 +51,10 @@ class Method:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     agent_kwargs: dict[str, Any] = field(default_factory=dict)
     reference: bool = False
+    pretrain: Pretrain | None = None
+    aggregate: bool = True
+    """Part of the normalised-score statistics (False for rows on another student than the
+    preset's: their accuracy is on another scale than AVER's and the oracle's)."""
 
 
 @dataclass
@@ -66,6 +87,8 @@ class Preset:
 # the rules give exact simplex weights; the per-sample env applies them per sample, as published
 _PER_SAMPLE = {"reward_mode": "neg_loss"}
 _LABEL_CREDIT = {"reward_mode": "label_logprob"}
+# trained over 3 student runs of the suite's student (cnn_w8) at seed 1000, then frozen
+_TRANSFER = Pretrain(student_runs=3, seed=1000, env_kwargs={"student": "cnn_w8"})
 # a rule does not read the reward: the cheapest mode keeps every rule's step equally fast
 _RULE = {"reward_mode": "neg_loss"}
 
@@ -101,6 +124,17 @@ _SUITE_COMPETITORS = [
     # the log-probability the weighted teachers give the true label (agents/mtkd_rl_pg.py)
     Method("Router (per-sample)", "router", per_sample=True, env_kwargs=_LABEL_CREDIT),
     Method("MTKD-RL-PG", "mtkd-rl-pg", per_sample=True, env_kwargs=_LABEL_CREDIT),
+    # the transfer protocol: the router trained over 3 student runs (seed 1000), then frozen
+    Method("Router (transfer)", "router", per_sample=True, env_kwargs=_LABEL_CREDIT, pretrain=_TRANSFER),
+    Method(
+        "Router (transfer, unseen student cnn_w16)",
+        "router",
+        per_sample=True,
+        env_kwargs={**_LABEL_CREDIT, "student": "cnn_w16"},
+        pretrain=_TRANSFER,
+        aggregate=False,
+    ),
+    Method("AVER (student cnn_w16)", "aver", env_kwargs={**_RULE, "student": "cnn_w16"}, reference=True, aggregate=False),
 ]
 
 SUITE_SCENARIOS: list[str | None] = ["capacity", "noisy", "specialists"]

@@ -144,6 +144,7 @@ def scenario_scores(runs: Sequence[PlannedRun], preset: Preset) -> tuple[dict[st
             "acc": test_accuracy(load_result(run)),
         }
         for run in runs
+        if run.method.aggregate
     ]
     score_dict, tasks, _ = stats.scores_from_records(records, value="acc")
     return score_dict, list(tasks)

@@ -17,6 +17,7 @@ The tables and plots are always rebuilt from the run folders (:mod:`kd_env.bench
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import signal
@@ -69,6 +70,48 @@ def run_name(method: Method, scenario: str | None, student: str | None, seed: in
     return "__".join(part for part in parts if part)
 
 
+def _env_kwargs(preset: Preset, method: Method, scenario: str | None, student: str | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    env_kwargs = {**preset.env_kwargs, **method.env_kwargs, **(overrides or {})}
+    if student:
+        env_kwargs["student"] = student
+    if scenario:
+        env_kwargs["pool"] = scenario
+    return env_kwargs
+
+
+def pretraining_run(
+    preset: Preset,
+    method: Method,
+    scenario: str | None,
+    student: str | None,
+    out: Path,
+    overrides: dict[str, Any] | None = None,
+    imports: list[str] | None = None,
+    checkpoint_every: int = SWEEP_CHECKPOINT_EVERY,
+) -> PlannedRun:
+    """The run that trains a transfer method's policy over ``pretrain.student_runs`` student runs
+    (its own seed, never one of the evaluation seeds); runs with the same training share it."""
+    assert method.pretrain is not None
+    pretrain = method.pretrain
+    env_kwargs = {**_env_kwargs(preset, method, scenario, student, overrides), **pretrain.env_kwargs}
+    identity = json.dumps([method.agent, method.per_sample, env_kwargs, pretrain.student_runs, pretrain.seed], sort_keys=True)
+    name = "__".join(part for part in (scenario, student, method.agent, "pretrain-" + hashlib.sha256(identity.encode()).hexdigest()[:10]) if part)
+    config = RunConfig(
+        env_id=preset.env_id,
+        agent=method.agent,
+        run_dir=str(out / "pretrain" / name),
+        per_sample=method.per_sample,
+        env_kwargs=env_kwargs,
+        agent_kwargs=dict(method.agent_kwargs),
+        seed=pretrain.seed,
+        student_runs=pretrain.student_runs,
+        checkpoint_every=checkpoint_every,
+        progress=False,
+        imports=list(imports or []),
+    )
+    return PlannedRun(method, scenario, student, config)
+
+
 def plan(
     preset: Preset,
     out: Path,
@@ -77,24 +120,24 @@ def plan(
     checkpoint_every: int = SWEEP_CHECKPOINT_EVERY,
 ) -> list[PlannedRun]:
     """Every run of a preset, in a stable order (scenario, student, method, seed); each run
-    checkpoints every ``checkpoint_every`` updates (and at its end)."""
+    checkpoints every ``checkpoint_every`` updates (and at its end). A transfer method's runs
+    evaluate, frozen, the policy its :func:`pretraining_run` saves."""
     runs = []
     for scenario in preset.scenarios:
         for student in preset.students:
             for method in preset.methods:
+                agent_kwargs = dict(method.agent_kwargs)
+                if method.pretrain is not None:
+                    trained = pretraining_run(preset, method, scenario, student, out, overrides, imports, checkpoint_every)
+                    agent_kwargs.update(policy_path=str(trained.run_dir / "checkpoints" / "agent.pt"), learn=False)
                 for seed in preset.seeds:
-                    env_kwargs = {**preset.env_kwargs, **method.env_kwargs, **(overrides or {})}
-                    if student:
-                        env_kwargs["student"] = student
-                    if scenario:
-                        env_kwargs["pool"] = scenario
                     config = RunConfig(
                         env_id=preset.env_id,
                         agent=method.agent,
                         run_dir=str(out / "runs" / run_name(method, scenario, student, seed)),
                         per_sample=method.per_sample,
-                        env_kwargs=env_kwargs,
-                        agent_kwargs=dict(method.agent_kwargs),
+                        env_kwargs=_env_kwargs(preset, method, scenario, student, overrides),
+                        agent_kwargs=agent_kwargs,
                         seed=seed,
                         checkpoint_every=checkpoint_every,
                         progress=False,
@@ -102,6 +145,24 @@ def plan(
                     )
                     runs.append(PlannedRun(method, scenario, student, config))
     return runs
+
+
+def plan_pretraining(
+    preset: Preset,
+    out: Path,
+    overrides: dict[str, Any] | None = None,
+    imports: list[str] | None = None,
+    checkpoint_every: int = SWEEP_CHECKPOINT_EVERY,
+) -> list[PlannedRun]:
+    """The distinct pretraining runs of a preset's transfer methods (run before the others)."""
+    runs: dict[Path, PlannedRun] = {}
+    for scenario in preset.scenarios:
+        for student in preset.students:
+            for method in preset.methods:
+                if method.pretrain is not None:
+                    run = pretraining_run(preset, method, scenario, student, out, overrides, imports, checkpoint_every)
+                    runs.setdefault(run.run_dir, run)
+    return list(runs.values())
 
 
 def prepare_teachers(preset: Preset, overrides: dict[str, Any] | None = None) -> None:
@@ -298,7 +359,8 @@ def run_benchmark(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     runs = plan(preset, out, overrides, imports)
-    if not all(run.done for run in runs):
+    pretraining = plan_pretraining(preset, out, overrides, imports)
+    if not all(run.done for run in runs + pretraining):
         prepare_teachers(preset, overrides)
     if executor == "local":
         executor = LocalExecutor(jobs, threads, retries)
@@ -308,7 +370,9 @@ def run_benchmark(
         executor = RayExecutor(threads=threads, retries=retries)
     elif isinstance(executor, str):
         raise ValueError(f"unknown executor {executor!r}; choose local or ray")
-    failures = executor.run(runs, progress=progress, description=f"bench {preset_name}")
+    # transfer methods: their policies are trained first, then evaluated frozen with the others
+    failures = executor.run(pretraining, progress=progress, description=f"bench {preset_name}: pretraining") if pretraining else []
+    failures += executor.run(runs, progress=progress, description=f"bench {preset_name}")
     if failures:
         rows = write_report_with_failures(runs, failures, out, preset_name, preset)
         details = "\n\n".join(f"{run.run_dir.name}: {error}" for run, error in failures)
