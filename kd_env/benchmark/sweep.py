@@ -119,13 +119,14 @@ def plan(
     imports: list[str] | None = None,
     checkpoint_every: int = SWEEP_CHECKPOINT_EVERY,
 ) -> list[PlannedRun]:
-    """Every run of a preset, in a stable order (scenario, student, method, seed); each run
-    checkpoints every ``checkpoint_every`` updates (and at its end). A transfer method's runs
-    evaluate, frozen, the policy its :func:`pretraining_run` saves."""
+    """Every run of a preset, in a stable order (method, scenario, student, seed: a sweep cut
+    short has whole methods, every scenario and seed of each); each run checkpoints every
+    ``checkpoint_every`` updates (and at its end). A transfer method's runs evaluate, frozen, the
+    policy its :func:`pretraining_run` saves."""
     runs = []
-    for scenario in preset.scenarios:
-        for student in preset.students:
-            for method in preset.methods:
+    for method in preset.methods:
+        for scenario in preset.scenarios:
+            for student in preset.students:
                 agent_kwargs = dict(method.agent_kwargs)
                 if method.pretrain is not None:
                     trained = pretraining_run(preset, method, scenario, student, out, overrides, imports, checkpoint_every)
