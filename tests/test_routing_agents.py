@@ -16,7 +16,7 @@ import torch
 from gymnasium import spaces
 
 import kd_env  # noqa: F401  (registers the env ids)
-from kd_env.agents.mtkd_rl_pg import MTKDRLPG, TeacherScorer, TeacherSlices, logistic_normal_log_prob
+from kd_env.agents.mtkd_rl_pg import MTKDRL_PG_DEFAULTS, MTKDRLPG, TeacherScorer, TeacherSlices, logistic_normal_log_prob
 
 BATCH = 32
 LEARN_STEPS = 160  # env steps (student updates) of learning before the routing is checked
@@ -90,9 +90,7 @@ def test_scorer_learns_the_routing_and_uniform_does_not(trained_router):
 
 def test_mtkd_network_with_priors_learns_the_routing():
     env = specialists_env()
-    # wider, longer exploration than the scorer's default: the mix of agent and priors moves
-    # only as far as sampled weights away from the priors show (0.78 after 160 steps with 0.5 / 100)
-    agent = MTKDRLPG(env, seed=0, network="mtkd", sigma_start=1.0, sigma_decay_steps=200)
+    agent = MTKDRLPG(env, seed=0, **MTKDRL_PG_DEFAULTS)  # as registered (mtkd-rl-pg)
     before = routing_score(agent, specialists_env(), 3)
     agent.learn(LEARN_STEPS * BATCH)
     after = routing_score(agent, specialists_env(), 10)
