@@ -12,7 +12,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypedDict, TypeVar, Union, runtime_checkable
+from typing import Any, Protocol, TypedDict, TypeVar, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
@@ -24,7 +24,7 @@ from kd_env.utils import atomic_torch_save
 
 CHECKPOINT_FORMAT = "kd_env.agent/1"
 
-EnvLike = Union[gym.Env, VectorEnv]
+EnvLike = gym.Env | VectorEnv
 AgentT = TypeVar("AgentT", bound="BaseAgent")
 
 
@@ -57,7 +57,7 @@ class AgentCallback(Protocol):
     def on_step(self, agent: BaseAgent, record: StepRecord) -> bool | None: ...
 
 
-CallbackLike = Union[None, Callable[[StepRecord], Union[bool, None]], AgentCallback, Sequence[Any]]
+CallbackLike = None | Callable[[StepRecord], bool | None] | AgentCallback | Sequence[Any]
 
 
 def _as_callback_list(callback: CallbackLike) -> list[Any]:
@@ -79,8 +79,10 @@ def _check_box(space: Any, what: str, *, bounded: bool) -> spaces.Box:
 
 
 def _box_to_state(space: spaces.Box) -> dict[str, torch.Tensor]:
-    return {"low": torch.from_numpy(np.asarray(space.low, dtype=np.float32).copy()),
-            "high": torch.from_numpy(np.asarray(space.high, dtype=np.float32).copy())}
+    return {
+        "low": torch.from_numpy(np.asarray(space.low, dtype=np.float32).copy()),
+        "high": torch.from_numpy(np.asarray(space.high, dtype=np.float32).copy()),
+    }
 
 
 def _box_from_state(state: dict[str, torch.Tensor]) -> spaces.Box:
@@ -310,10 +312,7 @@ class BaseAgent(ABC):
         array = np.asarray(observation, dtype=np.float32)
         single = array.shape == self.observation_space.shape
         if not single and (array.ndim != 2 or array.shape[1:] != self.observation_space.shape):
-            raise ValueError(
-                f"observation has shape {array.shape}; expected {self.observation_space.shape} or "
-                f"(N, {self.observation_dim})"
-            )
+            raise ValueError(f"observation has shape {array.shape}; expected {self.observation_space.shape} or (N, {self.observation_dim})")
         if not np.all(np.isfinite(array)):
             raise ValueError("observation contains NaN or inf")
         actions = self._predict(array[None] if single else array, deterministic)
@@ -475,12 +474,9 @@ class BaseAgent(ABC):
                 ("action", action_space, view.action_space),
             ):
                 if not _same_box(saved, current):
-                    difference = (
-                        f"shape {saved.shape} vs {current.shape}" if saved.shape != current.shape else "different bounds"
-                    )
+                    difference = f"shape {saved.shape} vs {current.shape}" if saved.shape != current.shape else "different bounds"
                     raise ValueError(
-                        f"{path} does not fit this env: its {name} space differs ({difference}); "
-                        "build the env with the same arguments"
+                        f"{path} does not fit this env: its {name} space differs ({difference}); build the env with the same arguments"
                     )
         hyperparameters = json.loads(state["hyperparameters"])
         agent = cls(

@@ -23,9 +23,8 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from kd_env.envs.per_sample_env import PerSampleKDVectorEnv
-
 from kd_env.baselines.rules import camkd_weights_from_ce
+from kd_env.envs.per_sample_env import PerSampleKDVectorEnv
 
 from .base import BaseAgent, EnvLike, StepRecord
 
@@ -66,9 +65,7 @@ class PriorColumns:
     feature_cosine: tuple[int, ...] | None
 
     @classmethod
-    def from_feature_names(
-        cls, feature_names: Sequence[str], teacher_names: Sequence[str], feature_kd: bool
-    ) -> PriorColumns:
+    def from_feature_names(cls, feature_names: Sequence[str], teacher_names: Sequence[str], feature_kd: bool) -> PriorColumns:
         """Find the columns by name (``"<teacher>/teacher_ce"``, ...) in the env's ``feature_names``.
 
         Raises:

@@ -181,7 +181,9 @@ def _per_sample_env(env: Any) -> PerSampleKDVectorEnv:
             f"action_mode='raw')), got {type(base).__name__}"
         )
     if base.settings.action_mode != "raw":
-        raise ValueError(f"MTKDRLPG sends its weights as they are: build the env with action_mode='raw' (got {base.settings.action_mode!r})")
+        raise ValueError(
+            f"MTKDRLPG sends its weights as they are: build the env with action_mode='raw' (got {base.settings.action_mode!r})"
+        )
     return base
 
 

@@ -128,8 +128,7 @@ def _resolve_env(env: Any) -> KDEnv:
     candidate = getattr(candidate, "unwrapped", candidate)
     if not isinstance(candidate, (MultiTeacherKDEnv, PerSampleKDVectorEnv)):
         raise ValueError(
-            f"a baseline needs a kd-env environment (MultiTeacherKDEnv or PerSampleKDVectorEnv, possibly "
-            f"wrapped), got {type(env).__name__}"
+            f"a baseline needs a kd-env environment (MultiTeacherKDEnv or PerSampleKDVectorEnv, possibly wrapped), got {type(env).__name__}"
         )
     return candidate
 
@@ -360,9 +359,7 @@ class BestTeacher(BaselinePolicy):
         super().__init__(env)
         self.val_accuracies = [float(value) for value in self.engine.evaluate_teachers("val")]
         if not all(np.isfinite(self.val_accuracies)):
-            raise ValueError(
-                "BestTeacher needs a validation split to rank the teachers; create the env with val_fraction > 0"
-            )
+            raise ValueError("BestTeacher needs a validation split to rank the teachers; create the env with val_fraction > 0")
         self.weights = best_teacher_weights(self.val_accuracies)
         self.best_index = int(self.weights.argmax())
         self.best_name = self.env.teacher_names[self.best_index]

@@ -42,9 +42,7 @@ __all__ = [
 
 def _check_teacher_logits(teacher_logits: torch.Tensor) -> int:
     if teacher_logits.dim() != 3:
-        raise ValueError(
-            f"teacher_logits must be stacked [K, B, C], got shape {tuple(teacher_logits.shape)}"
-        )
+        raise ValueError(f"teacher_logits must be stacked [K, B, C], got shape {tuple(teacher_logits.shape)}")
     if teacher_logits.shape[0] < 1:
         raise ValueError("teacher_logits holds no teacher (K = 0)")
     return int(teacher_logits.shape[0])
@@ -174,9 +172,7 @@ def project_capped_simplex(values: torch.Tensor, cap: float = 1.0) -> torch.Tens
     return (values - tau).clamp(0.0, cap)
 
 
-def capped_simplex_min_norm(
-    gram: torch.Tensor, cap: float = 1.0, max_iter: int = 2000, tol: float = 1e-12
-) -> torch.Tensor:
+def capped_simplex_min_norm(gram: torch.Tensor, cap: float = 1.0, max_iter: int = 2000, tol: float = 1e-12) -> torch.Tensor:
     """Solve ``min_a a^T G a`` subject to ``sum_k a_k = 1`` and ``0 <= a_k <= cap``.
 
     This is the min-norm point of the convex hull of vectors ``g_k`` with Gram matrix
@@ -257,10 +253,7 @@ def aekd_weights(
     """
     _check_teacher_logits(teacher_logits)
     if student_logits.shape != teacher_logits.shape[1:]:
-        raise ValueError(
-            f"student_logits has shape {tuple(student_logits.shape)}, "
-            f"expected {tuple(teacher_logits.shape[1:])}"
-        )
+        raise ValueError(f"student_logits has shape {tuple(student_logits.shape)}, expected {tuple(teacher_logits.shape[1:])}")
     with torch.no_grad():
         student_probs = torch.softmax(student_logits.double() / temperature, dim=-1).mean(0)  # [C]
         teacher_probs = torch.softmax(teacher_logits.double() / temperature, dim=-1).mean(1)  # [K, C]
@@ -304,17 +297,13 @@ def best_teacher_weights(val_accuracies: torch.Tensor | Sequence[float] | np.nda
     else:
         accuracies = torch.as_tensor(np.asarray(val_accuracies, dtype=np.float64))
     if accuracies.dim() != 1 or accuracies.numel() < 1:
-        raise ValueError(
-            f"val_accuracies must be a non-empty [K] vector, got shape {tuple(accuracies.shape)}"
-        )
+        raise ValueError(f"val_accuracies must be a non-empty [K] vector, got shape {tuple(accuracies.shape)}")
     weights = torch.zeros(accuracies.numel(), dtype=torch.float32, device=accuracies.device)
     weights[int(torch.argmax(accuracies.double()))] = 1.0  # argmax returns the first maximum
     return weights
 
 
-def _log_standard_gamma(
-    shape: tuple[int, ...], concentration: float, generator: torch.Generator
-) -> torch.Tensor:
+def _log_standard_gamma(shape: tuple[int, ...], concentration: float, generator: torch.Generator) -> torch.Tensor:
     """``log`` of Gamma(concentration, 1) draws, float64, using only ``generator``.
 
     Marsaglia & Tsang (2000) rejection sampling (acceptance > 95%), redrawing only the rejected
@@ -386,9 +375,7 @@ def class_accuracies(predictions: torch.Tensor, labels: torch.Tensor, num_classe
         float64 ``[K, C]``; NaN for a class with no sample (nothing is known about it).
     """
     if predictions.dim() != 2 or labels.dim() != 1 or predictions.shape[1] != labels.shape[0]:
-        raise ValueError(
-            f"predictions must be [K, N] and labels [N], got {tuple(predictions.shape)} and {tuple(labels.shape)}"
-        )
+        raise ValueError(f"predictions must be [K, N] and labels [N], got {tuple(predictions.shape)} and {tuple(labels.shape)}")
     labels = labels.long()
     correct = (predictions.long() == labels.unsqueeze(0)).double()  # [K, N]
     hits = torch.zeros(predictions.shape[0], num_classes, dtype=torch.float64, device=predictions.device)

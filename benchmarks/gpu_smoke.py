@@ -58,7 +58,9 @@ def write_cifar100(root: Path, train_size: int, test_size: int) -> None:
         with open(folder / name, "wb") as file:
             pickle.dump(payload, file, protocol=2)
     with open(folder / "meta", "wb") as file:
-        pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": [f"s{i}" for i in range(20)]}, file, protocol=2)
+        pickle.dump(
+            {"fine_label_names": [f"c{i}" for i in range(100)], "coarse_label_names": [f"s{i}" for i in range(20)]}, file, protocol=2
+        )
 
 
 def synchronize() -> None:

@@ -1,7 +1,7 @@
 """stable-baselines3's PPO, unchanged, on the same batch-level env as REINFORCE.
 
-    .venv/bin/python examples/ppo_fashion_mnist.py
-    .venv/bin/tensorboard --logdir runs/examples
+.venv/bin/python examples/ppo_fashion_mnist.py
+.venv/bin/tensorboard --logdir runs/examples
 """
 
 from __future__ import annotations

@@ -10,9 +10,17 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from kd_env.envs import ENV_IDS, MultiTeacherKDEnv, PerSampleKDVectorEnv, make_sb3_per_sample_env, register_envs
-
 from kd_env.registry import policy_names, register_policy
 
 register_envs()
 
-__all__ = ["ENV_IDS", "MultiTeacherKDEnv", "PerSampleKDVectorEnv", "__version__", "make_sb3_per_sample_env", "policy_names", "register_envs", "register_policy"]
+__all__ = [
+    "ENV_IDS",
+    "MultiTeacherKDEnv",
+    "PerSampleKDVectorEnv",
+    "__version__",
+    "make_sb3_per_sample_env",
+    "policy_names",
+    "register_envs",
+    "register_policy",
+]

@@ -81,9 +81,7 @@ class BatchFeatureSpec:
         return np.asarray(low, dtype=np.float32), np.asarray(high, dtype=np.float32)
 
 
-def batch_features(
-    batch: StepBatch, spec: BatchFeatureSpec, *, progress: float, lr: float, max_lr: float
-) -> np.ndarray:
+def batch_features(batch: StepBatch, spec: BatchFeatureSpec, *, progress: float, lr: float, max_lr: float) -> np.ndarray:
     """The batch-level observation: per-teacher batch means, then progress, LR and student CE."""
     columns: list[torch.Tensor] = []
     if "performance" in spec.state_parts:
@@ -94,9 +92,7 @@ def batch_features(
             assert batch.feature_cosine is not None
             columns.append(batch.feature_cosine.mean(0))
     per_teacher = torch.stack(columns, dim=1).flatten()  # teacher-major, as in spec.names
-    extra = torch.tensor(
-        [progress, lr, float(batch.student_ce.detach().mean())], dtype=per_teacher.dtype, device=per_teacher.device
-    )
+    extra = torch.tensor([progress, lr, float(batch.student_ce.detach().mean())], dtype=per_teacher.dtype, device=per_teacher.device)
     observation = torch.cat([per_teacher, extra]).float().cpu().numpy()
     low, high = spec.bounds(max_lr)
     return np.clip(np.nan_to_num(observation, nan=high, posinf=high, neginf=low), low, high).astype(np.float32)

@@ -301,12 +301,26 @@ def _builtin_specs() -> list[PolicySpec]:
         PolicySpec("mtkd-rl", MTKDRL, kind="agent", per_sample=True, action_mode="raw", loader=_classmethod_loader(MTKDRL), builtin=True),
         # issue #10: per-sample routing by a true policy gradient (best with reward_mode="label_logprob");
         # weights sent as they are (softmax of the sampled logits), hence "raw"
-        PolicySpec("router", functools.partial(MTKDRLPG, network="scorer"), kind="agent", per_sample=True,
-                   action_mode="raw", loader=_classmethod_loader(MTKDRLPG), builtin=True),
+        PolicySpec(
+            "router",
+            functools.partial(MTKDRLPG, network="scorer"),
+            kind="agent",
+            per_sample=True,
+            action_mode="raw",
+            loader=_classmethod_loader(MTKDRLPG),
+            builtin=True,
+        ),
         # MTKD-RL's network measured best with z-scored advantages and wider exploration
         # (Fashion-MNIST specialists val 71.5 vs 58.7 with the router's defaults; AVER 61.3)
-        PolicySpec("mtkd-rl-pg", functools.partial(MTKDRLPG, **MTKDRL_PG_DEFAULTS), kind="agent", per_sample=True,
-                   action_mode="raw", loader=_classmethod_loader(MTKDRLPG), builtin=True),
+        PolicySpec(
+            "mtkd-rl-pg",
+            functools.partial(MTKDRLPG, **MTKDRL_PG_DEFAULTS),
+            kind="agent",
+            per_sample=True,
+            action_mode="raw",
+            loader=_classmethod_loader(MTKDRLPG),
+            builtin=True,
+        ),
     ]
     for algo in ALGORITHMS:
         specs.append(

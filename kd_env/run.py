@@ -374,8 +374,7 @@ def verify_checkpoint(folder: str | os.PathLike) -> None:
     problem = _manifest_problem(folder)
     if problem is not None:
         raise CheckpointError(
-            f"the checkpoint in {folder} cannot be resumed: {problem}. Start the run again in a new "
-            "--run-dir (or delete this run folder)"
+            f"the checkpoint in {folder} cannot be resumed: {problem}. Start the run again in a new --run-dir (or delete this run folder)"
         )
 
 
@@ -474,8 +473,7 @@ def _run_folder_lock(run_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             holder = os.pread(descriptor, 64, 0).decode(errors="replace").strip() or "?"
             raise RunFolderBusyError(
-                f"run folder {run_dir} is in use by another process (pid {holder}); wait for it to end "
-                "or stop it, or use another --run-dir"
+                f"run folder {run_dir} is in use by another process (pid {holder}); wait for it to end or stop it, or use another --run-dir"
             ) from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
@@ -735,7 +733,6 @@ def train(config: RunConfig, resume: bool = False) -> RunResult:
 def _train_locked(config: RunConfig, resume: bool) -> RunResult:
     config = _prepare_run_dir(config, resume)
     run_dir = Path(config.run_dir)
-    checkpoints = _checkpoint_dir(config)
     torch.manual_seed(config.seed)
     env = make_env(config)
     kd = env.unwrapped  # make_env's envs: gym.make's wrappers, or the per-sample env itself

@@ -491,7 +491,9 @@ class TeacherOutputStore:
             for logits, embeddings, feature_maps in compute():
                 if not writers:  # shapes are known from the first chunk
                     specs = _array_specs(
-                        logits.shape[0], logits.shape[2], [e.shape[1] for e in embeddings],
+                        logits.shape[0],
+                        logits.shape[2],
+                        [e.shape[1] for e in embeddings],
                         [tuple(m.shape[1:]) for m in feature_maps] if store_maps else None,
                         key_inputs["dtype"],
                     )
@@ -503,18 +505,20 @@ class TeacherOutputStore:
             if not writers:
                 raise TeacherStoreError("no teacher outputs to store (empty training set)")
             arrays = {writer.spec.name: writer.close() for writer in writers}
-            manifest = _with_digest({
-                "format": _FORMAT_NAME,
-                "format_version": FORMAT_VERSION,
-                "key": key,
-                "key_inputs": key_inputs,
-                "teacher_names": list(teacher_names or []),
-                "num_samples": num_samples,
-                "arrays": arrays,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "build_seconds": round(time.perf_counter() - started, 3),
-                "built_with": {"torch": str(torch.__version__), "numpy": str(np.__version__), **dict(build_info or {})},
-            })
+            manifest = _with_digest(
+                {
+                    "format": _FORMAT_NAME,
+                    "format_version": FORMAT_VERSION,
+                    "key": key,
+                    "key_inputs": key_inputs,
+                    "teacher_names": list(teacher_names or []),
+                    "num_samples": num_samples,
+                    "arrays": arrays,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "build_seconds": round(time.perf_counter() - started, 3),
+                    "built_with": {"torch": str(torch.__version__), "numpy": str(np.__version__), **dict(build_info or {})},
+                }
+            )
             with open(temp / MANIFEST, "xb") as file:
                 _write_bytes(file, memoryview(json.dumps(manifest, indent=1).encode()))
                 file.flush()

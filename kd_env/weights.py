@@ -39,10 +39,7 @@ def check_action(action: np.ndarray | torch.Tensor, expected_shape: tuple[int, .
     """
     array = action.detach().cpu().numpy() if isinstance(action, torch.Tensor) else np.asarray(action)
     if tuple(array.shape) != tuple(expected_shape):
-        raise ValueError(
-            f"action has shape {tuple(array.shape)}, expected {tuple(expected_shape)} "
-            "(one entry per teacher, per head)"
-        )
+        raise ValueError(f"action has shape {tuple(array.shape)}, expected {tuple(expected_shape)} (one entry per teacher, per head)")
     if not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"action has dtype {array.dtype}; pass a float array")
     if not np.all(np.isfinite(array)):
@@ -61,8 +58,7 @@ def check_weights(weights: torch.Tensor, num_teachers: int, batch_size: int, nam
         weights = torch.as_tensor(np.asarray(weights, dtype=np.float32))
     if weights.shape not in (torch.Size([num_teachers]), torch.Size([batch_size, num_teachers])):
         raise ValueError(
-            f"{name} has shape {tuple(weights.shape)}; expected ({num_teachers},) per batch or "
-            f"({batch_size}, {num_teachers}) per sample"
+            f"{name} has shape {tuple(weights.shape)}; expected ({num_teachers},) per batch or ({batch_size}, {num_teachers}) per sample"
         )
     if not torch.isfinite(weights).all():
         raise ValueError(f"{name} contain NaN or inf; nothing was changed")

@@ -62,9 +62,7 @@ def _rule_weights(name: str, engine) -> torch.Tensor:
     if name == "camkd":
         return rules.camkd_weights(batch.teacher_logits, batch.labels)
     if name == "aekd":
-        return rules.aekd_weights(
-            batch.teacher_logits, batch.student_logits.detach(), engine.config.temperature, cap=0.6
-        )
+        return rules.aekd_weights(batch.teacher_logits, batch.student_logits.detach(), engine.config.temperature, cap=0.6)
     if name == "best":
         return rules.best_teacher_weights(engine.evaluate_teachers("val"))
     raise AssertionError(name)
@@ -132,9 +130,7 @@ def test_per_sample_env_applies_the_rule(sample_env, name):
 def test_random_per_sample_draws_one_point_per_sample(sample_env):
     policy = RandomDirichlet(sample_env, seed=3, per_sample=True)
     observation, _ = sample_env.reset(seed=0)
-    expected = rules.random_dirichlet_weights(
-        sample_env.num_teachers, torch.Generator().manual_seed(3), batch_size=SLOTS
-    )
+    expected = rules.random_dirichlet_weights(sample_env.num_teachers, torch.Generator().manual_seed(3), batch_size=SLOTS)
     action, _ = policy.predict(observation)
     _, _, _, _, infos = sample_env.step(action)
     np.testing.assert_allclose(infos["weights"], expected.numpy(), atol=1e-6)

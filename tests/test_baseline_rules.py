@@ -316,11 +316,14 @@ def test_aekd_matches_official_backward_passes() -> None:
     temperature = 4.0
     grads = []
     for k in range(3):
-        loss = torch.nn.functional.kl_div(
-            torch.log_softmax(student / temperature, dim=1),
-            torch.softmax(teacher[k] / temperature, dim=1),
-            reduction="batchmean",
-        ) * temperature**2
+        loss = (
+            torch.nn.functional.kl_div(
+                torch.log_softmax(student / temperature, dim=1),
+                torch.softmax(teacher[k] / temperature, dim=1),
+                reduction="batchmean",
+            )
+            * temperature**2
+        )
         (grad,) = torch.autograd.grad(loss, student)
         grads.append(grad.mean(0))
     stacked = torch.stack(grads)

@@ -177,7 +177,9 @@ def test_report_writes_tables_and_plots(tmp_path):
         "AVER": rng.normal(0.0, 0.1, (5, 3)),
         "oracle": rng.normal(1.0, 0.1, (5, 3)),
     }
-    rows = stats.write_report(score_dict, tmp_path, baseline="AVER", references={"AVER", "oracle"}, taus=np.linspace(-0.5, 1.5, 9), reps=REPS)
+    rows = stats.write_report(
+        score_dict, tmp_path, baseline="AVER", references={"AVER", "oracle"}, taus=np.linspace(-0.5, 1.5, 9), reps=REPS
+    )
     assert [row["method"] for row in rows] == ["PPO", "REINFORCE", "AVER", "oracle"]
     assert [row["group"] for row in rows] == ["competitor", "competitor", "reference", "reference"]
     aver = rows[2]

@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import csv
 import json
-
-import pytest
-
 import struct
 
 import numpy as np
+import pytest
 
-from kd_env.benchmark import PRESETS, Method, Preset, run_benchmark
-from kd_env.benchmark import sweep
+from kd_env.benchmark import PRESETS, Method, Preset, run_benchmark, sweep
 from kd_env.cli import main
 
 
 def test_cli_train_and_resume(tmp_path, capsys):
     run_dir = str(tmp_path / "run")
-    args = ["train", "--env", "MultiTeacherKD-Synthetic-v0", "--agent", "camkd", "--run-dir", run_dir,
-            "--env-arg", "epochs=1", "--env-arg", "max_steps_per_epoch=4", "--no-progress"]
+    args = [
+        "train",
+        "--env",
+        "MultiTeacherKD-Synthetic-v0",
+        "--agent",
+        "camkd",
+        "--run-dir",
+        run_dir,
+        "--env-arg",
+        "epochs=1",
+        "--env-arg",
+        "max_steps_per_epoch=4",
+        "--no-progress",
+    ]
     assert main(args) == 0
     output = capsys.readouterr().out
     assert "test accuracy" in output and f"{run_dir}/tb" in output
@@ -112,8 +121,23 @@ def test_suite_on_synthetic_separates_oracle_from_aver(tmp_path):
 
 
 def test_cli_bench_runs_a_preset(tmp_path, capsys):
-    assert main(["bench", "--preset", "suite-synthetic", "--out", str(tmp_path), "--jobs", "2", "--no-progress",
-                 "--env-arg", "max_steps_per_epoch=3"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--preset",
+                "suite-synthetic",
+                "--out",
+                str(tmp_path),
+                "--jobs",
+                "2",
+                "--no-progress",
+                "--env-arg",
+                "max_steps_per_epoch=3",
+            ]
+        )
+        == 0
+    )
     output = capsys.readouterr().out
     assert "### noisy" in output and "Normalised scores" in output  # computed, or the reason why not
     assert main(["bench", "--preset", "suite-synthetic", "--out", str(tmp_path), "--jobs", "0"]) == 2
@@ -141,8 +165,13 @@ def test_transfer_methods_pretrain_once_then_evaluate_frozen(tmp_path):
         env_id="MultiTeacherKD-Synthetic-v0",
         methods=[
             Method("AVER", "aver"),
-            Method("Router (transfer)", "router", per_sample=True, env_kwargs={"reward_mode": "label_logprob"},
-                   pretrain=Pretrain(student_runs=2, seed=50)),
+            Method(
+                "Router (transfer)",
+                "router",
+                per_sample=True,
+                env_kwargs={"reward_mode": "label_logprob"},
+                pretrain=Pretrain(student_runs=2, seed=50),
+            ),
         ],
         seeds=[0],
         env_kwargs={"epochs": 1, "max_steps_per_epoch": 4, "feature_kd": False},

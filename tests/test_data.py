@@ -27,8 +27,8 @@ from kd_env.data import (
     find_data_root,
     load_dataset,
     make_synthetic,
+    sources,
 )
-from kd_env.data import sources
 from kd_env.data.tensors import split_train_val
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -436,10 +436,7 @@ def test_random_crop_shifts_content_with_zero_padding():
     seen = set()
     for n in range(len(x)):
         matches = [
-            (dy, dx)
-            for dy in range(2 * p + 1)
-            for dx in range(2 * p + 1)
-            if torch.equal(out[n], padded[n, :, dy : dy + 8, dx : dx + 8])
+            (dy, dx) for dy in range(2 * p + 1) for dx in range(2 * p + 1) if torch.equal(out[n], padded[n, :, dy : dy + 8, dx : dx + 8])
         ]
         assert len(matches) == 1, f"sample {n} is not a window of its own padded image"
         seen.add(matches[0])

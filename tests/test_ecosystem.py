@@ -73,7 +73,12 @@ def _run_child(script: str, *args: str, cwd: Path | None = None) -> subprocess.C
 def _run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(
-            [sys.executable, "-m", *args], capture_output=True, text=True, timeout=CHILD_TIMEOUT_S, cwd=cwd, check=False,
+            [sys.executable, "-m", *args],
+            capture_output=True,
+            text=True,
+            timeout=CHILD_TIMEOUT_S,
+            cwd=cwd,
+            check=False,
             env={**os.environ, "OMP_NUM_THREADS": "1"},
         )
     except subprocess.TimeoutExpired as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -73,7 +73,9 @@ def check_output(model: KDModel, x: torch.Tensor, num_classes: int) -> ModelOutp
     assert out.embedding.shape == (b, getattr(model, "embedding_channels", model.feature_channels))
     torch.testing.assert_close(out.embedding, model.embed(out.feature_map))
     torch.testing.assert_close(logits, model.head_logits(out.feature_map))
-    if getattr(model, "embedding_channels", model.feature_channels) == model.feature_channels and not getattr(model, "tap_last_block", False):
+    if getattr(model, "embedding_channels", model.feature_channels) == model.feature_channels and not getattr(
+        model, "tap_last_block", False
+    ):
         torch.testing.assert_close(out.embedding, out.feature_map.mean(dim=(2, 3)))
     torch.testing.assert_close(logits, out.logits)
     assert torch.isfinite(out.logits).all()

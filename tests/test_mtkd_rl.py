@@ -148,9 +148,7 @@ def manual_forward_backward(
             if mix_name in params:
                 grad_mix = [sum(grad_mixed[k] * sources[c][k] for k in range(num_teachers)) for c in range(3)]
                 for a in range(3):
-                    grads[mix_name][a] += sum(
-                        grad_mix[c] * mix[c] * ((1.0 if c == a else 0.0) - mix[a]) for c in range(3)
-                    )
+                    grads[mix_name][a] += sum(grad_mix[c] * mix[c] * ((1.0 if c == a else 0.0) - mix[a]) for c in range(3))
         grads["stem.0.weight"] += np.outer(grad_hidden * (pre_activation > 0), state)
     return weights, grads
 
@@ -259,8 +257,7 @@ def test_agent_loss_is_the_official_reward_weighted_bce():
     weights[0, 0] = torch.tensor([0.0, 0.5, 0.5])  # BCE's log floor at -100
     rewards = torch.tensor([1.0, 0.0, 0.3, 0.9, 0.0])
     official = sum(
-        F.binary_cross_entropy(weights[:, head], torch.ones_like(weights[:, head]), weight=rewards.unsqueeze(-1))
-        for head in range(2)
+        F.binary_cross_entropy(weights[:, head], torch.ones_like(weights[:, head]), weight=rewards.unsqueeze(-1)) for head in range(2)
     )
     torch.testing.assert_close(reward_weighted_log_loss(weights, rewards), official)
 

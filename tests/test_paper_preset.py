@@ -132,8 +132,16 @@ def test_dynamic_per_student_as_the_official_readme_chooses(tmp_path: Path) -> N
 
 
 def test_mtkdrl_reads_dynamic_from_the_envs_student() -> None:
-    kwargs = {"dataset": "synthetic", "teachers": ["random:cnn_w8:1", "random:cnn_w8:2"], "student": "cnn_w8",
-              "epochs": 1, "max_steps_per_epoch": 2, "action_mode": "raw", "reward_mode": "neg_loss", "num_envs": 8}
+    kwargs = {
+        "dataset": "synthetic",
+        "teachers": ["random:cnn_w8:1", "random:cnn_w8:2"],
+        "student": "cnn_w8",
+        "epochs": 1,
+        "max_steps_per_epoch": 2,
+        "action_mode": "raw",
+        "reward_mode": "neg_loss",
+        "num_envs": 8,
+    }
     env = PerSampleKDVectorEnv(**kwargs)
     try:
         assert MTKDRL(env, dynamic={"cnn_w8": True, "mlp": False}).dynamic is True

@@ -78,7 +78,13 @@ def test_a_registered_policy_runs_through_the_runner(tmp_path, registered):
 
 
 def test_a_registered_policy_resumes(tmp_path, registered):
-    config = {"env_id": ENV, "agent": registered, "env_kwargs": {"epochs": 2, "max_steps_per_epoch": 3}, "checkpoint_every": 2, "progress": False}
+    config = {
+        "env_id": ENV,
+        "agent": registered,
+        "env_kwargs": {"epochs": 2, "max_steps_per_epoch": 3},
+        "checkpoint_every": 2,
+        "progress": False,
+    }
     straight = train(RunConfig(**config, run_dir=str(tmp_path / "straight")))
     train(RunConfig(**config, run_dir=str(tmp_path / "stopped"), total_steps=4))
     resumed = train(RunConfig(ENV, registered, str(tmp_path / "stopped"), total_steps=6, progress=False), resume=True)
@@ -88,8 +94,23 @@ def test_a_registered_policy_resumes(tmp_path, registered):
 def test_a_registered_policy_runs_through_the_cli(tmp_path, registered, capsys):
     run_dir = tmp_path / "cli-run"
     status = cli.main(
-        ["train", "--env", ENV, "--agent", registered, "--env-arg", "epochs=1", "--env-arg", "max_steps_per_epoch=5",
-         "--agent-arg", "value=1.0", "--run-dir", str(run_dir), "--no-progress", "--no-tensorboard"]
+        [
+            "train",
+            "--env",
+            ENV,
+            "--agent",
+            registered,
+            "--env-arg",
+            "epochs=1",
+            "--env-arg",
+            "max_steps_per_epoch=5",
+            "--agent-arg",
+            "value=1.0",
+            "--run-dir",
+            str(run_dir),
+            "--no-progress",
+            "--no-tensorboard",
+        ]
     )
     assert status == 0
     assert "5 student updates" in capsys.readouterr().out
@@ -124,9 +145,24 @@ def test_kd_env_train_imports_the_users_module(tmp_path):
         )
     )
     run_dir = tmp_path / "run"
-    command = [str(Path(sys.executable).with_name("kd-env")), "train", "--import", "my_kd_policies", "--agent", "first-teacher",
-               "--env", ENV, "--env-arg", "epochs=1", "--env-arg", "max_steps_per_epoch=5", "--run-dir", str(run_dir),
-               "--no-progress", "--no-tensorboard"]
+    command = [
+        str(Path(sys.executable).with_name("kd-env")),
+        "train",
+        "--import",
+        "my_kd_policies",
+        "--agent",
+        "first-teacher",
+        "--env",
+        ENV,
+        "--env-arg",
+        "epochs=1",
+        "--env-arg",
+        "max_steps_per_epoch=5",
+        "--run-dir",
+        str(run_dir),
+        "--no-progress",
+        "--no-tensorboard",
+    ]
     environment = {**os.environ, "PYTHONPATH": str(module_dir), "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -34,19 +34,31 @@ REPO = Path(__file__).resolve().parents[1]
 def _config(run_dir: Path, agent: str = "reinforce", **overrides: Any) -> dict[str, Any]:
     agent_kwargs = {"n_steps": 4} if agent == "reinforce" else {}
     config = {
-        "env_id": ENV, "agent": agent, "run_dir": str(run_dir), "env_kwargs": SHORT, "agent_kwargs": agent_kwargs,
-        "checkpoint_every": 3, "progress": False, "per_sample": agent in ("mtkd-rl",),
+        "env_id": ENV,
+        "agent": agent,
+        "run_dir": str(run_dir),
+        "env_kwargs": SHORT,
+        "agent_kwargs": agent_kwargs,
+        "checkpoint_every": 3,
+        "progress": False,
+        "per_sample": agent in ("mtkd-rl",),
     }
     return {**config, **overrides}
 
 
 def _run_killed(config: dict[str, Any], crash_at: str, resume: bool = False) -> subprocess.CompletedProcess[str]:
     """Run ``train`` in a child process that SIGKILLs itself at ``crash_at``; it must die there."""
-    script = "import json, sys\nfrom kd_env.run import RunConfig, train\ntrain(RunConfig(**json.loads(sys.argv[1])), resume=sys.argv[2] == '1')"
+    script = (
+        "import json, sys\nfrom kd_env.run import RunConfig, train\ntrain(RunConfig(**json.loads(sys.argv[1])), resume=sys.argv[2] == '1')"
+    )
     environment = {**os.environ, "KD_ENV_CRASH_AT": crash_at, "OMP_NUM_THREADS": "1"}
     process = subprocess.run(
         [sys.executable, "-c", script, json.dumps(config), "1" if resume else "0"],
-        env=environment, cwd=REPO, capture_output=True, text=True, timeout=600,
+        env=environment,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
     return process
@@ -68,7 +80,8 @@ def _same_run(resumed: RunResult, straight: RunResult) -> None:
 def _leftovers(run_dir: Path) -> list[str]:
     """Temporaries and unfinished checkpoint folders anywhere in a run folder."""
     return sorted(
-        str(path.relative_to(run_dir)) for path in run_dir.rglob("*")
+        str(path.relative_to(run_dir))
+        for path in run_dir.rglob("*")
         if path.name.endswith(".tmp") or path.name in (".checkpoints.incoming", ".checkpoints.old")
     )
 
@@ -188,8 +201,15 @@ def test_huge_raw_action_is_rolled_back_as_divergence():
 
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_diverging_run_writes_its_result(tmp_path, per_sample):
-    config = RunConfig(ENV, "reinforce", str(tmp_path / "run"), per_sample=per_sample,
-                       env_kwargs={**SHORT, "lr": 1e6}, agent_kwargs={"n_steps": 4}, progress=False)
+    config = RunConfig(
+        ENV,
+        "reinforce",
+        str(tmp_path / "run"),
+        per_sample=per_sample,
+        env_kwargs={**SHORT, "lr": 1e6},
+        agent_kwargs={"n_steps": 4},
+        progress=False,
+    )
     result = train(config)
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result.env_steps == 10 and saved["env_steps"] == 10
@@ -202,8 +222,13 @@ def test_diverging_run_writes_its_result(tmp_path, per_sample):
 def _sweep_runs(out: Path, checkpoint_every: int = 3) -> list[Any]:
     from kd_env.benchmark import Method, Preset, sweep
 
-    preset = Preset(env_id=ENV, methods=[Method("REINFORCE", "reinforce", agent_kwargs={"n_steps": 4})], seeds=[0],
-                    env_kwargs=SHORT, train_teachers=False)
+    preset = Preset(
+        env_id=ENV,
+        methods=[Method("REINFORCE", "reinforce", agent_kwargs={"n_steps": 4})],
+        seeds=[0],
+        env_kwargs=SHORT,
+        train_teachers=False,
+    )
     return sweep.plan(preset, out, checkpoint_every=checkpoint_every)
 
 
@@ -286,8 +311,16 @@ def _teacher_file(cache: Path) -> Path:
     torch.manual_seed(0)
     model = create_model("mlp", 10, 1, image_size=8)
     path = teacher_path("mlp", "synthetic", 0, cache)
-    meta = {"arch": "mlp", "dataset": "synthetic", "num_classes": 10, "in_channels": 1, "model_kwargs": {"image_size": 8},
-            "epochs": 1, "seed": 0, "test_acc": 0.5}
+    meta = {
+        "arch": "mlp",
+        "dataset": "synthetic",
+        "num_classes": 10,
+        "in_channels": 1,
+        "model_kwargs": {"image_size": 8},
+        "epochs": 1,
+        "seed": 0,
+        "test_acc": 0.5,
+    }
     return save_teacher(model, path, meta)
 
 
@@ -358,6 +391,7 @@ def test_cli_errors_are_one_message_without_traceback(tmp_path, capsys, monkeypa
     import kd_env.run as run
 
     for code, words in ((errno.EROFS, "read-only file system"), (errno.EACCES, "permission denied"), (errno.ENOSPC, "no space left")):
+
         def refuse(*args: Any, code: int = code, **kwargs: Any) -> None:
             raise OSError(code, os.strerror(code), str(tmp_path / "b" / "run.json"))
 

@@ -110,7 +110,7 @@ def test_frozen_policy_transfers_to_a_new_seed_and_student(trained_router):
         kd = env.unwrapped
         scores: list[float] = []
 
-        def record(step_record) -> None:
+        def record(step_record, kd=kd, frozen=frozen, scores=scores) -> None:  # bound now, called now
             if kd.engine.current is not None and kd.last_observation is not None:
                 scores.append(correct_weight(frozen.weights(kd.last_observation), kd.engine.current.labels))
             # frozen means deterministic: the applied weights are w(s) itself, rows on the simplex
@@ -317,15 +317,33 @@ def test_runner_trains_saves_and_evaluates_a_frozen_router(tmp_path):
     from kd_env.run import RunConfig, train
 
     env_kwargs = {"pool": "specialists", "reward_mode": "label_logprob", "epochs": 1, "max_steps_per_epoch": 6}
-    trained = train(RunConfig("MultiTeacherKD-Synthetic-v0", "router", str(tmp_path / "train"), env_kwargs=env_kwargs,
-                              total_steps=18, tensorboard=False, progress=False))
+    trained = train(
+        RunConfig(
+            "MultiTeacherKD-Synthetic-v0",
+            "router",
+            str(tmp_path / "train"),
+            env_kwargs=env_kwargs,
+            total_steps=18,
+            tensorboard=False,
+            progress=False,
+        )
+    )
     assert len(trained.episodes) == 3  # three student runs, one policy learning across them
     saved = tmp_path / "train" / "checkpoints" / "agent.pt"
     policy = MTKDRLPG.load(saved)
     assert policy.num_updates == 18 // policy.n_steps
-    frozen = train(RunConfig("MultiTeacherKD-Synthetic-v0", "router", str(tmp_path / "eval"), seed=11,
-                             env_kwargs={**env_kwargs, "student": "mlp"},
-                             agent_kwargs={"policy_path": str(saved), "learn": False}, tensorboard=False, progress=False))
+    frozen = train(
+        RunConfig(
+            "MultiTeacherKD-Synthetic-v0",
+            "router",
+            str(tmp_path / "eval"),
+            seed=11,
+            env_kwargs={**env_kwargs, "student": "mlp"},
+            agent_kwargs={"policy_path": str(saved), "learn": False},
+            tensorboard=False,
+            progress=False,
+        )
+    )
     assert len(frozen.episodes) == 1 and frozen.episodes[0]["final_test_acc"] >= 0
     evaluated = MTKDRLPG.load(tmp_path / "eval" / "checkpoints" / "agent.pt")
     assert evaluated.num_updates == 0 and not evaluated.learning
@@ -355,6 +373,7 @@ def test_unnormalised_advantages_keep_the_reward_scale():
     states, samples, rewards = tiny_batch()
     agent = tiny_agent(normalize_advantage=False)
     mean = agent.mean_log_weights(torch.tensor(states, dtype=torch.float32))[None].detach()
-    _, advantages = agent.policy_loss(mean, torch.tensor(samples[None], dtype=torch.float32), torch.tensor([0.5]),
-                                      torch.tensor(rewards[None], dtype=torch.float32))
+    _, advantages = agent.policy_loss(
+        mean, torch.tensor(samples[None], dtype=torch.float32), torch.tensor([0.5]), torch.tensor(rewards[None], dtype=torch.float32)
+    )
     np.testing.assert_allclose(advantages[0].numpy(), rewards - rewards.mean(), rtol=1e-6)

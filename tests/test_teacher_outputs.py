@@ -282,8 +282,9 @@ def test_two_processes_building_at_once_build_once(tmp_path):
     script.write_text(_BUILDER)
     marker = tmp_path / "builds.txt"
     processes = [
-        subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache"), str(marker)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / "cache"), str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for _ in range(2)
     ]
     outputs = [process.communicate(timeout=120) for process in processes]

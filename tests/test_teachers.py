@@ -235,7 +235,21 @@ def test_ensure_teacher_pool(tmp_path):
 
 
 def test_cli_train_and_list(tmp_path, capsys):
-    args = ["teachers", "train", "--dataset", "synthetic", "--arch", "mlp", "--arch", "cnn_w8", "--epochs", "1", "--cache-dir", str(tmp_path), "--no-progress"]
+    args = [
+        "teachers",
+        "train",
+        "--dataset",
+        "synthetic",
+        "--arch",
+        "mlp",
+        "--arch",
+        "cnn_w8",
+        "--epochs",
+        "1",
+        "--cache-dir",
+        str(tmp_path),
+        "--no-progress",
+    ]
     assert cli_main(args) == 0
     for arch in ("mlp", "cnn_w8"):
         meta = T.read_teacher_metadata(T.teacher_path(arch, "synthetic", cache_dir=tmp_path))

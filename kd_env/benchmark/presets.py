@@ -235,11 +235,11 @@ def paper_preset(protocol: str = "default") -> Preset:
             "MTKD-RL's CIFAR-100 comparison under the official protocol (all training images, best test "
             "epoch), MTKD-RL with and without --dynamic: a GPU job"
             if official
-            else "MTKD-RL's CIFAR-100 setup (4-teacher pool, 4 students, 240 epochs), every baseline as its "
-            "authors ran it: a GPU job"
+            else "MTKD-RL's CIFAR-100 setup (4-teacher pool, 4 students, 240 epochs), every baseline as its authors ran it: a GPU job"
         ),
         train_teachers=False,
     )
+
 
 PRESETS: dict[str, Preset] = {
     "quick": Preset(
@@ -263,7 +263,8 @@ PRESETS: dict[str, Preset] = {
     ),
     "suite-synthetic": Preset(
         env_id=SYNTHETIC_ID,
-        methods=[m for m in _REFERENCES if m.agent in ("oracle", "aver")] + [Method("CA-MKD (per-sample)", "camkd", per_sample=True, env_kwargs=_PER_SAMPLE)],
+        methods=[m for m in _REFERENCES if m.agent in ("oracle", "aver")]
+        + [Method("CA-MKD (per-sample)", "camkd", per_sample=True, env_kwargs=_PER_SAMPLE)],
         seeds=[0, 1],
         # KD weighted up (alpha 5, logit KD only) so that on 8x8 images, where CE alone does well,
         # whom the student trusts still decides the outcome

@@ -260,7 +260,7 @@ def _cell(text: str, limit: int = 400) -> str:
     text = " ".join(text.split())
     if len(text) > limit:
         first = text[: limit // 4]
-        text = f"{first} ... {text[-(limit - len(first)):]}"
+        text = f"{first} ... {text[-(limit - len(first)) :]}"
     return text.replace("|", "\\|")
 
 

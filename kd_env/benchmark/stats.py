@@ -171,9 +171,7 @@ def normalized_score(acc: np.ndarray | float, low: np.ndarray | float, high: np.
     return (acc - low) / span
 
 
-def normalize(
-    score_dict: Mapping[str, np.ndarray], low: str, high: str, tasks: Sequence[str] | None = None
-) -> dict[str, np.ndarray]:
+def normalize(score_dict: Mapping[str, np.ndarray], low: str, high: str, tasks: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """Normalise every method's raw scores per task by :func:`normalized_score`.
 
     ``low`` and ``high`` name the reference methods (``"AVER"`` and the oracle): per task, low is
@@ -281,9 +279,7 @@ def _stratified_statistic(metric: Metric) -> Callable[..., Any]:
     return statistic
 
 
-def interval_estimate(
-    scores: np.ndarray, metric: Metric = iqm, reps: int = 2000, confidence: float = 0.95, seed: int = 0
-) -> Estimate:
+def interval_estimate(scores: np.ndarray, metric: Metric = iqm, reps: int = 2000, confidence: float = 0.95, seed: int = 0) -> Estimate:
     """``metric(scores)`` with its stratified-bootstrap percentile confidence interval."""
     scores = _checked({"scores": scores}, min_runs=2)["scores"]
     columns = [scores[:, task] for task in range(scores.shape[1])]
@@ -344,9 +340,7 @@ def probability_of_improvement(x: np.ndarray, y: np.ndarray) -> float:
     return float(_probability_of_improvement(*arrays))
 
 
-def probability_of_improvement_ci(
-    x: np.ndarray, y: np.ndarray, reps: int = 2000, confidence: float = 0.95, seed: int = 0
-) -> Estimate:
+def probability_of_improvement_ci(x: np.ndarray, y: np.ndarray, reps: int = 2000, confidence: float = 0.95, seed: int = 0) -> Estimate:
     """:func:`probability_of_improvement` with a stratified-bootstrap percentile CI.
 
     X's and Y's runs are resampled independently of each other and within each task (rliable's
@@ -423,10 +417,7 @@ def performance_profile(
     taus = default_taus(arrays) if taus is None else np.asarray(taus, dtype=float)
     profiles: dict[str, Profile] = {}
     for name, scores in arrays.items():
-        estimates = [
-            interval_estimate(scores, lambda s, tau=tau: run_score_distribution(s, tau), reps, confidence, seed)
-            for tau in taus
-        ]
+        estimates = [interval_estimate(scores, lambda s, tau=tau: run_score_distribution(s, tau), reps, confidence, seed) for tau in taus]
         profiles[name] = Profile(
             taus=taus,
             point=np.array([e.point for e in estimates]),
@@ -468,9 +459,7 @@ def plot_interval_estimates(
     metrics = list(next(iter(estimates.values()))) if metrics is None else list(metrics)
     colors = plt.cm.tab10(np.arange(len(competitors)) % 10)
     rows = np.arange(len(names))[::-1]  # the first method on top
-    figure, axes = plt.subplots(
-        1, len(metrics), figsize=(3.2 * len(metrics) + 1.5, 0.4 * len(names) + 1.2), sharey=True, squeeze=False
-    )
+    figure, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics) + 1.5, 0.4 * len(names) + 1.2), sharey=True, squeeze=False)
     for axis, metric in zip(axes[0], metrics):
         for row, name in zip(rows, names):
             estimate = estimates[name][metric]
@@ -488,9 +477,7 @@ def plot_interval_estimates(
     plt.close(figure)
 
 
-def plot_performance_profiles(
-    profiles: Mapping[str, Profile], path: str | Path, references: Iterable[str] = frozenset()
-) -> None:
+def plot_performance_profiles(profiles: Mapping[str, Profile], path: str | Path, references: Iterable[str] = frozenset()) -> None:
     """Performance profiles: fraction of runs with normalised score > tau, with CI bands.
 
     Competitors are solid coloured lines, reference methods dashed grey-scale ones. Written as PNG
@@ -505,9 +492,7 @@ def plot_performance_profiles(
     colors = plt.cm.tab10(np.arange(len(competitors)) % 10)
     greys = [str(v) for v in np.linspace(0.0, 0.6, max(len(refs), 1))]
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    for name, color, style in [(n, c, "-") for n, c in zip(competitors, colors)] + [
-        (n, g, "--") for n, g in zip(refs, greys)
-    ]:
+    for name, color, style in [(n, c, "-") for n, c in zip(competitors, colors)] + [(n, g, "--") for n, g in zip(refs, greys)]:
         profile = profiles[name]
         axis.plot(profile.taus, profile.point, style, color=color, label=name, linewidth=1.5)
         axis.fill_between(profile.taus, profile.low, profile.high, color=color, alpha=0.15, linewidth=0)

@@ -76,10 +76,7 @@ class BatchTransform:
         return self.crop_padding > 0 or self.horizontal_flip
 
     def __repr__(self) -> str:
-        return (
-            f"BatchTransform(mean={self.mean}, std={self.std}, crop_padding={self.crop_padding}, "
-            f"horizontal_flip={self.horizontal_flip})"
-        )
+        return f"BatchTransform(mean={self.mean}, std={self.std}, crop_padding={self.crop_padding}, horizontal_flip={self.horizontal_flip})"
 
     def __call__(
         self,
@@ -108,8 +105,7 @@ class BatchTransform:
         if train and self.augments:
             if generator is not None and generator.device.type != x.device.type:
                 raise ValueError(
-                    f"generator is on {generator.device} but the images are on {x.device}; "
-                    "create the generator on the images' device"
+                    f"generator is on {generator.device} but the images are on {x.device}; create the generator on the images' device"
                 )
             if self.crop_padding > 0:
                 x = self._random_crop(x, generator)

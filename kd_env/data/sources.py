@@ -179,8 +179,7 @@ def _atomic_write_from(source: Path, target: Path) -> None:
                 shutil.copyfileobj(src, out, length=1 << 20)
             except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # the source, not the target
                 raise DataFileError(
-                    f"{source} cannot be decompressed ({type(exc).__name__}: {exc}): it is truncated or corrupt. "
-                    + _replace_advice(source)
+                    f"{source} cannot be decompressed ({type(exc).__name__}: {exc}): it is truncated or corrupt. " + _replace_advice(source)
                 ) from None
         # mkstemp creates 0600; a shared cache should be readable by other users' runs.
         os.chmod(tmp_name, 0o644)
@@ -235,10 +234,7 @@ def _how_to_provide(name: str, download_target: Path) -> str:
         extra = ["  - on Debian/Ubuntu: apt-get install dataset-fashion-mnist (found automatically)"]
     else:
         cls = _cifar_class(name, verify_checksums=True)
-        layout = (
-            f"<folder>/{cls.base_folder}/ with {', '.join(_cifar_files(cls))} "
-            f"(extract {cls.filename} from {cls.url} into the folder)"
-        )
+        layout = f"<folder>/{cls.base_folder}/ with {', '.join(_cifar_files(cls))} (extract {cls.filename} from {cls.url} into the folder)"
         extra = []
     lines = [
         "How to provide the files:",
@@ -410,18 +406,22 @@ def _read_fashion(root: Path, verify_checksums: bool = True) -> RawDataset:
         )
     if verify_checksums:
         arrays = {
-            "train-images-idx3-ubyte": train.data, "train-labels-idx1-ubyte": train.targets,
-            "t10k-images-idx3-ubyte": test.data, "t10k-labels-idx1-ubyte": test.targets,
+            "train-images-idx3-ubyte": train.data,
+            "train-labels-idx1-ubyte": train.targets,
+            "t10k-images-idx3-ubyte": test.data,
+            "t10k-labels-idx1-ubyte": test.targets,
         }
         bad = [
-            name for name, array in arrays.items()
+            name
+            for name, array in arrays.items()
             if hashlib.sha256(array.to(torch.uint8).contiguous().numpy().tobytes()).hexdigest() != FASHION_MNIST_SHA256[name]
         ]
         if bad:
             raise DataFileError(
                 f"the content of {', '.join(str(raw / name) for name in bad)} differs from the Fashion-MNIST release "
                 "(SHA-256 of the decompressed array): the file is damaged or not the original. "
-                + _replace_advice(raw / bad[0]) + "; for files you made yourself, pass verify_checksums=False"
+                + _replace_advice(raw / bad[0])
+                + "; for files you made yourself, pass verify_checksums=False"
             )
     # torchvision's MNIST readers already return uint8 [N, H, W] tensors: add the channel axis.
     return RawDataset(

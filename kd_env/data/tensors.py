@@ -76,9 +76,7 @@ class DatasetSplits:
             if images.dtype != torch.uint8 or images.ndim != 4:
                 raise ValueError(f"{part}_images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}")
             if labels.dtype != torch.int64 or labels.shape != images.shape[:1]:
-                raise ValueError(
-                    f"{part}_labels must be int64 [{images.shape[0]}], got {labels.dtype} {tuple(labels.shape)}"
-                )
+                raise ValueError(f"{part}_labels must be int64 [{images.shape[0]}], got {labels.dtype} {tuple(labels.shape)}")
             if images.shape[1:] != self.train_images.shape[1:]:
                 raise ValueError(f"{part}_images shape {tuple(images.shape[1:])} differs from the train images")
         if len(self.mean) != self.image_shape[0] or len(self.std) != self.image_shape[0]:
@@ -210,9 +208,7 @@ def make_synthetic(
     def sample(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Balanced labels (i mod K), then shuffled so batches are mixed.
         labels = (torch.arange(n) % num_classes)[torch.randperm(n, generator=generator)]
-        pixels = prototypes[labels] + noise * torch.randn(
-            n, channels, image_size, image_size, generator=generator
-        )
+        pixels = prototypes[labels] + noise * torch.randn(n, channels, image_size, image_size, generator=generator)
         images = (pixels.clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
         return images, labels.to(torch.int64)
 
@@ -282,9 +278,7 @@ def load_dataset(
         class_names = raw.class_names
         num_classes = len(class_names)
 
-    train_images, train_labels, val_images, val_labels = split_train_val(
-        raw.train_images, raw.train_labels, val_fraction, split_seed
-    )
+    train_images, train_labels, val_images, val_labels = split_train_val(raw.train_images, raw.train_labels, val_fraction, split_seed)
     if name == "synthetic":
         # Stats of the training part only: the validation and test parts must not leak in.
         mean, std = _channel_stats(train_images)

@@ -35,10 +35,6 @@ class FeatureAdapter(nn.Module):
         return F.relu(self.bn(self.conv(student_map)))
 
 
-def build_adapters(
-    student_channels: int, teacher_shapes: list[tuple[int, int, int]]
-) -> nn.ModuleList:
+def build_adapters(student_channels: int, teacher_shapes: list[tuple[int, int, int]]) -> nn.ModuleList:
     """One adapter per teacher, from the teachers' feature-map shapes ``(C, H, W)``."""
-    return nn.ModuleList(
-        FeatureAdapter(student_channels, channels, (height, width)) for channels, height, width in teacher_shapes
-    )
+    return nn.ModuleList(FeatureAdapter(student_channels, channels, (height, width)) for channels, height, width in teacher_shapes)

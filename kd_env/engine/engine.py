@@ -193,12 +193,10 @@ class DistillationEngine:
         self.teachers = [self._freeze(teacher) for teacher in teachers]
         for teacher in self.teachers:
             if teacher.num_classes != data.num_classes:
-                raise ValueError(
-                    f"a teacher predicts {teacher.num_classes} classes but {data.name} has {data.num_classes}"
-                )
+                raise ValueError(f"a teacher predicts {teacher.num_classes} classes but {data.name} has {data.num_classes}")
         augment = self.config.augment
-        augmentation = default_augmentation(data.name) if augment is None else (
-            {"crop_padding": 4, "horizontal_flip": True} if augment else {}
+        augmentation = (
+            default_augmentation(data.name) if augment is None else ({"crop_padding": 4, "horizontal_flip": True} if augment else {})
         )
         self.augmenting = bool(augmentation)
         self.train_transform = BatchTransform(data.mean, data.std, **augmentation)
@@ -293,8 +291,11 @@ class DistillationEngine:
                 self._teacher_output_chunks,
                 cache_dir=self.config.cache_dir,
                 teacher_names=self.teacher_names,
-                build_info={"device": self.device.type, "batch_size": self.config.eval_batch_size,
-                            "channels_last": self.config.channels_last},
+                build_info={
+                    "device": self.device.type,
+                    "batch_size": self.config.eval_batch_size,
+                    "channels_last": self.config.channels_last,
+                },
             )
         except TeacherStoreUnavailable as exc:
             logger.warning("%s; holding the teacher outputs in memory for this run instead", exc.strerror or exc)
@@ -323,9 +324,7 @@ class DistillationEngine:
             torch.manual_seed(seed)
             student = self.student_factory().to(self.device, memory_format=self.student_format)
             adapters = (
-                build_adapters(student.feature_channels, self.teacher_shapes).to(self.device)
-                if self.config.feature_kd
-                else nn.ModuleList()
+                build_adapters(student.feature_channels, self.teacher_shapes).to(self.device) if self.config.feature_kd else nn.ModuleList()
             )
         self.student = student.train()
         self.adapters = adapters.train()
@@ -338,9 +337,7 @@ class DistillationEngine:
             weight_decay=self.config.weight_decay,
         )
         milestones = sorted({max(1, round(fraction * self.config.epochs)) for fraction in self.config.lr_decay_at})
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, milestones=milestones, gamma=self.config.lr_decay_rate
-        )
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=milestones, gamma=self.config.lr_decay_rate)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.epoch = 0
         self.global_step = 0
@@ -356,9 +353,7 @@ class DistillationEngine:
         return self.current
 
     def _new_epoch_order(self) -> list[torch.Tensor]:
-        order = batch_indices(
-            int(self.data.train_labels.shape[0]), self.config.batch_size, self.generator, shuffle=True, drop_last=True
-        )
+        order = batch_indices(int(self.data.train_labels.shape[0]), self.config.batch_size, self.generator, shuffle=True, drop_last=True)
         return order[: self.steps_per_epoch]
 
     def _prepare(self) -> StepBatch:
@@ -372,11 +367,7 @@ class DistillationEngine:
         elif self._teacher_cache is not None:
             teacher_logits = self._teacher_cache["logits"][:, indices]
             teacher_embeddings = [embedding[indices] for embedding in self._teacher_cache["embeddings"]]
-            teacher_maps = (
-                [feature_map[indices] for feature_map in self._teacher_cache["feature_maps"]]
-                if self.config.feature_kd
-                else []
-            )
+            teacher_maps = [feature_map[indices] for feature_map in self._teacher_cache["feature_maps"]] if self.config.feature_kd else []
         else:
             teacher_logits, teacher_embeddings, teacher_maps = self._teacher_outputs(images)
         assert self.student is not None and self.adapters is not None
@@ -390,13 +381,9 @@ class DistillationEngine:
         if self.config.feature_kd:
             adapted = [adapter(student_output.feature_map) for adapter in self.adapters]
             # one loop over teachers is unavoidable here: each adapter has its own channel count
-            feature_mse = torch.stack(
-                [per_sample_feature_mse(a, t) for a, t in zip(adapted, teacher_maps)], dim=1
-            )
+            feature_mse = torch.stack([per_sample_feature_mse(a, t) for a, t in zip(adapted, teacher_maps)], dim=1)
             with torch.no_grad():
-                cosine = torch.stack(
-                    [feature_cosine(a.mean(dim=(2, 3)), e) for a, e in zip(adapted, teacher_embeddings)], dim=1
-                )
+                cosine = torch.stack([feature_cosine(a.mean(dim=(2, 3)), e) for a, e in zip(adapted, teacher_embeddings)], dim=1)
             if self.config.feature_term == "camkd":
                 head_weights = self._camkd_feature_weights(adapted, labels)
         return StepBatch(
@@ -426,9 +413,7 @@ class DistillationEngine:
         return (1.0 - torch.softmax(head_ce, dim=1)) / (self.num_teachers - 1)
 
     # ------------------------------------------------------------------ the step
-    def step(
-        self, logit_weights: torch.Tensor, feature_weights: torch.Tensor | None = None
-    ) -> StepResult:
+    def step(self, logit_weights: torch.Tensor, feature_weights: torch.Tensor | None = None) -> StepResult:
         """Update the student on the prepared batch with the given teacher weights.
 
         Args:
@@ -666,14 +651,10 @@ class DistillationEngine:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; the prepared batch is rebuilt exactly as it was."""
         if list(state.get("teacher_names", [])) != self.teacher_names:
-            raise ValueError(
-                f"checkpoint was made with teachers {state.get('teacher_names')}, this engine has {self.teacher_names}"
-            )
+            raise ValueError(f"checkpoint was made with teachers {state.get('teacher_names')}, this engine has {self.teacher_names}")
         for key in ("batch_size", "epochs", "feature_kd", "max_steps_per_epoch"):
             if state["config"].get(key) != getattr(self.config, key):
-                raise ValueError(
-                    f"checkpoint has {key}={state['config'].get(key)!r}, this engine has {getattr(self.config, key)!r}"
-                )
+                raise ValueError(f"checkpoint has {key}={state['config'].get(key)!r}, this engine has {getattr(self.config, key)!r}")
         self.reset(seed=0)  # builds student, adapters, optimizer, schedule of the right shapes
         assert self.student is not None and self.adapters is not None
         self.student.load_state_dict(state["student"])

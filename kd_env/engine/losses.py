@@ -38,9 +38,7 @@ def per_sample_entropy(logits: torch.Tensor, temperature: float = 1.0) -> torch.
     return entropy.transpose(0, 1) if logits.dim() == 3 else entropy
 
 
-def per_sample_kd_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0
-) -> torch.Tensor:
+def per_sample_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
     """Hinton KD per sample and teacher: ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``.
 
     This is MTKD-RL's ``DistillKL(unreduce=True)`` and CA-MKD's ``DistillKL(is_ca=True)``.

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-from kd_env.envs.batch_env import MultiTeacherKDEnv
 from kd_env.envs.assembly import StudentFactory, TeacherSetupError
-from kd_env.envs.settings import DATASET_DEFAULTS, KDEnvSettings
+from kd_env.envs.batch_env import MultiTeacherKDEnv
 from kd_env.envs.per_sample_env import PerSampleKDVectorEnv
+from kd_env.envs.settings import DATASET_DEFAULTS, KDEnvSettings
 
 ENV_IDS: dict[str, str] = {
     "MultiTeacherKD-CIFAR100-v0": "cifar100",

@@ -38,7 +38,12 @@ def _pool_teachers(settings: KDEnvSettings, data: DatasetSplits) -> tuple[list[K
     pool = settings.pool or "capacity"
     try:
         members = ensure_pool(
-            pool, data, seed=settings.teacher_seed, cache_dir=settings.cache_dir, train_missing=_train_missing(settings), device=settings.device
+            pool,
+            data,
+            seed=settings.teacher_seed,
+            cache_dir=settings.cache_dir,
+            train_missing=_train_missing(settings),
+            device=settings.device,
         )
     except TeacherNotFoundError as exc:
         raise TeacherSetupError(

@@ -97,9 +97,7 @@ def supported_render_mode(render_mode: str | None, supported: list[str], owner: 
     if render_mode is None or render_mode in supported:
         return render_mode
     shown = supported or "no modes"
-    gym.logger.warn(
-        f"{owner} cannot render render_mode={render_mode!r} (it supports {shown}); rendering is off and render() returns None"
-    )
+    gym.logger.warn(f"{owner} cannot render render_mode={render_mode!r} (it supports {shown}); rendering is off and render() returns None")
     return None
 
 

@@ -159,7 +159,9 @@ class KDEnvSettings:
             if not isinstance(value, str) and not (value is None and name in _OPTIONAL):
                 raise TypeError(f"{name} must be a string, got {value!r}")
         if self.teachers is not None and (
-            isinstance(self.teachers, str) or not isinstance(self.teachers, (list, tuple)) or not self.teachers
+            isinstance(self.teachers, str)
+            or not isinstance(self.teachers, (list, tuple))
+            or not self.teachers
             or not all(isinstance(t, str) for t in self.teachers)
         ):
             raise TypeError(f"teachers must be a non-empty list of names or paths, e.g. ['mlp', 'cnn_w8'], got {self.teachers!r}")
@@ -191,10 +193,43 @@ class KDEnvSettings:
         return DATASET_DEFAULTS[self.dataset][key] if value is None else value
 
 
-_OPTIONAL = {"student", "pool", "epochs", "batch_size", "lr", "data_root", "cache_dir", "train_teachers", "augment", "max_steps_per_epoch", "train_size"}
+_OPTIONAL = {
+    "student",
+    "pool",
+    "epochs",
+    "batch_size",
+    "lr",
+    "data_root",
+    "cache_dir",
+    "train_teachers",
+    "augment",
+    "max_steps_per_epoch",
+    "train_size",
+}
 _BOOL_FIELDS = ("download", "verify_checksums", "train_teachers", "feature_kd", "augment", "teacher_store")
-_STR_FIELDS = ("dataset", "student", "pool", "device", "data_root", "cache_dir", "reward_mode", "action_mode", "store_dtype", "protocol", "feature_term")
-_INT_MINIMUM = {"epochs": 1, "batch_size": 2, "max_steps_per_epoch": 1, "probe_size": 1, "teacher_seed": 0, "split_seed": 0, "train_size": 2, "feature_kd_from_epoch": 0}
+_STR_FIELDS = (
+    "dataset",
+    "student",
+    "pool",
+    "device",
+    "data_root",
+    "cache_dir",
+    "reward_mode",
+    "action_mode",
+    "store_dtype",
+    "protocol",
+    "feature_term",
+)
+_INT_MINIMUM = {
+    "epochs": 1,
+    "batch_size": 2,
+    "max_steps_per_epoch": 1,
+    "probe_size": 1,
+    "teacher_seed": 0,
+    "split_seed": 0,
+    "train_size": 2,
+    "feature_kd_from_epoch": 0,
+}
 # name -> (minimum or None, strictly greater)
 _FLOAT_MINIMUM: dict[str, tuple[float | None, bool]] = {
     "lr": (0.0, True),

@@ -5,9 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 
-def conv_bn(
-    in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, groups: int = 1, relu: bool = True
-) -> nn.Sequential:
+def conv_bn(in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, groups: int = 1, relu: bool = True) -> nn.Sequential:
     """``Conv(bias=False) -> BN [-> ReLU]`` with 'same' padding for odd kernels.
 
     The conv has no bias because the following BatchNorm's shift makes it redundant.

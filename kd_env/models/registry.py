@@ -7,7 +7,8 @@ import ``register_model`` without a circular import through the package ``__init
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from kd_env.models.base import KDModel
 
@@ -35,9 +36,7 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def create_model(
-    name: str, num_classes: int = 100, in_channels: int = 3, image_size: int | None = None, **kwargs: Any
-) -> KDModel:
+def create_model(name: str, num_classes: int = 100, in_channels: int = 3, image_size: int | None = None, **kwargs: Any) -> KDModel:
     """Build the registered model ``name``.
 
     Args:

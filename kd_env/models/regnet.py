@@ -46,9 +46,7 @@ class SqueezeExcite(nn.Module):
 class XBlock(nn.Module):
     """RegNet X/Y residual bottleneck block with grouped 3x3 conv (and optional SE)."""
 
-    def __init__(
-        self, in_ch: int, out_ch: int, stride: int, group_width: int, bottleneck_ratio: float, se_ratio: float
-    ) -> None:
+    def __init__(self, in_ch: int, out_ch: int, stride: int, group_width: int, bottleneck_ratio: float, se_ratio: float) -> None:
         super().__init__()
         mid = int(round(out_ch * bottleneck_ratio))
         layers: list[nn.Module] = [
@@ -60,9 +58,7 @@ class XBlock(nn.Module):
             layers.append(SqueezeExcite(mid, int(round(in_ch * se_ratio))))
         layers.append(conv_bn(mid, out_ch, 1, relu=False))
         self.body = nn.Sequential(*layers)
-        self.shortcut: nn.Module = (
-            conv_bn(in_ch, out_ch, 1, stride, relu=False) if stride != 1 or in_ch != out_ch else nn.Identity()
-        )
+        self.shortcut: nn.Module = conv_bn(in_ch, out_ch, 1, stride, relu=False) if stride != 1 or in_ch != out_ch else nn.Identity()
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -84,9 +80,7 @@ class CifarRegNet(KDModel):
             blocks: list[nn.Module] = []
             for i in range(depth):
                 block_stride = stride if i == 0 else 1
-                blocks.append(
-                    XBlock(prev, width, block_stride, cfg.group_width, cfg.bottleneck_ratio, cfg.se_ratio)
-                )
+                blocks.append(XBlock(prev, width, block_stride, cfg.group_width, cfg.bottleneck_ratio, cfg.se_ratio))
                 prev = width
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)

@@ -7,7 +7,7 @@ variants use ``[32, 64, 128, 256]``. A 32x32 input gives an 8x8 final map.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -27,11 +27,7 @@ class BasicBlock(nn.Module):
             conv_bn(out_ch, out_ch, 3, 1, relu=False),
         )
         # Projection shortcut (1x1 conv + BN, "option B") whenever the shape changes.
-        self.shortcut: nn.Module = (
-            conv_bn(in_ch, out_ch, 1, stride, relu=False)
-            if stride != 1 or in_ch != out_ch
-            else nn.Identity()
-        )
+        self.shortcut: nn.Module = conv_bn(in_ch, out_ch, 1, stride, relu=False) if stride != 1 or in_ch != out_ch else nn.Identity()
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,9 +46,7 @@ class CifarResNet(KDModel):
     ``feature_map`` is the (ReLU-ed) output of the last stage, ``channels[3]`` channels.
     """
 
-    def __init__(
-        self, depth: int, channels: Sequence[int], num_classes: int = 100, in_channels: int = 3
-    ) -> None:
+    def __init__(self, depth: int, channels: Sequence[int], num_classes: int = 100, in_channels: int = 3) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")

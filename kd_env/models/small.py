@@ -28,9 +28,7 @@ class MLP(KDModel):
         hidden: hidden width (= ``feature_channels``).
     """
 
-    def __init__(
-        self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, hidden: int = 256
-    ) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, hidden: int = 256) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.in_channels = in_channels

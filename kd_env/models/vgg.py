@@ -7,7 +7,7 @@ so a 32x32 input gives a 4x4 final map; one linear classifier on the pooled 512-
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

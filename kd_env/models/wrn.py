@@ -29,9 +29,7 @@ class PreActBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1, bias=False)
         self.drop_rate = drop_rate
-        self.shortcut: nn.Module | None = (
-            nn.Conv2d(in_ch, out_ch, 1, stride, 0, bias=False) if stride != 1 or in_ch != out_ch else None
-        )
+        self.shortcut: nn.Module | None = nn.Conv2d(in_ch, out_ch, 1, stride, 0, bias=False) if stride != 1 or in_ch != out_ch else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = F.relu(self.bn1(x))
@@ -78,12 +76,7 @@ class WideResNet(KDModel):
         for i, stride in enumerate((1, 2, 2)):
             in_ch, out_ch = widths[i], widths[i + 1]
             stages.append(
-                nn.Sequential(
-                    *[
-                        PreActBlock(in_ch if j == 0 else out_ch, out_ch, stride if j == 0 else 1, drop_rate)
-                        for j in range(n)
-                    ]
-                )
+                nn.Sequential(*[PreActBlock(in_ch if j == 0 else out_ch, out_ch, stride if j == 0 else 1, drop_rate) for j in range(n)])
             )
         self.stages = nn.Sequential(*stages)
         self.final_bn = nn.BatchNorm2d(widths[3])

@@ -86,4 +86,5 @@ __all__ = [
     "teachers_dir",
     "train_command",
     "train_teacher",
+    "verify_teacher",
 ]

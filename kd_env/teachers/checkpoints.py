@@ -89,10 +89,8 @@ def teacher_path(name: str, dataset: str, seed: int = 0, cache_dir: str | os.Pat
     return teachers_dir(cache_dir) / dataset / f"{name}-s{int(seed)}.pt"
 
 
-
 def _partial_path(path: Path) -> Path:
     return path.with_name(path.name[: -len(".pt")] + ".partial.pt" if path.name.endswith(".pt") else path.name + ".partial.pt")
-
 
 
 def train_command(
@@ -115,7 +113,6 @@ def train_command(
     if force:
         parts.append("--force")
     return shlex.join(parts)
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,7 +222,9 @@ def _guess_train_command(path: Path, expected_arch: str | None, expected_dataset
     return train_command(dataset or "<dataset>", [arch or "<arch>"], seed=seed, cache_dir=cache_dir, force=path.exists())
 
 
-def _read_checkpoint(path: Path, expected_arch: str | None = None, expected_dataset: str | None = None, *, mmap: bool = False) -> dict[str, Any]:
+def _read_checkpoint(
+    path: Path, expected_arch: str | None = None, expected_dataset: str | None = None, *, mmap: bool = False
+) -> dict[str, Any]:
     if not path.is_file():
         raise TeacherNotFoundError(
             f"teacher checkpoint {str(path)!r} does not exist. Train it with:\n"
@@ -339,13 +338,10 @@ def load_teacher(
             )
     _check_digest(path, meta, state_dict, expected_arch, expected_dataset)
     if expected_arch is not None and meta["arch"] != expected_arch:
-        raise TeacherMismatchError(
-            f"teacher checkpoint {str(path)!r} holds arch {meta['arch']!r}, expected arch {expected_arch!r}"
-        )
+        raise TeacherMismatchError(f"teacher checkpoint {str(path)!r} holds arch {meta['arch']!r}, expected arch {expected_arch!r}")
     if expected_dataset is not None and meta["dataset"] != expected_dataset:
         raise TeacherMismatchError(
-            f"teacher checkpoint {str(path)!r} was trained on dataset {meta['dataset']!r}, "
-            f"expected dataset {expected_dataset!r}"
+            f"teacher checkpoint {str(path)!r} was trained on dataset {meta['dataset']!r}, expected dataset {expected_dataset!r}"
         )
     try:
         model = create_model(

@@ -228,7 +228,9 @@ def ensure_pool(
             if all(recipe is not None for _, _, recipe in missing)
             else "Check the paths given to kd_env.register_pool."
         )
-        raise TeacherNotFoundError(f"{len(missing)} of {len(members)} teachers of pool {name!r} ({splits.name}) are missing:\n{listing}\n{fix}")
+        raise TeacherNotFoundError(
+            f"{len(missing)} of {len(members)} teachers of pool {name!r} ({splits.name}) are missing:\n{listing}\n{fix}"
+        )
     for _, path, recipe in missing:
         assert recipe is not None
         train_pool_member(recipe, splits, path, device=device, progress=progress)

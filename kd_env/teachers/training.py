@@ -75,9 +75,7 @@ def predict_classes(
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long, device=images.device)
 
 
-def accuracy_by_class_group(
-    predictions: torch.Tensor, labels: torch.Tensor, classes: Sequence[int] | None
-) -> dict[str, float | None]:
+def accuracy_by_class_group(predictions: torch.Tensor, labels: torch.Tensor, classes: Sequence[int] | None) -> dict[str, float | None]:
     """Accuracy on the true labels: overall, on ``classes`` (its own) and on the other classes.
 
     ``None`` where a group is empty (a teacher trained on every class has no "rest").
@@ -88,7 +86,11 @@ def accuracy_by_class_group(
     def mean(mask: torch.Tensor) -> float | None:
         return float(correct[mask].mean()) if bool(mask.any()) else None
 
-    own = torch.ones_like(labels, dtype=torch.bool) if classes is None else torch.isin(labels, torch.as_tensor(list(classes), device=labels.device))
+    own = (
+        torch.ones_like(labels, dtype=torch.bool)
+        if classes is None
+        else torch.isin(labels, torch.as_tensor(list(classes), device=labels.device))
+    )
     return {"acc": mean(torch.ones_like(own)), "acc_own": mean(own), "acc_rest": mean(~own)}
 
 
@@ -148,7 +150,12 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 def _restore_partial(
-    partial: Path, config: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, device: torch.device
+    partial: Path,
+    config: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    device: torch.device,
 ) -> _Progress:
     """Load an interrupted run's state into ``model``/``optimizer``/``generator`` (raises if it
     does not belong to this run)."""
@@ -173,7 +180,13 @@ def _restore_partial(
 
 
 def _save_partial(
-    partial: Path, config: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, generator: torch.Generator, device: torch.device, progress: _Progress
+    partial: Path,
+    config: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    device: torch.device,
+    progress: _Progress,
 ) -> None:
     atomic_torch_save(
         {
@@ -362,14 +375,18 @@ def train_teacher(
 
     eval_kwargs = {"batch_size": eval_batch_size, "channels_last": use_channels_last}
     has_val = int(data.val_x.shape[0]) > 0
-    bar = tqdm(total=epochs, initial=state.epoch, desc=f"{data_recipe.name}@{dataset_name}", unit="ep", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=epochs, initial=state.epoch, desc=f"{data_recipe.name}@{dataset_name}", unit="ep", disable=not progress, dynamic_ncols=True
+    )
     started = time.perf_counter() - state.elapsed
     try:
         for epoch in range(state.epoch, epochs):
             epoch_lr = lr_for_epoch(lr, epoch, epochs)
             for group in optimizer.param_groups:
                 group["lr"] = epoch_lr
-            train_loss = _train_epoch(model, optimizer, data, transform, generator, batch_size, use_channels_last, f"epoch {epoch + 1}", progress)
+            train_loss = _train_epoch(
+                model, optimizer, data, transform, generator, batch_size, use_channels_last, f"epoch {epoch + 1}", progress
+            )
             if not torch.isfinite(torch.tensor(train_loss)):
                 raise FloatingPointError(f"training {arch} diverged at epoch {epoch + 1} (loss {train_loss})")
             # no validation split (val_fraction=0): keep the last epoch
@@ -400,7 +417,9 @@ def train_teacher(
         "test_acc_rest": test["acc_rest"],
         "mean": [float(m) for m in torch.as_tensor(splits.mean).flatten().tolist()],
         "std": [float(s) for s in torch.as_tensor(splits.std).flatten().tolist()],
-        "augmentation": {k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in default_augmentation(dataset_name).items()},
+        "augmentation": {
+            k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in default_augmentation(dataset_name).items()
+        },
         "history": state.history,
         "train_time_s": time.perf_counter() - started,
         "device": str(device),
@@ -409,5 +428,7 @@ def train_teacher(
     with contextlib.suppress(FileNotFoundError):
         partial.unlink()
     if progress:
-        print(f"[kd_env] {data_recipe.name} on {dataset_name}: val acc {state.best_val:.4f} (epoch {state.best_epoch}), test acc {metadata['test_acc']:.4f} -> {path}")
+        print(
+            f"[kd_env] {data_recipe.name} on {dataset_name}: val acc {state.best_val:.4f} (epoch {state.best_epoch}), test acc {metadata['test_acc']:.4f} -> {path}"
+        )
     return path
