@@ -108,21 +108,22 @@ _REFERENCES = [
     Method("No KD", "no-kd", env_kwargs=_RULE, reference=True),
 ]
 
-# in the order the sweep runs them (method by method): the per-sample methods first
+# in the order the sweep runs them (method by method): the per-sample router and rules and the
+# published agent first, so that a sweep cut short keeps the comparisons that matter most
 _SUITE_COMPETITORS = [
     # issue #10: per-sample routing by a true policy gradient on the paper's state, rewarded by
     # the log-probability the weighted teachers give the true label (agents/mtkd_rl_pg.py)
     Method("Router (per-sample)", "router", per_sample=True, env_kwargs=_LABEL_CREDIT),
-    Method("MTKD-RL-PG", "mtkd-rl-pg", per_sample=True, env_kwargs=_LABEL_CREDIT),
     Method("CA-MKD (per-sample)", "camkd", per_sample=True, env_kwargs=_PER_SAMPLE),
     Method("EBKD (per-sample)", "ebkd", per_sample=True, env_kwargs=_PER_SAMPLE),
+    Method("MTKD-RL", "mtkd-rl", per_sample=True, env_kwargs=_PER_SAMPLE),
     Method("AEKD", "aekd", env_kwargs=_RULE),
     Method("Random Dirichlet", "random", env_kwargs=_RULE),
-    Method("MTKD-RL", "mtkd-rl", per_sample=True, env_kwargs=_PER_SAMPLE),
-    Method("REINFORCE (per-sample)", "reinforce", per_sample=True, env_kwargs=_PER_SAMPLE),
-    Method("PPO (per-sample)", "ppo", per_sample=True, env_kwargs=_PER_SAMPLE),
     Method("EBKD", "ebkd", env_kwargs=_RULE),
     Method("CA-MKD", "camkd", env_kwargs=_RULE),
+    Method("MTKD-RL-PG", "mtkd-rl-pg", per_sample=True, env_kwargs=_LABEL_CREDIT),
+    Method("REINFORCE (per-sample)", "reinforce", per_sample=True, env_kwargs=_PER_SAMPLE),
+    Method("PPO (per-sample)", "ppo", per_sample=True, env_kwargs=_PER_SAMPLE),
     Method("REINFORCE", "reinforce"),
     Method("PPO", "ppo"),
     # the transfer protocol: the router trained over 3 student runs (seed 1000), then frozen
