@@ -70,7 +70,9 @@ def run_name(method: Method, scenario: str | None, student: str | None, seed: in
     return "__".join(part for part in parts if part)
 
 
-def _env_kwargs(preset: Preset, method: Method, scenario: str | None, student: str | None, overrides: dict[str, Any] | None) -> dict[str, Any]:
+def _env_kwargs(
+    preset: Preset, method: Method, scenario: str | None, student: str | None, overrides: dict[str, Any] | None
+) -> dict[str, Any]:
     env_kwargs = {**preset.env_kwargs, **method.env_kwargs, **(overrides or {})}
     if student:
         env_kwargs["student"] = student
@@ -95,7 +97,9 @@ def pretraining_run(
     pretrain = method.pretrain
     env_kwargs = {**_env_kwargs(preset, method, scenario, student, overrides), **pretrain.env_kwargs}
     identity = json.dumps([method.agent, method.per_sample, env_kwargs, pretrain.student_runs, pretrain.seed], sort_keys=True)
-    name = "__".join(part for part in (scenario, student, method.agent, "pretrain-" + hashlib.sha256(identity.encode()).hexdigest()[:10]) if part)
+    name = "__".join(
+        part for part in (scenario, student, method.agent, "pretrain-" + hashlib.sha256(identity.encode()).hexdigest()[:10]) if part
+    )
     config = RunConfig(
         env_id=preset.env_id,
         agent=method.agent,
@@ -183,8 +187,13 @@ def prepare_teachers(preset: Preset, overrides: dict[str, Any] | None = None) ->
     base = {**preset.env_kwargs, **(overrides or {})}
     settings = KDEnvSettings.from_kwargs(**{**gym.spec(preset.env_id).kwargs, **base, "dataset": dataset})
     splits = load_dataset(
-        dataset, settings.data_root, download=settings.download, val_fraction=settings.val_fraction,
-        split_seed=settings.split_seed, verify_checksums=settings.verify_checksums, **settings.synthetic,
+        dataset,
+        settings.data_root,
+        download=settings.download,
+        val_fraction=settings.val_fraction,
+        split_seed=settings.split_seed,
+        verify_checksums=settings.verify_checksums,
+        **settings.synthetic,
     )
     for scenario in preset.scenarios:
         ensure_pool(scenario or "capacity", splits, seed=settings.teacher_seed, cache_dir=settings.cache_dir, train_missing=True)
@@ -371,15 +380,20 @@ def run_benchmark(
         executor = RayExecutor(threads=threads, retries=retries)
     elif isinstance(executor, str):
         raise ValueError(f"unknown executor {executor!r}; choose local or ray")
-    # transfer methods: their policies are trained first, then evaluated frozen with the others
-    failures = executor.run(pretraining, progress=progress, description=f"bench {preset_name}: pretraining") if pretraining else []
-    failures += executor.run(runs, progress=progress, description=f"bench {preset_name}")
+    # the online methods first; then the transfer methods' policies are trained, and evaluated frozen
+    online = [run for run in runs if run.method.pretrain is None]
+    transfer = [run for run in runs if run.method.pretrain is not None]
+    failures = executor.run(online, progress=progress, description=f"bench {preset_name}")
+    if transfer:
+        failures += executor.run(pretraining, progress=progress, description=f"bench {preset_name}: pretraining")
+        failures += executor.run(transfer, progress=progress, description=f"bench {preset_name}: transfer")
     if failures:
         rows = write_report_with_failures(runs, failures, out, preset_name, preset)
         details = "\n\n".join(f"{run.run_dir.name}: {error}" for run, error in failures)
         raise SweepFailedError(
             f"{len(failures)} of {len(runs)} runs failed (listed in {out / 'results.md'}; rerun the same command to retry them):\n{details}",
-            rows, failures,
+            rows,
+            failures,
         )
     return write_report(runs, out, preset_name, preset)
 
