@@ -34,6 +34,11 @@ Sections (each prints ratios; the goals are from the project's issues):
   after ``import kd_env`` (and its time), and of one synthetic-env worker (an env built, reset
   and stepped once, as in each ``SubprocVecEnv`` / async worker); which heavy modules each
   stage has loaded; and what ``import torchvision`` would add on top.
+* ``sweep`` (issue #14): ``kd-env bench``'s local executor, the wall time of one sweep (a preset,
+  ``--sweep-preset``, default ``quick``; ``--steps`` caps each run's updates per epoch) with
+  ``--jobs 1`` (every core for one run at a time) and with ``--jobs 2`` (two runs at once, the
+  cores divided between them), teachers and teacher-output stores made beforehand; the speed-up
+  jobs 1 / jobs 2.
 
 Timing rounds alternate between the variants (A B A B ...) and report medians, so machine
 noise hits both sides alike.
@@ -50,6 +55,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -516,11 +522,40 @@ def bench_imports(rounds: int) -> None:
     print(f"  import torchvision on top of that worker: +{median['plus_torchvision'] - median['worker']:.0f}")
 
 
+def bench_sweep(preset_name: str, steps: int) -> None:
+    """One sweep through the local executor with ``--jobs 1`` and with ``--jobs 2``: wall times."""
+    import dataclasses
+    import tempfile
+
+    from kd_env.benchmark import run_benchmark
+    from kd_env.benchmark.sweep import plan, prepare_teachers, resolve_preset
+    from kd_env.utils import available_cores, threads_per_run
+
+    overrides = {"max_steps_per_epoch": steps} if steps else {}
+    _, preset = resolve_preset(preset_name)
+    prepare_teachers(preset, overrides)  # trained once, outside the timings
+    # one untimed run per scenario first: it builds the teacher-output stores both sweeps then read
+    warm_up = dataclasses.replace(preset, methods=preset.methods[:1], seeds=preset.seeds[:1], students=preset.students[:1])
+    with tempfile.TemporaryDirectory(prefix="kd_env_bench_sweep_") as out:
+        run_benchmark(warm_up, out, overrides, progress=False, jobs=2)
+    seconds: dict[int, float] = {}
+    for jobs in (1, 2):
+        with tempfile.TemporaryDirectory(prefix="kd_env_bench_sweep_") as out:
+            runs = len(plan(preset, Path(out)))
+            start = time.perf_counter()
+            run_benchmark(preset_name, out, overrides, progress=False, jobs=jobs)
+            seconds[jobs] = time.perf_counter() - start
+    cap = f"at most {steps} updates per epoch" if steps else "full epochs"
+    print(f"[sweep] preset {preset_name} ({runs} runs, {cap}), local executor, {available_cores()} cores, set-up included")
+    print(f"  --jobs 1 ({threads_per_run(1)} threads per run) {seconds[1]:.1f} s | --jobs 2 ({threads_per_run(2)} per run) "
+          f"{seconds[2]:.1f} s | speed-up jobs 1 / jobs 2 = {seconds[1] / seconds[2]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--section", action="append",
-        choices=["all", "step", "epoch", "env", "store", "run", "teachers16", "accuracy", "agents", "imports"],
+        choices=["all", "step", "epoch", "env", "store", "run", "teachers16", "accuracy", "agents", "imports", "sweep"],
         help="repeatable; default: all",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $KD_BENCH_THREADS or 2)")
@@ -530,6 +565,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=0, help="updates per epoch measured (0: a full epoch)")
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--sweep-preset", default="quick", help="the preset the sweep section runs")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads is not None:  # the children read it too
@@ -540,7 +576,7 @@ def main() -> None:
         return
     sections = set(args.section or ["all"])
     if "all" in sections:
-        sections = {"step", "epoch", "env", "store", "run", "teachers16", "accuracy", "agents", "imports"}
+        sections = {"step", "epoch", "env", "store", "run", "teachers16", "accuracy", "agents", "imports", "sweep"}
     torch.set_num_threads(int(os.environ.get("KD_BENCH_THREADS", "2")))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
     if "step" in sections:
@@ -561,6 +597,8 @@ def main() -> None:
         bench_agents(args.batch_size, args.rounds)
     if "imports" in sections:
         bench_imports(max(3, args.rounds))
+    if "sweep" in sections:
+        bench_sweep(args.sweep_preset, args.steps)
 
 
 if __name__ == "__main__":
