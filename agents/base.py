@@ -108,7 +108,7 @@ class VectorView:
     def __init__(self, env: EnvLike) -> None:
         self.env = env
         self.is_vector = isinstance(env, VectorEnv)
-        if self.is_vector:
+        if isinstance(env, VectorEnv):
             self.num_envs = int(env.num_envs)
             observation_space, action_space = env.single_observation_space, env.single_action_space
         elif isinstance(env, gym.Env):

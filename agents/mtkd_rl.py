@@ -126,6 +126,11 @@ class MTKDRLNetwork(nn.Module):
         hidden: stem width (128 in the official code).
     """
 
+    # buffers (registered in __init__)
+    ce_index: torch.Tensor
+    kl_index: torch.Tensor
+    cos_index: torch.Tensor
+
     def __init__(
         self,
         state_dim: int,
@@ -227,8 +232,10 @@ def _per_sample_env(env: Any) -> PerSampleKDVectorEnv:
 def state_layout_of(env: PerSampleKDVectorEnv) -> dict[str, Any]:
     """What the agent's network depends on in the env's state (JSON-able; checked on load)."""
     columns = PriorColumns.from_feature_names(env.feature_names, env.teacher_names, env.heads == 2)
+    shape = env.single_observation_space.shape
+    assert shape is not None  # a Box
     return {
-        "state_dim": int(env.single_observation_space.shape[0]),
+        "state_dim": int(shape[0]),
         "num_teachers": int(env.num_teachers),
         "heads": int(env.heads),
         "teacher_names": list(env.teacher_names),
@@ -320,9 +327,9 @@ class MTKDRL(BaseAgent):
         for name, value, minimum in (("warmup_epochs", warmup_epochs, 0), ("hidden", hidden, 1)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-        for name, value in (("agent_step", agent_step), ("max_buffer_batches", max_buffer_batches)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-                raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
+        for name, optional in (("agent_step", agent_step), ("max_buffer_batches", max_buffer_batches)):
+            if optional is not None and (isinstance(optional, bool) or not isinstance(optional, (int, np.integer)) or optional < 1):
+                raise ValueError(f"{name} must be an int >= 1 or None, got {optional!r}")
         if isinstance(dynamic, Mapping):
             # one preset entry for every student: the choice is made here, from the env's student
             if env is None:

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -163,8 +163,9 @@ class TeacherScorer(nn.Module):
         self.phi = nn.Sequential(nn.Linear(row_size, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
         self.rho = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         # a small last layer starts every teacher at the same score: uniform weights at first
-        nn.init.orthogonal_(self.rho[-1].weight, gain=0.01)
-        nn.init.zeros_(self.rho[-1].bias)
+        last = cast(nn.Linear, self.rho[-1])
+        nn.init.orthogonal_(last.weight, gain=0.01)
+        nn.init.zeros_(last.bias)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         """Scores ``[N, K]`` for normalised per-teacher rows ``[N, K, row_size]``."""
@@ -189,8 +190,10 @@ def _per_sample_env(env: Any) -> PerSampleKDVectorEnv:
 
 def routing_layout_of(env: PerSampleKDVectorEnv) -> dict[str, Any]:
     """What the agent's networks depend on in the env's state (JSON-able; checked on load)."""
+    shape = env.single_observation_space.shape
+    assert shape is not None  # a Box
     return {
-        "state_dim": int(env.single_observation_space.shape[0]),
+        "state_dim": int(shape[0]),
         "num_teachers": int(env.num_teachers),
         "heads": int(env.heads),
         "teacher_names": list(env.teacher_names),

@@ -379,7 +379,9 @@ def make_sb3_agent(
             raise ValueError(f"noise_type is for off-policy algorithms (sac, td3, ddpg), not {name}")
         if "noise_std" not in side:
             raise ValueError("noise_type needs noise_std")
-        hyperparams["action_noise"] = _action_noise(side["noise_type"], side["noise_std"], int(np.prod(vec_env.action_space.shape)))
+        action_shape = vec_env.action_space.shape
+        assert action_shape is not None  # a Box
+        hyperparams["action_noise"] = _action_noise(side["noise_type"], side["noise_std"], int(np.prod(action_shape)))
 
     policy = hyperparams.pop("policy", "MlpPolicy")
     hyperparams.setdefault("verbose", 0)
@@ -429,7 +431,7 @@ def save_sb3_agent(model: BaseAlgorithm, path: str | os.PathLike[str]) -> Path:
         atomic_write(stats_path, lambda file: pickle.dump(vec_normalize, file))
     else:
         stats_path.unlink(missing_ok=True)
-    atomic_write(model_path, lambda file: model.save(file))
+    atomic_write(model_path, lambda file: model.save(file))  # type: ignore[arg-type]  # SB3 types it BufferedIOBase; any binary file works
     return model_path
 
 
@@ -492,7 +494,7 @@ def continue_sb3_episode(model: BaseAlgorithm, last_observation: np.ndarray) -> 
     raw = np.asarray(last_observation, dtype=np.float32).reshape(vec_env.num_envs, -1)
     normalizer = model.get_vec_normalize_env()
     # SB3 keeps these as private attributes; this is the one place in kd-env that sets them
-    model._last_obs = normalizer.normalize_obs(raw) if normalizer is not None else raw  # type: ignore[assignment]
+    model._last_obs = normalizer.normalize_obs(raw) if normalizer is not None else raw
     if normalizer is not None:
         normalizer.old_obs = raw
     model._last_episode_starts = np.zeros(vec_env.num_envs, dtype=bool)

@@ -236,7 +236,7 @@ class BaselinePolicy:
         else:
             with torch.no_grad():
                 weights = self.teacher_weights(batch).detach().to(device="cpu", dtype=torch.float32)
-        if self.per_sample_env:
+        if isinstance(self.env, PerSampleKDVectorEnv):  # i.e. self.per_sample_env
             weights = weights.expand(self.env.num_envs, self.num_teachers)
         elif weights.dim() == 2:
             weights = weights.mean(dim=0)  # per-sample rule on the batch env: one vector for the batch
@@ -246,7 +246,9 @@ class BaselinePolicy:
 
     def _check_observation(self, observation: np.ndarray) -> tuple[int, ...]:
         """Raise unless ``observation`` has this env's shape; return the extra leading dims."""
-        expected = tuple(self.env.observation_space.shape)
+        shape = self.env.observation_space.shape
+        assert shape is not None  # a Box
+        expected = tuple(shape)
         if observation.shape == expected:
             return ()
         if not self.per_sample_env and observation.shape == (1, *expected):

@@ -95,7 +95,8 @@ def batch_features(batch: StepBatch, spec: BatchFeatureSpec, *, progress: float,
     extra = torch.tensor([progress, lr, float(batch.student_ce.detach().mean())], dtype=per_teacher.dtype, device=per_teacher.device)
     observation = torch.cat([per_teacher, extra]).float().cpu().numpy()
     low, high = spec.bounds(max_lr)
-    return np.clip(np.nan_to_num(observation, nan=high, posinf=high, neginf=low), low, high).astype(np.float32)
+    # per-column replacement values: numpy broadcasts array nan/posinf/neginf, its stubs only take floats
+    return np.clip(np.nan_to_num(observation, nan=high, posinf=high, neginf=low), low, high).astype(np.float32)  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)

@@ -436,7 +436,7 @@ def _save_global_rng(path: Path) -> None:
     kind, keys, position, has_gauss, gauss = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],  # type: ignore[attr-defined]  # numpy's stubs give get_state() the dict of legacy=False
         "python": random.getstate(),
     }
     atomic_write(path, lambda file: torch.save(state, file))

@@ -265,7 +265,7 @@ class _NpyWriter:
         rows = np.ascontiguousarray(rows, dtype=self.spec.dtype)
         if rows.shape[1:] != self.spec.row_shape:
             raise ValueError(f"{self.spec.name}: rows of shape {rows.shape[1:]}, expected {self.spec.row_shape}")
-        self._write(memoryview(rows).cast("B"))
+        self._write(memoryview(rows).cast("B"))  # type: ignore[arg-type]  # numpy's stubs omit ndarray's buffer protocol
         self.rows_written += rows.shape[0]
 
     def close(self) -> dict[str, Any]:
@@ -363,6 +363,7 @@ def _check_file(folder: Path, entry: Mapping[str, Any], full: bool, rng: random.
             raise TeacherStoreError(f"{entry['file']}: header {shape} {dtype} does not match the manifest")
         # an mtime other than the recorded one means written after the build, or copied: hash
         # it all, so an edit is caught and a faithful copy is still accepted
+        blocks: Iterable[int]
         if full or stat.st_mtime_ns != entry["mtime_ns"]:
             blocks = range(len(digests))
         else:
@@ -580,7 +581,7 @@ class TeacherOutputStore:
         entry = self.manifest["arrays"][name]
         out = np.empty((len(rows), *entry["shape"][1:]), dtype=entry["dtype"])
         row_bytes = out.itemsize * int(np.prod(entry["shape"][1:]))
-        buffer, header = memoryview(out).cast("B"), int(entry["header_bytes"])
+        buffer, header = memoryview(out).cast("B"), int(entry["header_bytes"])  # type: ignore[arg-type]  # numpy's stubs omit ndarray's buffer protocol
         for position, row in enumerate(rows.tolist()):
             if not 0 <= row < self.num_samples:
                 raise IndexError(f"row {row} is outside the store's {self.num_samples} samples")

@@ -62,7 +62,7 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> Path:
     """Write a file through ``write(file)`` into a temp file in the target folder, fsync, then
     ``os.replace``: a crash mid-write leaves the old file (or none), never a truncated one."""
     path = Path(path)

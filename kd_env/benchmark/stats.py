@@ -34,6 +34,7 @@ Confidence intervals
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -186,7 +187,7 @@ def normalize(score_dict: Mapping[str, np.ndarray], low: str, high: str, tasks: 
     low_means = np.mean(score_dict[low], axis=0)
     high_means = np.mean(score_dict[high], axis=0)
     for j in np.flatnonzero(~(high_means > low_means)):
-        label = tasks[j] if tasks is not None else f"task {j}"
+        label = tasks[int(j)] if tasks is not None else f"task {j}"
         raise ValueError(
             f"{label}: {high!r} mean {high_means[j]:.4g} is not above {low!r} mean {low_means[j]:.4g}; "
             "the normalised score (acc - low) / (high - low) is undefined there"
@@ -417,7 +418,7 @@ def performance_profile(
     taus = default_taus(arrays) if taus is None else np.asarray(taus, dtype=float)
     profiles: dict[str, Profile] = {}
     for name, scores in arrays.items():
-        estimates = [interval_estimate(scores, lambda s, tau=tau: run_score_distribution(s, tau), reps, confidence, seed) for tau in taus]
+        estimates = [interval_estimate(scores, functools.partial(run_score_distribution, tau=tau), reps, confidence, seed) for tau in taus]
         profiles[name] = Profile(
             taus=taus,
             point=np.array([e.point for e in estimates]),

@@ -9,6 +9,7 @@ independent of the global RNG other code may consume.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,7 @@ from .names import canonical_name
 __all__ = ["BatchTransform", "default_augmentation"]
 
 
-def default_augmentation(name: str) -> dict[str, int | bool]:
+def default_augmentation(name: str) -> dict[str, Any]:
     """Standard training augmentation for a dataset, as ``BatchTransform`` keyword arguments.
 
     CIFAR-10/100: random crop with 4 pixels of zero padding and horizontal flips (the usual

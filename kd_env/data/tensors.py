@@ -12,11 +12,14 @@ import dataclasses
 import inspect
 import os
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from .names import canonical_name
+
+if TYPE_CHECKING:
+    from .sources import RawDataset
 
 __all__ = [
     "DATASET_STATS",
@@ -264,7 +267,7 @@ def load_dataset(
         # so num_classes is right whether or not the caller passed it.
         bound = inspect.signature(make_synthetic).bind(**synthetic_kwargs)
         bound.apply_defaults()
-        raw = make_synthetic(**bound.arguments)
+        raw: SyntheticData | RawDataset = make_synthetic(**bound.arguments)
         num_classes = int(bound.arguments["num_classes"])
         class_names: list[str] | None = [f"class_{i}" for i in range(num_classes)]
     else:

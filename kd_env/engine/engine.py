@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -221,7 +221,7 @@ class DistillationEngine:
 
     # ------------------------------------------------------------------ set-up
     def _freeze(self, teacher: KDModel) -> KDModel:
-        teacher = teacher.to(self.device, memory_format=self.teacher_format).eval()
+        teacher = teacher.to(self.device, memory_format=self.teacher_format).eval()  # type: ignore[call-overload]  # torch's overloads omit to(device, memory_format=)
         for parameter in teacher.parameters():
             parameter.requires_grad_(False)
         return teacher
@@ -257,7 +257,8 @@ class DistillationEngine:
     def _probe_teacher_shapes(self) -> list[tuple[int, int, int]]:
         sample = self.eval_transform(self.data.train_images[:2], train=False)
         sample = sample.contiguous(memory_format=self.teacher_format)
-        return [tuple(teacher.forward_all(sample).feature_map.shape[1:]) for teacher in self.teachers]
+        # feature maps are [B, C, H, W]: each shape is (C, H, W)
+        return [cast(tuple[int, int, int], tuple(teacher.forward_all(sample).feature_map.shape[1:])) for teacher in self.teachers]
 
     @torch.inference_mode()
     def _teacher_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
@@ -322,7 +323,7 @@ class DistillationEngine:
         """Start a fresh student: new init, optimizer, schedule and data order, all from ``seed``."""
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(seed)
-            student = self.student_factory().to(self.device, memory_format=self.student_format)
+            student = self.student_factory().to(self.device, memory_format=self.student_format)  # type: ignore[call-overload]  # torch's overloads omit to(device, memory_format=)
             adapters = (
                 build_adapters(student.feature_channels, self.teacher_shapes).to(self.device) if self.config.feature_kd else nn.ModuleList()
             )
@@ -697,4 +698,5 @@ class DistillationEngine:
             for module, (momentum, tracked) in zip(norms, saved):
                 module.momentum = momentum
                 if tracked is not None:
+                    assert module.num_batches_tracked is not None  # it was not None when saved
                     module.num_batches_tracked.copy_(tracked)

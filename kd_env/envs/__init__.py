@@ -8,6 +8,8 @@ without the import. Each id builds the batch-level :class:`MultiTeacherKDEnv` wi
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium as gym
 
 from kd_env.envs.assembly import StudentFactory, TeacherSetupError
@@ -47,7 +49,7 @@ def register_envs() -> None:
         )
 
 
-def make_sb3_per_sample_env(env_id: str, num_envs: int = 1, **kwargs: object):
+def make_sb3_per_sample_env(env_id: str, num_envs: int = 1, **kwargs: Any):
     """The per-sample env of ``env_id`` wrapped for stable-baselines3 (a ``VecEnv``)."""
     from kd_env.envs.sb3_vec import SB3VecEnvAdapter
 

@@ -143,6 +143,9 @@ class KDEnvCore:
     settings: KDEnvSettings
     engine: DistillationEngine
     np_random: np.random.Generator
+    # declared as in gym.Env and VectorEnv (both bases of the subclasses), which set them
+    _np_random: np.random.Generator | None
+    _np_random_seed: int | None
     _last_observation: np.ndarray | None
 
     def _setup_core(self, kwargs: dict[str, Any], init_args: dict[str, Any]) -> None:
@@ -176,7 +179,8 @@ class KDEnvCore:
         self.engine.reset(self._episode_seed)
         self.rewards.reset()
 
-    def _weights_for(self, action: Any, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _weights_for(self, action: Any, shape: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        assert shape is not None  # the shape of a Box action space
         array = validate_action(action, shape, self.settings.action_mode, self.num_teachers)
         if self.settings.action_mode == "softmax":
             array = self._clip_to_box(array)

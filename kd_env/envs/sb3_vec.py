@@ -15,17 +15,15 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from kd_env.envs.per_sample_env import PerSampleKDVectorEnv
-
 
 class SB3VecEnvAdapter(VecEnv):
     """Present a :class:`PerSampleKDVectorEnv` (one slot per sample) as an SB3 ``VecEnv``.
 
     Args:
-        env: the per-sample vector env.
+        env: the per-sample vector env, or a Gymnasium wrapper of it.
     """
 
-    def __init__(self, env: PerSampleKDVectorEnv) -> None:
+    def __init__(self, env: gym.vector.VectorEnv) -> None:
         self.env = env
         self.render_mode = None
         super().__init__(env.num_envs, env.single_observation_space, env.single_action_space)

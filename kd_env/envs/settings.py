@@ -177,14 +177,14 @@ class KDEnvSettings:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-        for name, (minimum, strict) in _FLOAT_MINIMUM.items():
+        for name, (bound, strict) in _FLOAT_MINIMUM.items():
             value = getattr(self, name)
             if value is None and name in _OPTIONAL:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}")
-            if minimum is not None and (value <= minimum if strict else value < minimum):
-                raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
+            if bound is not None and (value <= bound if strict else value < bound):
+                raise ValueError(f"{name} must be {'>' if strict else '>='} {bound}, got {value!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
 

@@ -34,12 +34,15 @@ import os
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from kd_env.utils import atomic_torch_save
+
+if TYPE_CHECKING:
+    from kd_env.models.base import KDModel
 
 TEACHER_FORMAT = "kd_env.teacher/1"
 _SHA_SCHEME = "kd_env.state_dict_sha256/1"
@@ -313,7 +316,7 @@ def load_teacher(
     expected_arch: str | None = None,
     expected_dataset: str | None = None,
     device: str | torch.device = "cpu",
-) -> nn.Module:
+) -> KDModel:
     """Load a verified teacher checkpoint as a frozen zoo model in eval mode.
 
     The returned :class:`~kd_env.models.base.KDModel` has ``requires_grad=False`` everywhere and
@@ -362,5 +365,5 @@ def load_teacher(
     model.eval()
     model.requires_grad_(False)
     model.to(device)
-    model.teacher_metadata = dict(meta)
+    model.teacher_metadata = dict(meta)  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors and modules only
     return model

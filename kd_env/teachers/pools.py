@@ -169,7 +169,7 @@ def pool_members(
     if spec.paths is not None:
         return [(Path(p).stem, Path(p), None) for p in spec.paths]
     assert spec.recipes is not None
-    members = []
+    members: list[tuple[str, Path, TeacherRecipe | None]] = []
     for recipe in spec.recipes(dataset, num_classes):
         shifted = TeacherRecipe(recipe.arch, recipe.epochs, recipe.seed + seed, recipe.classes, recipe.relabel)
         members.append((shifted.name, teacher_path(shifted.name, dataset, shifted.seed, cache_dir), shifted))

@@ -373,7 +373,7 @@ def train_teacher(
             model, optimizer, generator = fresh()
             state = _Progress()
 
-    eval_kwargs = {"batch_size": eval_batch_size, "channels_last": use_channels_last}
+    eval_kwargs: dict[str, Any] = {"batch_size": eval_batch_size, "channels_last": use_channels_last}
     has_val = int(data.val_x.shape[0]) > 0
     bar = tqdm(
         total=epochs, initial=state.epoch, desc=f"{data_recipe.name}@{dataset_name}", unit="ep", disable=not progress, dynamic_ncols=True
