@@ -73,9 +73,7 @@ def _setup(batch_size: int, feature_kd: bool = True, cache: bool = False, **conf
     paths = ensure_teacher_pool(DATASET, train_missing=True)
     teachers = [load_teacher(path) for path in paths]
     student = StudentFactory(DATASET_DEFAULTS[DATASET]["student"], data.num_classes, data.image_shape[0])
-    config = EngineConfig(
-        epochs=1, batch_size=batch_size, feature_kd=feature_kd, cache_teacher_outputs=cache, **config_overrides
-    )
+    config = EngineConfig(epochs=1, batch_size=batch_size, feature_kd=feature_kd, cache_teacher_outputs=cache, **config_overrides)
     engine = DistillationEngine(student, teachers, data, config, teacher_names=list(TEACHER_POOLS[DATASET]))
     return engine, data, teachers
 
@@ -201,9 +199,10 @@ def _reference_epoch(steps: int, batch_size: int, epochs: int = 1) -> float:
     temperature = 4.0
 
     def per_sample_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        return F.kl_div(
-            F.log_softmax(student_logits / temperature, 1), F.softmax(teacher_logits / temperature, 1), reduction="none"
-        ).sum(1) * temperature**2
+        return (
+            F.kl_div(F.log_softmax(student_logits / temperature, 1), F.softmax(teacher_logits / temperature, 1), reduction="none").sum(1)
+            * temperature**2
+        )
 
     for step, (images, labels) in ((s, b) for _ in range(epochs) for s, b in enumerate(loader)):
         if step >= steps:
@@ -238,8 +237,12 @@ def _kd_env_epoch(steps: int, batch_size: int, epochs: int = 1) -> float:
 
     start = time.perf_counter()
     env = gym.make(
-        "MultiTeacherKD-FashionMNIST-v0", epochs=epochs, batch_size=batch_size, max_steps_per_epoch=steps,
-        reward_mode="neg_loss", action_mode="simplex",
+        "MultiTeacherKD-FashionMNIST-v0",
+        epochs=epochs,
+        batch_size=batch_size,
+        max_steps_per_epoch=steps,
+        reward_mode="neg_loss",
+        action_mode="simplex",
     ).unwrapped
     action = np.full(env.action_space.shape, 1.0, dtype=np.float32)
     env.reset(seed=0)
@@ -268,11 +271,16 @@ def _child(kind: str, steps: int, batch_size: int, epochs: int = 1) -> None:
 
 def _run_child(kind: str, steps: int, batch_size: int, epochs: int = 1) -> dict:
     """One measurement in a fresh process (its own peak RSS); the child's last JSON line."""
-    output = subprocess.run(
-        [sys.executable, __file__, "--child", kind, "--steps", str(steps), "--batch-size", str(batch_size),
-         "--epochs", str(epochs)],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip().splitlines()
+    output = (
+        subprocess.run(
+            [sys.executable, __file__, "--child", kind, "--steps", str(steps), "--batch-size", str(batch_size), "--epochs", str(epochs)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     record = json.loads(output[-1])
     for line in output[:-1]:
         if line.startswith('{"setup_seconds"'):
@@ -318,9 +326,24 @@ def _agent_run(agent: str, epochs: int) -> float:
     per_sample = ["--per-sample"] if agent == "mtkd-rl" else []
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
-        cli_main(["train", "--agent", agent, *per_sample, "--env-arg", f"epochs={epochs}", "--run-dir", run_dir,
-                  "--no-progress", "--no-tensorboard", "--checkpoint-every", "0",
-                  "--threads", os.environ.get("KD_BENCH_THREADS", "2")])
+        cli_main(
+            [
+                "train",
+                "--agent",
+                agent,
+                *per_sample,
+                "--env-arg",
+                f"epochs={epochs}",
+                "--run-dir",
+                run_dir,
+                "--no-progress",
+                "--no-tensorboard",
+                "--checkpoint-every",
+                "0",
+                "--threads",
+                os.environ.get("KD_BENCH_THREADS", "2"),
+            ]
+        )
         return time.perf_counter() - start
 
 
@@ -344,13 +367,17 @@ def bench_store(batch_size: int, rounds: int) -> None:
     for name, value in {
         "KD loss": lambda b: per_sample_kd_loss(b.student_logits.detach(), b.teacher_logits, 4.0).mean(),
         "feature MSE": lambda b: b.feature_mse.detach().mean(),
-        "total loss": lambda b: (b.student_ce.detach() + (weights * b.kd_loss.detach()).sum(1)
-                                 + 5.0 * (weights * b.feature_mse.detach()).sum(1)).mean(),
+        "total loss": lambda b: (
+            b.student_ce.detach() + (weights * b.kd_loss.detach()).sum(1) + 5.0 * (weights * b.feature_mse.detach()).sum(1)
+        ).mean(),
     }.items():
         half, full = float(value(batches["float16"])), float(value(batches["float32"]))
         errors[name] = abs(half - full) / abs(full)
-    print("  float16 vs float32 store on one batch, relative error: "
-          + ", ".join(f"{name} {error:.1e}" for name, error in errors.items()) + "  (goal <= 1e-3)")
+    print(
+        "  float16 vs float32 store on one batch, relative error: "
+        + ", ".join(f"{name} {error:.1e}" for name, error in errors.items())
+        + "  (goal <= 1e-3)"
+    )
 
 
 def bench_run(batch_size: int, rounds: int) -> None:
@@ -364,10 +391,14 @@ def bench_run(batch_size: int, rounds: int) -> None:
         seconds = {kind: statistics.median(r["seconds"] for r in runs) for kind, runs in results.items()}
         memory = {kind: max(r["peak_rss_mib"] for r in runs) for kind, runs in results.items()}
         print(f"[run] {epochs}-epoch run, set-up included, batch {batch_size}, median of {rounds}, one process each")
-        print(f"  reference {seconds['reference']:.1f} s | kd-env {seconds['kd_env']:.1f} s | "
-              f"ratio {seconds['reference'] / seconds['kd_env']:.2f} (goal >= {goal})")
-        print(f"  peak RSS: reference {memory['reference']:.0f} MiB | kd-env {memory['kd_env']:.0f} MiB | "
-              f"ratio {memory['kd_env'] / memory['reference']:.2f} (goal <= 1.5)")
+        print(
+            f"  reference {seconds['reference']:.1f} s | kd-env {seconds['kd_env']:.1f} s | "
+            f"ratio {seconds['reference'] / seconds['kd_env']:.2f} (goal >= {goal})"
+        )
+        print(
+            f"  peak RSS: reference {memory['reference']:.0f} MiB | kd-env {memory['kd_env']:.0f} MiB | "
+            f"ratio {memory['kd_env'] / memory['reference']:.2f} (goal <= 1.5)"
+        )
 
 
 def bench_teachers16(repeats: int, batch_size: int) -> None:
@@ -386,8 +417,9 @@ def bench_teachers16(repeats: int, batch_size: int) -> None:
         teachers.append(create_model("mlp" if index % 2 else "cnn_w8", data.num_classes, 1, image_size=28).eval())
     student_factory = lambda: create_model("cnn_w8", data.num_classes, 1, image_size=28)  # noqa: E731
     names = [f"t{index}" for index in range(16)]
-    engine = DistillationEngine(student_factory, teachers, data,
-                                EngineConfig(epochs=50, batch_size=batch_size, cache_teacher_outputs=False), teacher_names=names)
+    engine = DistillationEngine(
+        student_factory, teachers, data, EngineConfig(epochs=50, batch_size=batch_size, cache_teacher_outputs=False), teacher_names=names
+    )
     engine.reset(seed=0)
     uniform = torch.full((16,), 1.0 / 16)
     images = engine.eval_transform(data.train_images[:batch_size], train=False)
@@ -415,6 +447,7 @@ def bench_teachers16(repeats: int, batch_size: int) -> None:
         def run() -> None:
             with torch.inference_mode():
                 teacher.forward_all(teacher_images)
+
         return run
 
     variants: dict[str, Callable[[], None]] = {"engine": lambda: engine.step(uniform), "student": student_step}
@@ -422,14 +455,18 @@ def bench_teachers16(repeats: int, batch_size: int) -> None:
     times = _alternate(variants, repeats)
     parts = times["student"] + sum(times[name] for name in names)
     print(f"[teachers16] 16 teachers (8 cnn_w8, 8 mlp, untrained), student cnn_w8, batch {batch_size}, teachers every step")
-    print(f"  engine update {times['engine']:.1f} ms | 16 teacher forwards {parts - times['student']:.1f} ms + "
-          f"student step {times['student']:.1f} ms = {parts:.1f} ms | ratio {times['engine'] / parts:.3f} (goal <= 1.10)")
+    print(
+        f"  engine update {times['engine']:.1f} ms | 16 teacher forwards {parts - times['student']:.1f} ms + "
+        f"student step {times['student']:.1f} ms = {parts:.1f} ms | ratio {times['engine'] / parts:.3f} (goal <= 1.10)"
+    )
     start = time.perf_counter()
     stored = DistillationEngine(student_factory, teachers, data, EngineConfig(epochs=1, batch_size=batch_size), teacher_names=names)
     build = time.perf_counter() - start
     assert stored.teacher_store is not None
-    print(f"  16-teacher float16 store: {stored.teacher_store.nbytes / 2**20:.0f} MiB, built in "
-          f"{stored.teacher_store.manifest['build_seconds']:.1f} s (engine construction {build:.1f} s)")
+    print(
+        f"  16-teacher float16 store: {stored.teacher_store.nbytes / 2**20:.0f} MiB, built in "
+        f"{stored.teacher_store.manifest['build_seconds']:.1f} s (engine construction {build:.1f} s)"
+    )
     key = stored.teacher_store.path.name
     stored.teacher_store.close()
     clear_stores(keys=[key])  # random teachers: no later run will want it
@@ -448,11 +485,15 @@ def bench_accuracy(batch_size: int, seeds: int) -> None:
             results.setdefault(dtype, []).append(engine.evaluate("test", engine.best_student())[0])
     print(f"[accuracy] student test accuracy after 1 epoch (uniform weights), seeds 0-{seeds - 1}")
     for dtype, accuracies in results.items():
-        print(f"  {dtype} store: {statistics.mean(accuracies) * 100:.2f} +- {statistics.stdev(accuracies) * 100:.2f} "
-              f"({', '.join(f'{a * 100:.2f}' for a in accuracies)})")
+        print(
+            f"  {dtype} store: {statistics.mean(accuracies) * 100:.2f} +- {statistics.stdev(accuracies) * 100:.2f} "
+            f"({', '.join(f'{a * 100:.2f}' for a in accuracies)})"
+        )
     gap = abs(statistics.mean(results["float16"]) - statistics.mean(results["float32"]))
-    print(f"  difference of the means {gap * 100:.2f} points; seed spread (std, float32) "
-          f"{statistics.stdev(results['float32']) * 100:.2f} points")
+    print(
+        f"  difference of the means {gap * 100:.2f} points; seed spread (std, float32) "
+        f"{statistics.stdev(results['float32']) * 100:.2f} points"
+    )
 
 
 def bench_agents(batch_size: int, rounds: int) -> None:
@@ -465,9 +506,11 @@ def bench_agents(batch_size: int, rounds: int) -> None:
     seconds = {agent: statistics.median(r["seconds"] for r in runs) for agent, runs in results.items()}
     memory = {agent: max(r["peak_rss_mib"] for r in runs) for agent, runs in results.items()}
     print(f"[agents] one 1-epoch `kd-env train` run each (default env settings), median of {rounds}")
-    print(f"  AVER {seconds['aver']:.1f} s, {memory['aver']:.0f} MiB | MTKD-RL per-sample {seconds['mtkd-rl']:.1f} s, "
-          f"{memory['mtkd-rl']:.0f} MiB | ratios: time {seconds['mtkd-rl'] / seconds['aver']:.3f}, "
-          f"memory {memory['mtkd-rl'] / memory['aver']:.3f} (goal <= 1.05 each)")
+    print(
+        f"  AVER {seconds['aver']:.1f} s, {memory['aver']:.0f} MiB | MTKD-RL per-sample {seconds['mtkd-rl']:.1f} s, "
+        f"{memory['mtkd-rl']:.0f} MiB | ratios: time {seconds['mtkd-rl'] / seconds['aver']:.3f}, "
+        f"memory {memory['mtkd-rl'] / memory['aver']:.3f} (goal <= 1.05 each)"
+    )
 
 
 _IMPORTS_CHILD = """
@@ -513,10 +556,15 @@ def bench_imports(rounds: int) -> None:
 
     child()  # trains the synthetic teachers into the cache if missing: not part of a worker's cost
     records = [child() for _ in range(rounds)]
-    median = {key: statistics.median(r[key] for r in records) for key in ("python", "torch", "kd_env", "worker", "plus_torchvision", "kd_env_import_s")}
+    median = {
+        key: statistics.median(r[key] for r in records)
+        for key in ("python", "torch", "kd_env", "worker", "plus_torchvision", "kd_env_import_s")
+    }
     print(f"[imports] fresh processes, 1 torch thread, median of {rounds}; RSS in MiB")
-    print(f"  python {median['python']:.0f} | import torch {median['torch']:.0f} | import kd_env {median['kd_env']:.0f} "
-          f"(+{median['kd_env'] - median['torch']:.0f} over torch; {median['kd_env_import_s']:.2f} s)")
+    print(
+        f"  python {median['python']:.0f} | import torch {median['torch']:.0f} | import kd_env {median['kd_env']:.0f} "
+        f"(+{median['kd_env'] - median['torch']:.0f} over torch; {median['kd_env_import_s']:.2f} s)"
+    )
     print(f"    heavy modules loaded by import kd_env: {records[-1]['kd_env_modules'] or 'none'}")
     print(f"  synthetic-env worker (built, reset, one step) {median['worker']:.0f}; loaded: {records[-1]['worker_modules']}")
     print(f"  import torchvision on top of that worker: +{median['plus_torchvision'] - median['worker']:.0f}")
@@ -547,14 +595,17 @@ def bench_sweep(preset_name: str, steps: int) -> None:
             seconds[jobs] = time.perf_counter() - start
     cap = f"at most {steps} updates per epoch" if steps else "full epochs"
     print(f"[sweep] preset {preset_name} ({runs} runs, {cap}), local executor, {available_cores()} cores, set-up included")
-    print(f"  --jobs 1 ({threads_per_run(1)} threads per run) {seconds[1]:.1f} s | --jobs 2 ({threads_per_run(2)} per run) "
-          f"{seconds[2]:.1f} s | speed-up jobs 1 / jobs 2 = {seconds[1] / seconds[2]:.2f}")
+    print(
+        f"  --jobs 1 ({threads_per_run(1)} threads per run) {seconds[1]:.1f} s | --jobs 2 ({threads_per_run(2)} per run) "
+        f"{seconds[2]:.1f} s | speed-up jobs 1 / jobs 2 = {seconds[1] / seconds[2]:.2f}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--section", action="append",
+        "--section",
+        action="append",
         choices=["all", "step", "epoch", "env", "store", "run", "teachers16", "accuracy", "agents", "imports", "sweep"],
         help="repeatable; default: all",
     )

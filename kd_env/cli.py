@@ -276,7 +276,9 @@ def cmd_data_fetch(args: argparse.Namespace) -> int:
     from kd_env.data import load_dataset
 
     splits = load_dataset(args.dataset, args.data_root, download=args.download)
-    print(f"{args.dataset}: {splits.train_labels.numel()} train, {splits.val_labels.numel()} val, {splits.test_labels.numel()} test images ready")
+    print(
+        f"{args.dataset}: {splits.train_labels.numel()} train, {splits.val_labels.numel()} val, {splits.test_labels.numel()} test images ready"
+    )
     return 0
 
 
@@ -322,7 +324,9 @@ def add_train_parser(subparsers: Any) -> None:
         help="import MODULE first (repeatable), e.g. one that calls kd_env.register_policy(...); it must be importable (PYTHONPATH)",
     )
     train.add_argument("--per-sample", action="store_true", help="use the per-sample env (MTKD-RL's formulation)")
-    train.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help="env keyword argument (repeatable), e.g. epochs=3 device=cuda")
+    train.add_argument(
+        "--env-arg", action="append", metavar="KEY=VALUE", help="env keyword argument (repeatable), e.g. epochs=3 device=cuda"
+    )
     train.add_argument("--agent-arg", action="append", metavar="KEY=VALUE", help="agent keyword argument (repeatable), e.g. n_steps=32")
     train.add_argument("--total-steps", type=int, default=None, help="student updates to run (default: one training run)")
     train.add_argument("--seed", type=int, default=0)
@@ -418,11 +422,15 @@ def add_bench_parser(subparsers: Any) -> None:
     )
     bench.add_argument("--cpus-per-run", type=float, default=None, help="--executor ray: CPUs each run asks for (default 1)")
     bench.add_argument(
-        "--gpus-per-run", type=float, default=None,
+        "--gpus-per-run",
+        type=float,
+        default=None,
         help="--executor ray: GPUs each run asks for, a fraction shares a GPU (default 0; add --env-arg device=cuda)",
     )
     bench.add_argument(
-        "--retries", type=int, default=None,
+        "--retries",
+        type=int,
+        default=None,
         help="times a failed run is tried again, from its last checkpoint, before it is reported as failed (default 2)",
     )
     bench.set_defaults(func=cmd_bench)
@@ -447,8 +455,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     out = args.out or f"results/{args.preset}"
     try:
         run_benchmark(
-            args.preset, out, _key_values(args.env_arg, "--env-arg"), progress=not args.no_progress,
-            jobs=jobs, threads=threads, imports=getattr(args, "imports", []), executor=executor, retries=retries,
+            args.preset,
+            out,
+            _key_values(args.env_arg, "--env-arg"),
+            progress=not args.no_progress,
+            jobs=jobs,
+            threads=threads,
+            imports=getattr(args, "imports", []),
+            executor=executor,
+            retries=retries,
         )
     except SweepFailedError as exc:  # the report lists the failed runs: show it, then the errors
         _print_bench_report(out)
@@ -642,8 +657,10 @@ def describe_error(exc: BaseException) -> str:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             fix = "free some space and rerun (with --resume for kd-env train: the last complete checkpoint was kept)"
         else:
-            fix = ("fix the permissions, or use a writable place: --cache-dir or $KD_ENV_CACHE for the cache, "
-                   "--data-root or $KD_ENV_DATA for data, --run-dir / --out for results")
+            fix = (
+                "fix the permissions, or use a writable place: --cache-dir or $KD_ENV_CACHE for the cache, "
+                "--data-root or $KD_ENV_DATA for data, --run-dir / --out for results"
+            )
         return f"{what}: {where}. Fix: {fix}"
     message = str(exc) or type(exc).__name__
     # gymnasium re-raises an env constructor's error with the call appended: keep the error itself

@@ -73,8 +73,9 @@ def ray_cluster() -> Iterator[ModuleType]:
 
 
 # ------------------------------------------------------------------------------------ without Ray
-def test_ray_asked_for_without_ray_names_the_extra(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_asked_for_without_ray_names_the_extra(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when it is not installed
     assert main(["bench", "--preset", "suite-synthetic", "--out", str(tmp_path), "--executor", "ray", "--no-progress"]) == 1
     error = capsys.readouterr().err
@@ -173,8 +174,9 @@ def test_ray_driver_killed_mid_sweep_continues_with_the_same_command(tmp_path: P
     )
     # the driver SIGKILLs itself when its first run has finished, the second one still going
     environment = {**os.environ, "KD_ENV_CRASH_AT": "sweep:ray-run-finished", "OMP_NUM_THREADS": "1"}
-    killed = subprocess.run([sys.executable, "-c", driver, str(tmp_path)], env=environment, cwd=REPO, timeout=600, check=False,
-                            capture_output=True, text=True)
+    killed = subprocess.run(
+        [sys.executable, "-c", driver, str(tmp_path)], env=environment, cwd=REPO, timeout=600, check=False, capture_output=True, text=True
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     runs = sweep.plan(preset, tmp_path)
     finished = {run.run_dir: (run.run_dir / "result.json").stat().st_mtime_ns for run in runs if run.done}

@@ -161,7 +161,10 @@ class RayExecutor:
         (run_dir / "bench_config.json").write_text(json.dumps(asdict(config), indent=1))
         environment = {key: value for key, value in os.environ.items() if key.startswith(FORWARDED_PREFIX)}
         return task.options(
-            num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run, max_retries=0, retry_exceptions=False,
+            num_cpus=self.cpus_per_run,
+            num_gpus=self.gpus_per_run,
+            max_retries=0,
+            retry_exceptions=False,
             name=f"kd-env {run_dir.name}",
         ).remote(str(run_dir), self.threads, environment)
 
@@ -229,4 +232,3 @@ class RayExecutor:
         log = run.run_dir / "log.txt"
         tail = log.read_text(errors="replace")[-1500:] if log.exists() else "(no log.txt)"
         return f"{problem}; log ends with:\n{tail}"
-
