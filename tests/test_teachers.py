@@ -266,8 +266,11 @@ def test_cli_train_and_list(tmp_path, capsys):
 
 
 def test_cli_errors(tmp_path, capsys):
-    assert cli_main(["teachers", "train", "--dataset", "nope", "--cache-dir", str(tmp_path)]) == 2
-    assert "no default teacher pool" in capsys.readouterr().err
+    assert cli_main(["teachers", "train", "--dataset", "nope", "--cache-dir", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: unknown dataset 'nope'") and "fashion_mnist" in error  # names the known ones
+    assert cli_main(["teachers", "train", "--dataset", "synthetic", "--pool", "nope", "--cache-dir", str(tmp_path)]) == 1
+    assert "unknown teacher pool 'nope'" in capsys.readouterr().err
     assert cli_main([]) == 2
     assert cli_main(["teachers"]) == 2
 
