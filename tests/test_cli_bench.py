@@ -118,6 +118,13 @@ def test_suite_on_synthetic_separates_oracle_from_aver(tmp_path):
     for name in ("interval_estimates.png", "performance_profiles.png"):
         assert _png_size(tmp_path / name)[0] > 100
     assert "### specialists" in (tmp_path / "results.md").read_text()
+    # the leading competitor (the only one here) against every other method, with paired CIs
+    leader_rows = json.loads((tmp_path / "leader.json").read_text())
+    assert {row["leader"] for row in leader_rows} == {"CA-MKD (per-sample)"}
+    assert {row["versus"] for row in leader_rows} == {"Oracle", "AVER"}
+    for row in leader_rows:
+        assert row["iqm_difference_ci_low"] <= row["iqm_difference"] <= row["iqm_difference_ci_high"]
+        assert row["leads"] == (row["iqm_difference_ci_low"] > 0)
 
 
 def test_cli_bench_runs_a_preset(tmp_path, capsys):

@@ -162,7 +162,53 @@ def write_statistics(runs: Sequence[PlannedRun], out: Path, preset: Preset) -> l
     except ValueError as exc:  # e.g. the oracle did not beat AVER somewhere: no scale to normalise on
         (out / "stats.md").write_text(f"Normalised scores not computed: {exc}\n")
         return None
-    return stats.write_report(normalised, out, baseline=preset.baseline, references=preset.references())
+    rows = stats.write_report(normalised, out, baseline=preset.baseline, references=preset.references())
+    write_leader_comparison(normalised, out, preset.references())
+    return rows
+
+
+def write_leader_comparison(normalised: dict[str, np.ndarray], out: Path, references: set[str]) -> list[dict[str, Any]]:
+    """``leader.md/.json``: the competitor with the highest IQM normalised score against every
+    other method: the paired (by seed, stratified by scenario) bootstrap CI of the IQM difference
+    and the probability of improvement with its CI. "Leads" means the difference's CI is above 0."""
+    competitors = [name for name in normalised if name not in references]
+    if not competitors:
+        return []
+    leader = max(competitors, key=lambda name: float(stats.iqm(normalised[name])))
+    rows = []
+    for other in (name for name in normalised if name != leader):
+        difference = stats.paired_difference_ci(normalised[leader], normalised[other], stats.iqm)
+        improvement = stats.probability_of_improvement_ci(normalised[leader], normalised[other])
+        rows.append(
+            {
+                "leader": leader,
+                "versus": other,
+                "reference": other in references,
+                "iqm_difference": round(difference.point, 3),
+                "iqm_difference_ci_low": round(difference.low, 3),
+                "iqm_difference_ci_high": round(difference.high, 3),
+                "p_improvement": round(improvement.point, 3),
+                "p_improvement_ci_low": round(improvement.low, 3),
+                "p_improvement_ci_high": round(improvement.high, 3),
+                "leads": difference.low > 0,
+            }
+        )
+    lines = [
+        f"The leader among the competing methods by IQM normalised score: **{leader}**. Against every other method: "
+        "IQM difference [95% paired stratified-bootstrap CI] and probability of improvement [95% CI].",
+        "",
+        "| versus | kind | IQM difference | 95% CI | P(leader > versus) | 95% CI | leads |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in sorted(rows, key=lambda r: (r["reference"], -r["iqm_difference"])):
+        lines.append(
+            f"| {row['versus']} | {'reference' if row['reference'] else 'method'} | {row['iqm_difference']:.3f} "
+            f"| [{row['iqm_difference_ci_low']:.3f}, {row['iqm_difference_ci_high']:.3f}] | {row['p_improvement']:.3f} "
+            f"| [{row['p_improvement_ci_low']:.3f}, {row['p_improvement_ci_high']:.3f}] | {'yes' if row['leads'] else 'no'} |"
+        )
+    (out / "leader.md").write_text("\n".join(lines) + "\n")
+    (out / "leader.json").write_text(json.dumps(rows, indent=1))
+    return rows
 
 
 def plot(runs: Sequence[PlannedRun], out: Path) -> None:
