@@ -57,16 +57,33 @@ def _mean_ci(values: list[float]) -> tuple[float, float]:
     return estimate.low, estimate.high
 
 
-def summarise(runs: Sequence[PlannedRun]) -> list[dict[str, Any]]:
-    """One row per (scenario, student, method): mean, std and CI over seeds."""
+def _paired_difference(test: dict[int, float], baseline: dict[int, float] | None) -> tuple[float, float, float]:
+    """Mean over seeds of ``acc - baseline acc`` (same seed) with its 95% bootstrap CI; NaN
+    without a baseline or fewer than 2 common seeds."""
+    seeds = sorted(set(test) & set(baseline or {}))
+    if baseline is None or len(seeds) < 2:
+        return float("nan"), float("nan"), float("nan")
+    x = np.array([[test[s]] for s in seeds])
+    y = np.array([[baseline[s]] for s in seeds])
+    estimate = stats.paired_difference_ci(x, y, stats.mean)
+    return estimate.point, estimate.low, estimate.high
+
+
+def summarise(runs: Sequence[PlannedRun], baseline: str | None = None) -> list[dict[str, Any]]:
+    """One row per (scenario, student, method): mean, std and CI over seeds, and the paired (by
+    seed) difference to the ``baseline`` method's accuracy in the same scenario with its CI."""
     groups: dict[tuple[str, str, str], list[tuple[PlannedRun, dict[str, Any]]]] = {}
     for run in runs:
         key = (run.scenario or "", run.student or "", run.method.label)
         groups.setdefault(key, []).append((run, load_result(run)))
+    by_seed = {key: {run.config.seed: test_accuracy(result) for run, result in members} for key, members in groups.items()}
     rows = []
     for (scenario, student, label), members in groups.items():
         results = [result for _, result in members]
         test = [test_accuracy(r) for r in results]
+        delta, delta_low, delta_high = _paired_difference(
+            by_seed[(scenario, student, label)], by_seed.get((scenario, student, baseline or ""))
+        )
         val = [100 * r["episodes"][-1]["best_val_acc"] for r in results if r["episodes"]]
         test_mean, test_std = _mean_std(test)
         ci_low, ci_high = _mean_ci(test)
@@ -82,6 +99,9 @@ def summarise(runs: Sequence[PlannedRun]) -> list[dict[str, Any]]:
                 "test_acc_std": round(test_std, 2),
                 "test_acc_ci_low": round(ci_low, 2),
                 "test_acc_ci_high": round(ci_high, 2),
+                "vs_baseline_mean": round(delta, 2),
+                "vs_baseline_ci_low": round(delta_low, 2),
+                "vs_baseline_ci_high": round(delta_high, 2),
                 "best_val_acc_mean": round(val_mean, 2),
                 "best_val_acc_std": round(val_std, 2),
                 "wall_time_s_mean": round(statistics.fmean(r["wall_time_s"] for r in results), 1),
@@ -99,15 +119,16 @@ def _fmt(value: float) -> str:
 def results_markdown(rows: list[dict[str, Any]], preset_name: str, preset: Preset) -> str:
     lines = [
         f"Preset `{preset_name}`: {preset.description}.",
-        "Test accuracy (%) of the best-validation student: mean +- std over seeds [95% bootstrap CI of the mean].",
+        "Test accuracy (%) of the best-validation student: mean +- std over seeds [95% bootstrap CI of the mean]; "
+        f"the mean paired (same seed) difference to {preset.baseline} in points [95% bootstrap CI].",
     ]
     for scenario in dict.fromkeys(row["scenario"] for row in rows):
         if scenario:
             lines += ["", f"### {scenario}"]
         lines += [
             "",
-            "| method | kind | student | seeds | test acc (%) | 95% CI | best val acc (%) | wall time (s) | peak memory (MiB) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            f"| method | kind | student | seeds | test acc (%) | 95% CI | vs {preset.baseline} (paired) | 95% CI | best val acc (%) | wall time (s) | peak memory (MiB) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         in_scenario = [row for row in rows if row["scenario"] == scenario]
         # references first, then the competitors, best first
@@ -115,6 +136,7 @@ def results_markdown(rows: list[dict[str, Any]], preset_name: str, preset: Prese
             lines.append(
                 f"| {row['method']} | {'reference' if row['reference'] else 'method'} | {row['student'] or '-'} | {row['seeds']} "
                 f"| {row['test_acc_mean']:.2f} +- {row['test_acc_std']:.2f} | [{_fmt(row['test_acc_ci_low'])}, {_fmt(row['test_acc_ci_high'])}] "
+                f"| {_fmt(row['vs_baseline_mean'])} | [{_fmt(row['vs_baseline_ci_low'])}, {_fmt(row['vs_baseline_ci_high'])}] "
                 f"| {row['best_val_acc_mean']:.2f} +- {row['best_val_acc_std']:.2f} | {row['wall_time_s_mean']:.0f} | {row['peak_memory_mib_max']:.0f} |"
             )
     return "\n".join(lines) + "\n"
@@ -144,7 +166,7 @@ def scenario_scores(runs: Sequence[PlannedRun], preset: Preset) -> tuple[dict[st
             "acc": test_accuracy(load_result(run)),
         }
         for run in runs
-        if run.method.aggregate
+        if run.method.aggregate and run.scenario not in preset.control_scenarios
     ]
     score_dict, tasks, _ = stats.scores_from_records(records, value="acc")
     return score_dict, list(tasks)
@@ -175,7 +197,7 @@ def write_leader_comparison(normalised: dict[str, np.ndarray], out: Path, refere
     if not competitors:
         return []
     leader = max(competitors, key=lambda name: float(stats.iqm(normalised[name])))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for other in (name for name in normalised if name != leader):
         difference = stats.paired_difference_ci(normalised[leader], normalised[other], stats.iqm)
         improvement = stats.probability_of_improvement_ci(normalised[leader], normalised[other])
@@ -280,7 +302,7 @@ def _plot_weights(plt: Any, groups: dict[str, dict[str, list[dict[str, Any]]]], 
 
 def write_report(runs: Sequence[PlannedRun], out: Path, preset_name: str, preset: Preset) -> list[dict[str, Any]]:
     """Tables, statistics and plots of a finished sweep; returns the per-method rows."""
-    rows = summarise(runs)
+    rows = summarise(runs, preset.baseline)
     write_tables(rows, out, preset_name, preset)
     write_statistics(runs, out, preset)
     plot(runs, out)
@@ -319,7 +341,7 @@ def write_report_with_failures(
     statistics need every cell, so ``stats.md`` only says why they are missing. Returns the rows
     of the finished runs."""
     done = [run for run in runs if run.done]
-    rows = summarise(done) if done else []
+    rows = summarise(done, preset.baseline) if done else []
     if rows:
         write_tables(rows, out, preset_name, preset)
         plot(done, out)
