@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # skip this and `pip install -e .` directly (setup.cfg keeps ranges).
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install data demo test bench clean
+.PHONY: install data demo test lint bench clean
 
 install: $(VENV)/.installed
 
@@ -15,7 +15,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PINS)
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[test,lint]"
 	touch $@
 
 # Fashion-MNIST where it is missing: Debian's package when apt is there and we are root,
@@ -36,6 +36,12 @@ demo: install data
 
 test: install data
 	$(BIN)/python -m pytest
+
+# ruff (lint and format) and mypy, configured in pyproject.toml; CI runs this before the tests
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 bench: install data
 	$(BIN)/python benchmarks/bench_speed.py
