@@ -5,7 +5,6 @@ one useful teacher among noise teachers."""
 from __future__ import annotations
 
 import inspect
-import time
 import warnings
 from pathlib import Path
 
@@ -270,15 +269,12 @@ class _ZeroPolicy:
 
 
 def test_ppo_learns_to_follow_the_only_useful_teacher():
-    start = time.perf_counter()
-    # the Synthetic-v0 section of ppo.yml as it ships (gamma 0.5, 10 epochs per 16-step rollout)
+    # the Synthetic-v0 section of ppo.yml as it ships (gamma 0.5, 10 epochs per 16-step rollout);
+    # no wall-clock bound: time belongs in benchmarks/, this machine's load varies 10x
     model = make_sb3_agent("ppo", gym.make(SYNTHETIC, **LEARNING_ENV), seed=0)
     model.learn(LEARNING_STEPS)
-    elapsed = time.perf_counter() - start
 
     weights = _mean_weights_over_an_episode(model, make_sb3_eval_env(model, gym.make(SYNTHETIC, **LEARNING_ENV)))
     uniform = _mean_weights_over_an_episode(_ZeroPolicy(), make_sb3_eval_env(model, gym.make(SYNTHETIC, **LEARNING_ENV)))
     np.testing.assert_allclose(uniform, 1 / 3, atol=1e-6)  # the threshold below excludes it
-    print(f"PPO weights {weights} after {LEARNING_STEPS} steps in {elapsed:.1f} s")
-    assert weights[0] > 0.6, f"PPO put {weights} on {LEARNING_ENV['teachers']} after {LEARNING_STEPS} steps ({elapsed:.1f} s)"
-    assert elapsed < 60
+    assert weights[0] > 0.6, f"PPO put {weights} on {LEARNING_ENV['teachers']} after {LEARNING_STEPS} steps"
