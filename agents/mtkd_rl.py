@@ -229,6 +229,22 @@ def _per_sample_env(env: Any) -> PerSampleKDVectorEnv:
     return base
 
 
+def resolve_state_layout(env_layout: dict[str, Any] | None, saved_layout: dict[str, Any] | None, agent_name: str) -> dict[str, Any]:
+    """The state layout an agent is built for: the env's (checked against ``saved_layout`` when
+    both are given), or ``saved_layout`` for a predict-only agent without an env."""
+    if env_layout is not None:
+        if saved_layout is not None and saved_layout != env_layout:
+            differences = [key for key in env_layout if env_layout[key] != saved_layout.get(key)]
+            raise ValueError(
+                f"the env's state layout does not match the agent's ({', '.join(differences)} differ): "
+                "build the env with the same teachers and state options"
+            )
+        return env_layout
+    if saved_layout is None:
+        raise ValueError(f"a predict-only {agent_name} needs state_layout; use {agent_name}.load(path) for a trained agent")
+    return saved_layout
+
+
 def state_layout_of(env: PerSampleKDVectorEnv) -> dict[str, Any]:
     """What the agent's network depends on in the env's state (JSON-able; checked on load)."""
     columns = PriorColumns.from_feature_names(env.feature_names, env.teacher_names, env.heads == 2)
@@ -348,17 +364,7 @@ class MTKDRL(BaseAgent):
         self.kd_env: PerSampleKDVectorEnv | None = None
         if env is not None:
             self.kd_env = _per_sample_env(env)
-            layout = state_layout_of(self.kd_env)
-            if state_layout is not None and state_layout != layout:
-                differences = [key for key in layout if layout[key] != state_layout.get(key)]
-                raise ValueError(
-                    f"the env's state layout does not match the agent's ({', '.join(differences)} differ): "
-                    "build the env with the same teachers and state options"
-                )
-        elif state_layout is None:
-            raise ValueError("a predict-only MTKDRL needs state_layout; use MTKDRL.load(path) for a trained agent")
-        else:
-            layout = state_layout
+        layout = resolve_state_layout(None if self.kd_env is None else state_layout_of(self.kd_env), state_layout, "MTKDRL")
         super().__init__(env, seed, observation_space, action_space)
         if layout["state_dim"] != self.observation_dim or layout["heads"] * layout["num_teachers"] != self.action_dim:
             raise ValueError(

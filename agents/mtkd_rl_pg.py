@@ -71,7 +71,7 @@ from torch import nn
 from kd_env.envs.per_sample_env import PerSampleKDVectorEnv
 
 from .base import BaseAgent, EnvLike
-from .mtkd_rl import MTKDRLNetwork, PriorColumns
+from .mtkd_rl import MTKDRLNetwork, PriorColumns, resolve_state_layout
 from .reinforce import RunningMeanStd
 
 __all__ = ["MTKDRLPG", "MTKDRL_PG_DEFAULTS", "NETWORKS", "TeacherScorer", "TeacherSlices", "logistic_normal_log_prob", "routing_layout_of"]
@@ -308,18 +308,7 @@ class MTKDRLPG(BaseAgent):
         self.tie_heads = bool(tie_heads)
         self.learning = bool(learn)
         self.policy_path = None if policy_path is None else str(policy_path)
-        if env is not None:
-            layout = routing_layout_of(_per_sample_env(env))
-            if state_layout is not None and state_layout != layout:
-                differences = [key for key in layout if layout[key] != state_layout.get(key)]
-                raise ValueError(
-                    f"the env's state layout does not match the agent's ({', '.join(differences)} differ): "
-                    "build the env with the same teachers and state options"
-                )
-        elif state_layout is None:
-            raise ValueError("a predict-only MTKDRLPG needs state_layout; use MTKDRLPG.load(path) for a trained agent")
-        else:
-            layout = state_layout
+        layout = resolve_state_layout(None if env is None else routing_layout_of(_per_sample_env(env)), state_layout, "MTKDRLPG")
         super().__init__(env, seed, observation_space, action_space)
         self.state_layout = layout
         self.num_teachers = int(layout["num_teachers"])

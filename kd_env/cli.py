@@ -165,18 +165,15 @@ def _train_pool(args: argparse.Namespace, pool: str) -> int:
         if path.exists() and not args.force:
             damaged += not _existing_teacher_ok(name, path)
             continue
-        T.train_teacher(
-            recipe.arch,
+        T.train_pool_member(
+            recipe,
             splits,
-            epochs=args.epochs if args.epochs is not None else recipe.epochs,
+            path,
+            device=args.device,
+            progress=not args.no_progress,
+            epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
-            seed=recipe.seed,
-            classes=recipe.classes,
-            relabel=recipe.relabel,
-            device=args.device,
-            path=path,
-            progress=not args.no_progress,
             resume=not args.no_resume,
         )
         _print_trained(name, path)

@@ -36,6 +36,7 @@ from .pools import (
     pool_train_command,
     register_pool,
     specialist_groups,
+    train_pool_member,
 )
 from .recipes import (
     LR_DECAY_AT,
@@ -85,6 +86,7 @@ __all__ = [
     "teacher_path",
     "teachers_dir",
     "train_command",
+    "train_pool_member",
     "train_teacher",
     "verify_teacher",
 ]

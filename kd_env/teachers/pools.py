@@ -176,20 +176,28 @@ def pool_members(
     return members
 
 
-def train_pool_member(recipe: TeacherRecipe, splits: Any, path: Path, *, device: Any = "cpu", progress: bool = True) -> Path:
-    """Train one recipe's teacher on loaded ``splits`` into ``path``."""
+def train_pool_member(
+    recipe: TeacherRecipe, splits: Any, path: Path, *, device: Any = "cpu", progress: bool = True, **overrides: Any
+) -> Path:
+    """Train one recipe's teacher on loaded ``splits`` into ``path``.
+
+    ``overrides`` go to :func:`~kd_env.teachers.training.train_teacher` (``epochs``,
+    ``batch_size``, ``lr``, ``resume``; ``None`` values keep the recipe's).
+    """
     from .training import train_teacher
 
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    overrides.setdefault("epochs", recipe.epochs)
     return train_teacher(
         recipe.arch,
         splits,
-        epochs=recipe.epochs,
         seed=recipe.seed,
         classes=recipe.classes,
         relabel=recipe.relabel,
         device=device,
         path=path,
         progress=progress,
+        **overrides,
     )
 
 
