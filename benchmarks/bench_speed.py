@@ -575,8 +575,8 @@ def bench_sweep(preset_name: str, steps: int) -> None:
     import dataclasses
     import tempfile
 
-    from kd_env.benchmark import run_benchmark
-    from kd_env.benchmark.sweep import plan, prepare_teachers, resolve_preset
+    from kd_env.comparison import run_benchmark
+    from kd_env.comparison.sweep import plan, prepare_teachers, resolve_preset
     from kd_env.utils import available_cores, threads_per_run
 
     overrides = {"max_steps_per_epoch": steps} if steps else {}

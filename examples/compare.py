@@ -11,7 +11,7 @@ The full sweeps are `kd-env bench --preset fmnist` and `--preset cifar100-paper`
 
 from __future__ import annotations
 
-from kd_env.benchmark import Method, Preset, run_benchmark
+from kd_env.comparison import Method, Preset, run_benchmark
 
 preset = Preset(
     env_id="MultiTeacherKD-FashionMNIST-v0",

@@ -382,7 +382,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def add_bench_parser(subparsers: Any) -> None:
-    from kd_env.benchmark import PRESETS
+    from kd_env.comparison import PRESETS
 
     bench = subparsers.add_parser(
         "bench",
@@ -434,7 +434,7 @@ def add_bench_parser(subparsers: Any) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from kd_env.benchmark.sweep import DEFAULT_RETRIES, SweepFailedError
+    from kd_env.comparison.sweep import DEFAULT_RETRIES, SweepFailedError
 
     jobs = getattr(args, "jobs", 1)
     retries = DEFAULT_RETRIES if getattr(args, "retries", None) is None else args.retries
@@ -447,7 +447,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     # local: each run is a child process with its share of the cores (OMP_NUM_THREADS and --threads);
     # ray: each run gets the threads of its CPU request (or --threads)
     threads = _apply_threads(getattr(args, "threads", None), jobs=jobs) if executor == "local" else None
-    from kd_env.benchmark import run_benchmark
+    from kd_env.comparison import run_benchmark
 
     out = args.out or f"results/{args.preset}"
     try:
@@ -471,7 +471,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_executor(args: argparse.Namespace, retries: int) -> Any:
-    """``"local"``, a :class:`~kd_env.benchmark.ray_executor.RayExecutor`, or an exit status after
+    """``"local"``, a :class:`~kd_env.comparison.ray_executor.RayExecutor`, or an exit status after
     printing why the options cannot be used (Ray missing: the extra to install)."""
     name = getattr(args, "executor", "local")
     ray_options = {
@@ -485,7 +485,7 @@ def _bench_executor(args: argparse.Namespace, retries: int) -> Any:
             print(f"error: {', '.join(given)} only apply to --executor ray", file=sys.stderr)
             return 2
         return "local"
-    from kd_env.benchmark import ray_executor
+    from kd_env.comparison import ray_executor
 
     try:
         ray_executor.require_ray()

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from kd_env.benchmark import PRESETS, Method, Preset, run_benchmark, sweep
+from kd_env.comparison import PRESETS, Method, Preset, run_benchmark, sweep
 from kd_env.cli import main
 
 
@@ -155,7 +155,7 @@ def test_transfer_methods_pretrain_once_then_evaluate_frozen(tmp_path):
     seed never an evaluation seed; the evaluation runs load its policy and do not learn."""
     from pathlib import Path
 
-    from kd_env.benchmark.presets import Pretrain
+    from kd_env.comparison.presets import Pretrain
 
     suite = PRESETS["suite"]
     pretraining = sweep.plan_pretraining(suite, tmp_path)

@@ -29,7 +29,7 @@ from kd_env.data import (
     make_synthetic,
     sources,
 )
-from kd_env.data.tensors import split_train_val
+from kd_env.data.datasets import split_train_val
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from kd_env.benchmark import Method, Preset, run_benchmark, sweep
+from kd_env.comparison import Method, Preset, run_benchmark, sweep
 from kd_env.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,7 +134,7 @@ def test_ray_executor_gives_the_local_table(tmp_path: Path, ray_cluster: ModuleT
 
 
 def test_ray_worker_killed_mid_run_is_retried_and_the_sweep_completes(tmp_path: Path, ray_cluster: ModuleType) -> None:
-    from kd_env.benchmark.ray_executor import RayExecutor
+    from kd_env.comparison.ray_executor import RayExecutor
 
     runs = sweep.plan(_preset([Method("AVER", "aver")], [0], {"epochs": 2, "max_steps_per_epoch": 40}), tmp_path, checkpoint_every=3)
     run_dir = runs[0].run_dir
@@ -160,14 +160,14 @@ def test_ray_worker_killed_mid_run_is_retried_and_the_sweep_completes(tmp_path: 
 
 
 def test_ray_driver_killed_mid_sweep_continues_with_the_same_command(tmp_path: Path, ray_cluster: ModuleType) -> None:
-    from kd_env.benchmark.ray_executor import RayExecutor
+    from kd_env.comparison.ray_executor import RayExecutor
 
     env_kwargs = {"epochs": 2, "max_steps_per_epoch": 10}
     preset = _preset([Method("AVER", "aver")], [0, 1, 2], env_kwargs)
     address = ray_cluster.get_runtime_context().gcs_address
     driver = (
-        "import sys\nfrom pathlib import Path\nfrom kd_env.benchmark import Method, Preset, run_benchmark\n"
-        "from kd_env.benchmark.ray_executor import RayExecutor\n"
+        "import sys\nfrom pathlib import Path\nfrom kd_env.comparison import Method, Preset, run_benchmark\n"
+        "from kd_env.comparison.ray_executor import RayExecutor\n"
         f"preset = Preset(env_id={ENV!r}, methods=[Method('AVER', 'aver')], seeds=[0, 1, 2], env_kwargs={env_kwargs!r}, "
         "train_teachers=False)\n"
         f"run_benchmark(preset, Path(sys.argv[1]), progress=False, executor=RayExecutor(address={address!r}))\n"

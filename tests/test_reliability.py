@@ -220,7 +220,7 @@ def test_diverging_run_writes_its_result(tmp_path, per_sample):
 
 # ------------------------------------------------------------------------------------ item 4: the sweep
 def _sweep_runs(out: Path, checkpoint_every: int = 3) -> list[Any]:
-    from kd_env.benchmark import Method, Preset, sweep
+    from kd_env.comparison import Method, Preset, sweep
 
     preset = Preset(
         env_id=ENV,
@@ -249,11 +249,11 @@ def _processes_running(marker: str) -> list[int]:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_killed_sweep_takes_its_child_down_and_the_rerun_finishes_once(tmp_path, straight_runs):
-    from kd_env.benchmark import sweep
+    from kd_env.comparison import sweep
 
     runs = _sweep_runs(tmp_path)
     script = (
-        "import sys\nfrom pathlib import Path\nfrom kd_env.benchmark import Method, Preset, sweep\n"
+        "import sys\nfrom pathlib import Path\nfrom kd_env.comparison import Method, Preset, sweep\n"
         f"preset = Preset(env_id={ENV!r}, methods=[Method('REINFORCE', 'reinforce', agent_kwargs={{'n_steps': 4}})], "
         f"seeds=[0], env_kwargs={SHORT!r}, train_teachers=False)\n"
         "sweep.LocalExecutor(1, 1).run(sweep.plan(preset, Path(sys.argv[1]), checkpoint_every=3), progress=False)"
@@ -274,7 +274,7 @@ def test_killed_sweep_takes_its_child_down_and_the_rerun_finishes_once(tmp_path,
 
 
 def test_sweep_run_killed_mid_run_resumes_from_its_checkpoint(tmp_path, straight_runs, monkeypatch):
-    from kd_env.benchmark import sweep
+    from kd_env.comparison import sweep
 
     runs = _sweep_runs(tmp_path)
     assert runs[0].config.checkpoint_every == 3
@@ -292,7 +292,7 @@ def test_sweep_run_killed_mid_run_resumes_from_its_checkpoint(tmp_path, straight
 
 
 def test_sweep_refuses_a_second_process_on_a_run_folder(tmp_path):
-    from kd_env.benchmark import sweep
+    from kd_env.comparison import sweep
 
     runs = _sweep_runs(tmp_path)
     runs[0].run_dir.mkdir(parents=True)

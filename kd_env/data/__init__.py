@@ -17,7 +17,7 @@ from typing import Any
 
 from .augment import BatchTransform, default_augmentation
 from .names import DatasetNotFoundError, default_cache_dir
-from .tensors import DatasetSplits, batch_indices, load_dataset, make_synthetic
+from .datasets import DatasetSplits, batch_indices, load_dataset, make_synthetic
 
 # names whose module imports torchvision: resolved on first access (PEP 562)
 _LAZY = {"find_data_root": "sources"}

@@ -14,7 +14,7 @@ from kd_env.envs.core import (
     step_info,
     supported_render_mode,
 )
-from kd_env.features import BatchFeatureSpec, batch_features
+from kd_env.observations import BatchFeatureSpec, batch_features
 
 
 class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):

@@ -15,7 +15,7 @@ from kd_env.envs.core import (
     final_metrics,
     supported_render_mode,
 )
-from kd_env.features import SampleStateSpec, per_sample_state
+from kd_env.observations import SampleStateSpec, per_sample_state
 
 
 class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):

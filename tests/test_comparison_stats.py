@@ -1,4 +1,4 @@
-"""The benchmark's statistics (kd_env.benchmark.stats) on hand-made score arrays."""
+"""The benchmark's statistics (kd_env.comparison.stats) on hand-made score arrays."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from kd_env.benchmark import stats
+from kd_env.comparison import stats
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPS = 300  # enough resamples for these checks, fast

@@ -9,7 +9,7 @@ Written to the output folder:
   ``stats.md/.csv/.json`` with the normalised score ``(acc - AVER) / (oracle - AVER)`` per
   scenario aggregated over scenarios (IQM, mean, median, optimality gap, probability of
   improvement over AVER, each with a stratified-bootstrap CI), ``interval_estimates.png`` and
-  ``performance_profiles.png`` (:mod:`kd_env.benchmark.stats`);
+  ``performance_profiles.png`` (:mod:`kd_env.comparison.stats`);
 * ``val_acc.png`` (validation accuracy over training, mean over seeds) and ``weights.png``
   (each method's teacher weights over training, first seed), one panel row per scenario.
 """
@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kd_env.benchmark import stats
+from kd_env.comparison import stats
 
 if TYPE_CHECKING:
-    from kd_env.benchmark.presets import Preset
-    from kd_env.benchmark.sweep import PlannedRun
+    from kd_env.comparison.presets import Preset
+    from kd_env.comparison.sweep import PlannedRun
 
 SMOOTHING_WINDOW = 25
 

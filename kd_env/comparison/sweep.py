@@ -11,7 +11,7 @@ an interrupted sweep continues with the same command, and a run that was stopped
 its last checkpoint (runs checkpoint every :data:`SWEEP_CHECKPOINT_EVERY` updates). Each run holds
 its folder's lock while it goes (a second process on it is refused, see :func:`kd_env.run.train`),
 and children die with the sweep, even when the sweep is killed (``PR_SET_PDEATHSIG`` on Linux).
-The tables and plots are always rebuilt from the run folders (:mod:`kd_env.benchmark.report`).
+The tables and plots are always rebuilt from the run folders (:mod:`kd_env.comparison.report`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from kd_env.benchmark.presets import PRESETS, Method, Preset
+from kd_env.comparison.presets import PRESETS, Method, Preset
 from kd_env.run import RunConfig
 from kd_env.utils import crash_point
 
@@ -202,7 +202,7 @@ def prepare_teachers(preset: Preset, overrides: dict[str, Any] | None = None) ->
 # ------------------------------------------------------------------------------------ executors
 class Executor(Protocol):
     """Runs a sweep's planned runs somewhere (:class:`LocalExecutor`, or
-    :class:`~kd_env.benchmark.ray_executor.RayExecutor` on a Ray cluster)."""
+    :class:`~kd_env.comparison.ray_executor.RayExecutor` on a Ray cluster)."""
 
     def run(self, runs: list[PlannedRun], progress: bool = True, description: str = "bench") -> list[tuple[PlannedRun, str]]:
         """Run every run that is not done; returns ``(run, error)`` for the runs that failed every attempt."""
@@ -268,7 +268,7 @@ class LocalExecutor:
         (run.run_dir / "bench_config.json").write_text(json.dumps(asdict(run.config), indent=1))
         environment = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
         log = (run.run_dir / "log.txt").open("ab")
-        command = [sys.executable, "-m", "kd_env.benchmark", "--run-one", str(run.run_dir), "--threads", str(self.threads)]
+        command = [sys.executable, "-m", "kd_env.comparison", "--run-one", str(run.run_dir), "--threads", str(self.threads)]
         try:
             return subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, env=environment, preexec_fn=_die_with_parent(os.getpid())
@@ -356,14 +356,14 @@ def run_benchmark(
     """Run (or continue) a preset's sweep and write its tables and plots. Returns the table rows.
 
     ``executor``: ``"local"`` (child processes here, ``jobs`` at once), ``"ray"`` (a Ray task per
-    run, :class:`~kd_env.benchmark.ray_executor.RayExecutor` with its defaults) or an executor
+    run, :class:`~kd_env.comparison.ray_executor.RayExecutor` with its defaults) or an executor
     object; a failed run is tried ``retries`` more times (:class:`RetryPolicy`).
 
     Raises:
         SweepFailedError: some runs failed every attempt; the report lists them with their errors
             (the others are kept; rerunning the command continues where it stopped).
     """
-    from kd_env.benchmark.report import write_report, write_report_with_failures
+    from kd_env.comparison.report import write_report, write_report_with_failures
 
     preset_name, preset = resolve_preset(preset)
     out = Path(out)
@@ -375,7 +375,7 @@ def run_benchmark(
     if executor == "local":
         executor = LocalExecutor(jobs, threads, retries)
     elif executor == "ray":
-        from kd_env.benchmark.ray_executor import RayExecutor
+        from kd_env.comparison.ray_executor import RayExecutor
 
         executor = RayExecutor(threads=threads, retries=retries)
     elif isinstance(executor, str):
@@ -420,4 +420,4 @@ def main(argv: list[str]) -> None:
         threads = int(argv[3]) if len(argv) == 4 and argv[2] == "--threads" else None
         _run_one(Path(argv[1]), threads)
     else:
-        sys.exit("usage: python -m kd_env.benchmark --run-one RUN_DIR [--threads N] (use `kd-env bench` instead)")
+        sys.exit("usage: python -m kd_env.comparison --run-one RUN_DIR [--threads N] (use `kd-env bench` instead)")

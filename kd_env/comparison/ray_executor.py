@@ -6,7 +6,7 @@
 
 Each run is one Ray task asking for ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs (a fraction
 shares a GPU). The task starts the same child the local executor starts, ``python -m
-kd_env.benchmark --run-one RUN_DIR --threads N``, on whichever node Ray placed it, with its log in
+kd_env.comparison --run-one RUN_DIR --threads N``, on whichever node Ray placed it, with its log in
 the run folder's ``log.txt``; so a run on a Ray node computes exactly what it computes locally.
 The run folders, the teacher cache and the data must be on a filesystem every node sees at the
 same path: the driver writes each run's ``bench_config.json``, the node writes the run's results,
@@ -15,7 +15,7 @@ TensorBoard events and checkpoints next to it, and the driver builds the tables 
 run, so every node reads the same teachers and data.
 
 Faults: a task that fails (the run's exit status, a worker process or a node lost) is submitted
-again under the sweep's :class:`~kd_env.benchmark.sweep.RetryPolicy` (Ray's own retries are off,
+again under the sweep's :class:`~kd_env.comparison.sweep.RetryPolicy` (Ray's own retries are off,
 so that every attempt is counted and its error kept); the new attempt continues from the run's
 last checkpoint. If the driver dies, Ray ends its tasks and their children follow (they get
 SIGTERM when their worker dies); the same command continues the sweep.
@@ -35,7 +35,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from kd_env.benchmark.sweep import DEFAULT_RETRIES, PlannedRun, RetryPolicy
+from kd_env.comparison.sweep import DEFAULT_RETRIES, PlannedRun, RetryPolicy
 from kd_env.utils import crash_point
 
 #: The ``pip`` extra that installs Ray for this executor.
@@ -67,7 +67,7 @@ def run_in_worker(run_dir: str, threads: int, environment: dict[str, str]) -> di
     Returns ``{"returncode": ..., "node": ...}``. Raises ``FileNotFoundError`` when the run folder
     is not visible on this node (the sweep's output folder must be on a shared filesystem).
     """
-    from kd_env.benchmark.sweep import _die_with_parent
+    from kd_env.comparison.sweep import _die_with_parent
 
     folder = Path(run_dir)
     node = socket.gethostname()
@@ -77,7 +77,7 @@ def run_in_worker(run_dir: str, threads: int, environment: dict[str, str]) -> di
             "that every node of the Ray cluster mounts at the same path (a shared filesystem)"
         )
     child_environment = {**os.environ, **environment, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    command = [sys.executable, "-m", "kd_env.benchmark", "--run-one", str(folder), "--threads", str(threads)]
+    command = [sys.executable, "-m", "kd_env.comparison", "--run-one", str(folder), "--threads", str(threads)]
     with (folder / "log.txt").open("ab") as log:
         log.write(f"[ray] node {node}, worker pid {os.getpid()}\n".encode())
         log.flush()
@@ -105,7 +105,7 @@ class RayExecutor:
             sets ``CUDA_VISIBLE_DEVICES`` for the task; the preset's ``device`` env argument
             decides whether the run uses it (``--env-arg device=cuda``).
         threads: torch threads per run (default: ``cpus_per_run``, at least 1).
-        retries: attempts after a run's first failure (:class:`~kd_env.benchmark.sweep.RetryPolicy`).
+        retries: attempts after a run's first failure (:class:`~kd_env.comparison.sweep.RetryPolicy`).
         local_cpus: CPUs of the local instance started when there is no cluster (default: all).
     """
 
