@@ -28,8 +28,9 @@ Sections (each prints ratios; the goals are from the project's issues):
   the 16-teacher store's build time and size.
 * ``accuracy``: the student's final test accuracy after one epoch with a float16 and a float32
   store, 3 seeds each (goal: within the seed spread).
-* ``agents``: one 1-epoch ``kd-env train`` run of the per-sample MTKD-RL agent and of AVER, each
-  in its own process: wall time and peak RSS ratios (goal <= 1.05 each).
+* ``agents``: one 1-epoch ``kd-env train`` run of the per-sample MTKD-RL agent and of the router
+  (the suite's leading agent), each against AVER, each run in its own process: wall time and
+  peak RSS ratios (goal <= 1.05 each).
 * ``imports`` (issue #12): resident memory (RSS) of a fresh process after ``import torch``,
   after ``import kd_env`` (and its time), and of one synthetic-env worker (an env built, reset
   and stepped once, as in each ``SubprocVecEnv`` / async worker); which heavy modules each
@@ -317,13 +318,16 @@ def _construct_and_reset(batch_size: int) -> float:
     return time.perf_counter() - start
 
 
-def _agent_run(agent: str, epochs: int) -> float:
-    """One ``kd-env train`` run (per-sample env for MTKD-RL), as a user starts it."""
+def _agent_run(spec: str, epochs: int) -> float:
+    """One ``kd-env train`` run as a user starts it. ``spec`` is ``agent`` or ``agent@reward_mode``
+    (the per-sample env for the per-sample agents)."""
     import tempfile
 
     from kd_env.cli import main as cli_main
 
-    per_sample = ["--per-sample"] if agent == "mtkd-rl" else []
+    agent, _, reward_mode = spec.partition("@")
+    per_sample = ["--per-sample"] if agent in ("mtkd-rl", "router") else []
+    reward = ["--env-arg", f"reward_mode={reward_mode}"] if reward_mode else []
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
         cli_main(
@@ -334,6 +338,7 @@ def _agent_run(agent: str, epochs: int) -> float:
                 *per_sample,
                 "--env-arg",
                 f"epochs={epochs}",
+                *reward,
                 "--run-dir",
                 run_dir,
                 "--no-progress",
@@ -496,21 +501,33 @@ def bench_accuracy(batch_size: int, seeds: int) -> None:
     )
 
 
+# (label, the AVER run it is compared with, the agent run): MTKD-RL as the paper runs it (both
+# with the env's default reward, which MTKD-RL reads), and the suite's leading agent, the router,
+# with its label_logprob credit against AVER with the cheapest reward mode, as the suite runs rules
+_AGENT_PAIRS = [
+    ("MTKD-RL per-sample", "aver", "mtkd-rl"),
+    ("Router per-sample", "aver@neg_loss", "router@label_logprob"),
+]
+
+
 def bench_agents(batch_size: int, rounds: int) -> None:
-    """Per-sample MTKD-RL against AVER: one 1-epoch `kd-env train` run each, own processes."""
+    """Per-sample agents against AVER: one 1-epoch `kd-env train` run each, own processes,
+    rounds alternating between the runs."""
     _run_child("construct", 0, batch_size)
-    results: dict[str, list[dict]] = {"aver": [], "mtkd-rl": []}
+    specs = list(dict.fromkeys(spec for _, aver, agent in _AGENT_PAIRS for spec in (aver, agent)))
+    results: dict[str, list[dict]] = {spec: [] for spec in specs}
     for _ in range(rounds):
-        for agent in results:
-            results[agent].append(_run_child(f"agent:{agent}", 0, batch_size, 1))
-    seconds = {agent: statistics.median(r["seconds"] for r in runs) for agent, runs in results.items()}
-    memory = {agent: max(r["peak_rss_mib"] for r in runs) for agent, runs in results.items()}
-    print(f"[agents] one 1-epoch `kd-env train` run each (default env settings), median of {rounds}")
-    print(
-        f"  AVER {seconds['aver']:.1f} s, {memory['aver']:.0f} MiB | MTKD-RL per-sample {seconds['mtkd-rl']:.1f} s, "
-        f"{memory['mtkd-rl']:.0f} MiB | ratios: time {seconds['mtkd-rl'] / seconds['aver']:.3f}, "
-        f"memory {memory['mtkd-rl'] / memory['aver']:.3f} (goal <= 1.05 each)"
-    )
+        for spec in specs:
+            results[spec].append(_run_child(f"agent:{spec}", 0, batch_size, 1))
+    seconds = {spec: statistics.median(r["seconds"] for r in runs) for spec, runs in results.items()}
+    memory = {spec: max(r["peak_rss_mib"] for r in runs) for spec, runs in results.items()}
+    print(f"[agents] one 1-epoch `kd-env train` run each (Fashion-MNIST, default pool), median of {rounds}")
+    for label, aver, agent in _AGENT_PAIRS:
+        print(
+            f"  {label} ({agent}) {seconds[agent]:.1f} s, {memory[agent]:.0f} MiB | AVER ({aver}) {seconds[aver]:.1f} s, "
+            f"{memory[aver]:.0f} MiB | ratios: time {seconds[agent] / seconds[aver]:.3f}, "
+            f"memory {memory[agent] / memory[aver]:.3f} (goal <= 1.05 each)"
+        )
 
 
 _IMPORTS_CHILD = """
