@@ -266,6 +266,25 @@ PRESETS: dict[str, Preset] = {
         control_scenarios=["capacity"],
         description="the scenario suite: capacity (control), noisy, specialists x every method x 5 seeds on Fashion-MNIST",
     ),
+    # issue #10's ablations of the leading agent on the two scenarios with structure: which state
+    # groups it needs (the paper's Table 6b: performance / gap / both) and which reward; the
+    # batch-level vs per-sample ablation is read from the suite's own pairs (EBKD, CA-MKD,
+    # REINFORCE, PPO each run both ways). Same settings and labels as `suite`, so the runs of
+    # its rows (Oracle, AVER, Router (per-sample)) can be reused: link them into <out>/runs.
+    "suite-ablations": Preset(
+        env_id=FMNIST_ID,
+        methods=[m for m in _REFERENCES if m.label in ("Oracle", "AVER")]
+        + [
+            Method("Router (per-sample)", "router", per_sample=True, env_kwargs=_LABEL_CREDIT),
+            Method("Router state=performance", "router", per_sample=True, env_kwargs={**_LABEL_CREDIT, "state_parts": ["performance"]}),
+            Method("Router state=gap", "router", per_sample=True, env_kwargs={**_LABEL_CREDIT, "state_parts": ["gap"]}),
+            Method("Router reward=neg_loss", "router", per_sample=True, env_kwargs=_PER_SAMPLE),
+        ],
+        seeds=[0, 1, 2],
+        env_kwargs={"epochs": 2, "train_size": 12800, "feature_kd": False, "device": "cpu"},
+        scenarios=["noisy", "specialists"],
+        description="the router's ablations (state groups, reward) on noisy and specialists, 3 seeds",
+    ),
     "suite-synthetic": Preset(
         env_id=SYNTHETIC_ID,
         methods=[m for m in _REFERENCES if m.agent in ("oracle", "aver")]
