@@ -82,6 +82,18 @@ class Preset:
     control_scenarios: list[str] = field(default_factory=list)
     """Scenarios without a known best weighting (the oracle is no upper bound there): reported
     in accuracy and paired difference to the baseline, left out of the normalised score."""
+    contrasts: list[tuple[str, str]] = field(default_factory=list)
+    """``(method, compared_with)`` label pairs the report compares paired by seed, per scenario and
+    in normalised score (``contrasts.md``, :mod:`kd_env.comparison.contrasts`): ablations."""
+
+    def __post_init__(self) -> None:
+        labels = {method.label for method in self.methods}
+        for method, compared_with in self.contrasts:
+            missing = [label for label in (method, compared_with) if label not in labels]
+            if missing:
+                raise ValueError(f"contrast ({method!r}, {compared_with!r}) names {missing}, not methods of the preset: {sorted(labels)}")
+            if method == compared_with:
+                raise ValueError(f"contrast ({method!r}, {compared_with!r}) compares a method with itself")
 
     def references(self) -> set[str]:
         return {method.label for method in self.methods if method.reference}
@@ -168,7 +180,7 @@ _CAMKD_REPO = {"weight_decay": 5e-4, "reward_mode": "neg_loss"}
 
 
 def _paper_baselines() -> list[Method]:
-    """AVER, EBKD, CA-MKD and AEKD as published, plus MTKD-RL's own AVER."""
+    """AVER, EBKD, CA-MKD, AEKD and MMKD as published, plus MTKD-RL's own AVER."""
     k = PAPER_POOL_SIZE
     return [
         # CA-MKD code, AVERAGE_LOSS branch: (1/K) sum_k mean_b KL, logits only (-b 0), wd 5e-4
@@ -200,6 +212,13 @@ def _paper_baselines() -> list[Method]:
         # AE-KD code (identical copy in the CA-MKD repo): one capped min-norm weight vector per
         # batch (C = 0.6), sum_k alpha_k mean_b KL (AVER's scale), logits only (-b 0), wd 5e-4
         Method("AEKD", "aekd", env_kwargs={**_CAMKD_REPO, "feature_kd": False}),
+        # MMKD code (Rorozhl/MMKD README: train_meta.py --distill inter -r 1 -a 1 -b 100
+        # --hard_buffer --convs --nesterov; wd 5e-4, its default): per-sample weights from its
+        # meta-learned networks (baselines/mmkd.py) in mean_b sum_k w KL (our convention:
+        # kd_scale 1) and its feature term mean_b sum_k v MSE with beta 100 (MTKD-RL: 5), on
+        # our adapters in place of --convs; the networks learn during the run (a meta step
+        # every 5 updates on a 256-sample hard buffer)
+        Method("MMKD", "mmkd", per_sample=True, env_kwargs={**_CAMKD_REPO, "beta": 100.0}),
     ]
 
 
@@ -264,6 +283,15 @@ PRESETS: dict[str, Preset] = {
         env_kwargs={"epochs": 2, "train_size": 12800, "feature_kd": False, "device": "cpu"},
         scenarios=SUITE_SCENARIOS,
         control_scenarios=["capacity"],
+        # issue #10's batch-level vs per-sample ablation: the methods run both ways, and the
+        # router's transfer against its online self
+        contrasts=[
+            ("EBKD (per-sample)", "EBKD"),
+            ("CA-MKD (per-sample)", "CA-MKD"),
+            ("REINFORCE (per-sample)", "REINFORCE"),
+            ("PPO (per-sample)", "PPO"),
+            ("Router (transfer)", "Router (per-sample)"),
+        ],
         description="the scenario suite: capacity (control), noisy, specialists x every method x 5 seeds on Fashion-MNIST",
     ),
     # issue #10's ablations of the leading agent on the two scenarios with structure: which state
@@ -283,6 +311,11 @@ PRESETS: dict[str, Preset] = {
         seeds=[0, 1, 2],
         env_kwargs={"epochs": 2, "train_size": 12800, "feature_kd": False, "device": "cpu"},
         scenarios=["noisy", "specialists"],
+        contrasts=[
+            ("Router state=performance", "Router (per-sample)"),
+            ("Router state=gap", "Router (per-sample)"),
+            ("Router reward=neg_loss", "Router (per-sample)"),
+        ],
         description="the router's ablations (state groups, reward) on noisy and specialists, 3 seeds",
     ),
     "suite-synthetic": Preset(

@@ -10,6 +10,8 @@ Written to the output folder:
   scenario aggregated over scenarios (IQM, mean, median, optimality gap, probability of
   improvement over AVER, each with a stratified-bootstrap CI), ``interval_estimates.png`` and
   ``performance_profiles.png`` (:mod:`kd_env.comparison.stats`);
+* ``contrasts.md/.json`` for the preset's planned contrasts (ablations: a method against
+  another, paired by seed; :mod:`kd_env.comparison.contrasts`);
 * ``val_acc.png`` (validation accuracy over training, mean over seeds) and ``weights.png``
   (each method's teacher weights over training, first seed), one panel row per scenario.
 """
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kd_env.comparison import stats
+from kd_env.comparison.contrasts import write_contrasts
 
 if TYPE_CHECKING:
     from kd_env.comparison.presets import Preset
@@ -305,6 +308,7 @@ def write_report(runs: Sequence[PlannedRun], out: Path, preset_name: str, preset
     rows = summarise(runs, preset.baseline)
     write_tables(rows, out, preset_name, preset)
     write_statistics(runs, out, preset)
+    write_contrasts(runs, out, preset_name, preset)
     plot(runs, out)
     return rows
 
