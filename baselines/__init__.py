@@ -3,9 +3,11 @@
 ``rules`` holds the teacher-weighting rules as pure tensor functions; ``policies`` wraps them
 as policies with SB3's ``predict`` protocol, driven through the environments like the agents
 (``make_baseline("camkd", env)``, ``BASELINES``), plus two reference policies: the label-aware
-``Oracle`` and ``NoKD`` (no distillation).
+``Oracle`` and ``NoKD`` (no distillation). ``mmkd`` holds MMKD, a learned baseline (meta-learned
+weight networks trained inside the run, on the per-sample env).
 """
 
+from .mmkd import MMKD
 from .policies import (
     AEKD,
     AVER,
@@ -43,6 +45,7 @@ __all__ = [
     "BASELINES",
     "CAMKD",
     "EBKD",
+    "MMKD",
     "BaselinePolicy",
     "BestTeacher",
     "NoKD",

@@ -1,8 +1,8 @@
 """The policy registry: every name ``kd-env train --agent NAME`` and ``kd-env bench`` accept.
 
 One registry holds the built-ins (our agents ``reinforce``, ``mtkd-rl``, ``router`` and
-``mtkd-rl-pg``, SB3's ``ppo``, ``a2c``, ``sac``, ``td3``, ``ddpg``, and the baselines of
-:data:`kd_env.baselines.BASELINES`)
+``mtkd-rl-pg``, SB3's ``ppo``, ``a2c``, ``sac``, ``td3``, ``ddpg``, the baselines of
+:data:`kd_env.baselines.BASELINES` and the learned baseline ``mmkd``)
 and the user's own methods, so a new method runs through the same runner, env, TensorBoard tags
 and benchmark as the rest without editing kd-env::
 
@@ -292,7 +292,7 @@ def _builtin_specs() -> list[PolicySpec]:
     from kd_env.agents import MTKDRL, MTKDRLPG, Reinforce
     from kd_env.agents.mtkd_rl_pg import MTKDRL_PG_DEFAULTS
     from kd_env.agents.sb3 import ALGORITHMS, load_sb3_agent, make_sb3_agent
-    from kd_env.baselines import BASELINES, load_baseline, make_baseline
+    from kd_env.baselines import BASELINES, MMKD, load_baseline, make_baseline
 
     specs = [
         PolicySpec("reinforce", Reinforce, kind="agent", loader=_classmethod_loader(Reinforce), builtin=True),
@@ -343,6 +343,11 @@ def _builtin_specs() -> list[PolicySpec]:
                 builtin=True,
             )
         )
+    # MMKD (ICME 2023) learns its weight networks inside predict (meta steps on the engine's
+    # student): a policy, per sample (its feature network reads the whole batch), simplex weights
+    specs.append(
+        PolicySpec("mmkd", MMKD, kind="policy", per_sample=True, action_mode="simplex", loader=_classmethod_loader(MMKD), builtin=True)
+    )
     return specs
 
 

@@ -1,6 +1,7 @@
 """Issue #13: the ``cifar100-paper`` preset runs every method as its authors ran it.
 
-* the preset's per-method settings against a table written from the authors' code;
+* the preset's per-method settings against a table written from the authors' code (MMKD's
+  included; its meta step has tests of its own in ``test_mmkd.py``);
 * CA-MKD's feature-level weights (and the loss and gradient they give) against an independent
   computation; its first epoch without the feature term;
 * MTKD-RL's ``dynamic`` per student, as the official README chooses it;
@@ -65,9 +66,13 @@ AUTHORS: dict[str, dict[str, Any]] = {
     "CA-MKD": {"per_sample": True, "kd_scale": 1 / 4, "feature": "camkd", "beta": 50 / 4, "from_epoch": 1, "wd": 5e-4},
     # AnTuo1998/AE-KD (copied in the CA-MKD repo): sum_k alpha_k mean_b KL, one alpha per batch; -b 0
     "AEKD": {"per_sample": False, "kd_scale": 1.0, "feature": None, "beta": None, "from_epoch": 0, "wd": 5e-4},
+    # Rorozhl/MMKD train_meta.py (README: -r 1 -a 1 -b 100, wd default 5e-4): per-sample meta-learned
+    # weights, mean_b sum_k w KL + 100 mean_b sum_k v MSE (MatchFeature: sum over b and k / B)
+    "MMKD": {"per_sample": True, "kd_scale": 1.0, "feature": "mse", "beta": 100.0, "from_epoch": 0, "wd": 5e-4},
     # winycg/MTKD-RL train_student_rl.py: per-sample weights, sum_k mean_b w KL + 5 sum_k mean_b v MSE
     "MTKD-RL": {"per_sample": True, "kd_scale": 1.0, "feature": "mse", "beta": 5.0, "from_epoch": 0, "wd": 1e-4},
 }
+AGENTS = {"AVER": "aver", "AVER (MTKD-RL)": "aver", "EBKD": "ebkd", "CA-MKD": "camkd", "AEKD": "aekd", "MMKD": "mmkd"}
 PUBLISHED_DYNAMIC = {  # official README, top-1 %: (with --dynamic, without)
     "RegNetX_200MF": (79.93, 80.58),
     "MobileNetV2": (74.77, 74.29),
@@ -100,6 +105,8 @@ def test_preset_runs_each_baseline_as_its_authors_did(preset_name: str, tmp_path
             assert (settings.weight_decay, settings.feature_term, settings.beta, settings.kd_scale) == (1e-4, "mse", 5.0, 1.0)
             continue
         assert run.config.per_sample == expected["per_sample"], label
+        if label in AGENTS:
+            assert run.config.agent == AGENTS[label], label
         assert settings.kd_scale == pytest.approx(expected["kd_scale"]), label
         assert settings.weight_decay == expected["wd"], label
         assert settings.feature_kd == (expected["feature"] is not None), label
@@ -423,6 +430,8 @@ def test_gpu_smoke_runs_every_method_of_the_preset_on_cpu(tmp_path: Path) -> Non
     assert [t["method"] for t in report["timings"]] == methods
     for timing in report["timings"]:
         assert timing["updates_timed"] == 2 and math.isfinite(timing["ms_per_update"]) and timing["ms_per_update"] > 0
+        assert math.isfinite(timing["ms_per_update_mean"]) and timing["ms_per_update_mean"] > 0
+    assert "MMKD" in methods  # the learned baseline runs too (its meta step in the timed updates)
     per_sample = [m.label for m in PRESETS["cifar100-paper"].methods if m.per_sample]
     assert set(report["overheads"]) == {f"{label} / {ref}" for label in per_sample for ref in ("AVER (MTKD-RL)", "AVER")}
     assert out.is_file()
