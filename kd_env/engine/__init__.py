@@ -1,7 +1,19 @@
-"""The distillation engine (plain PyTorch): losses, feature adapters and the weighted step."""
+"""The distillation engine (plain PyTorch): losses, feature adapters and the weighted step.
+
+* :mod:`~kd_env.engine.engine`: :class:`DistillationEngine`, one weighted step at a time;
+* :mod:`~kd_env.engine.config`: :class:`EngineConfig`, the student's hyperparameters;
+* :mod:`~kd_env.engine.batch`: :class:`StepBatch` (the prepared batch), :class:`StepResult`;
+* :mod:`~kd_env.engine.losses`, :mod:`~kd_env.engine.adapters`: the per-sample losses, the
+  feature adapters;
+* :mod:`~kd_env.engine.teacher_pass`: the teachers' outputs (per batch, or once: store / memory);
+* :mod:`~kd_env.engine.state`: snapshot and rollback of an update, finiteness checks;
+* :mod:`~kd_env.engine.evaluation`: accuracy and loss on a split.
+"""
 
 from kd_env.engine.adapters import FeatureAdapter, build_adapters
-from kd_env.engine.engine import DistillationEngine, EngineConfig, StepBatch, StepResult
+from kd_env.engine.batch import StepBatch, StepResult
+from kd_env.engine.config import EngineConfig
+from kd_env.engine.engine import DistillationEngine
 from kd_env.engine.losses import (
     feature_cosine,
     per_sample_cross_entropy,

@@ -12,18 +12,17 @@ weights, :meth:`DistillationEngine.step` applies them to that same batch and pre
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from kd_env.data import BatchTransform, DatasetSplits, batch_indices, default_augmentation
 from kd_env.engine.adapters import build_adapters
+from kd_env.engine.batch import StepBatch, StepResult
+from kd_env.engine.config import EngineConfig
+from kd_env.engine.evaluation import accuracy_and_loss
 from kd_env.engine.losses import (
     feature_cosine,
     per_sample_cross_entropy,
@@ -32,122 +31,20 @@ from kd_env.engine.losses import (
     per_sample_kd_loss,
     weighted_teacher_sum,
 )
+from kd_env.engine.state import (
+    all_finite,
+    frozen_batchnorm,
+    prepared_batch_finite,
+    restore_snapshot,
+    take_snapshot,
+    trainable_tensors,
+)
+from kd_env.engine.teacher_pass import feature_map_shapes, gather_teacher_outputs, open_teacher_store, run_teachers
 from kd_env.models import KDModel
-from kd_env.teacher_outputs import TeacherOutputStore, TeacherStoreUnavailable, store_key_inputs
+from kd_env.teacher_outputs import TeacherBatch, TeacherOutputStore
 from kd_env.weights import check_weights
 
-logger = logging.getLogger(__name__)
-
-
-@dataclass
-class EngineConfig:
-    """Hyperparameters of the student's training. Defaults follow MTKD-RL's official code.
-
-    The LR decays by ``lr_decay_rate`` at the fractions ``lr_decay_at`` of the epoch budget
-    (0.625 / 0.75 / 0.875 of 240 epochs = epochs 150 / 180 / 210), so short budgets keep the shape.
-    """
-
-    epochs: int = 240
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 1e-4
-    lr_decay_at: tuple[float, ...] = (0.625, 0.75, 0.875)
-    lr_decay_rate: float = 0.1
-    temperature: float = 4.0
-    alpha: float = 1.0
-    """Weight of the logit-KD term."""
-    beta: float = 5.0
-    """Weight of the feature-KD term (MTKD-RL's ``--feat-weight 5``)."""
-    feature_kd: bool = True
-    kd_scale: float = 1.0
-    """Extra factor on the logit-KD term, to match a published method's loss magnitude."""
-    augment: bool | None = None
-    """Batched random crop / flip; ``None`` takes the dataset's default."""
-    cache_teacher_outputs: bool = True
-    """Run the teachers once over the training set when augmentation is off."""
-    teacher_store: bool = True
-    """Keep those outputs in the persistent teacher-output store (:mod:`kd_env.teacher_outputs`):
-    built once in the kd-env cache, memory-mapped by every later run. ``False``, or a cache folder
-    where nothing can be written, holds them in this process's memory instead."""
-    store_dtype: str = "float16"
-    """dtype of the stored embeddings and feature maps (``"float16"`` or ``"float32"``; logits are
-    always float32). Batches are converted to float32, so the loss arithmetic is unchanged."""
-    cache_dir: str | None = None
-    """kd-env cache root for the store (default: ``$KD_ENV_CACHE`` or the user cache folder)."""
-    max_steps_per_epoch: int | None = None
-    """Cap on updates per epoch (quick trials); ``None`` runs full epochs."""
-    eval_batch_size: int = 1000
-    evaluate_test: bool = True
-    """Also measure test accuracy at epoch ends (reported only; selection uses validation)."""
-    channels_last: bool = True
-    """Teachers (inference only) in channels-last memory format: 10-25% faster on CPU."""
-    student_channels_last: bool = False
-    """The student (and adapters) in channels-last format; off by default, since training small
-    conv nets that way was up to 35% slower on our CPUs (measured for cnn_w8)."""
-    feature_term: str = "mse"
-    """How the feature-KD term's teacher weights are set. ``"mse"``: by the policy (MTKD-RL,
-    FitNet-style MSE). ``"camkd"``: CA-MKD's intermediate-feature term (the authors'
-    ``CalWeight``): each adapted student map goes through teacher k's own head, and
-    ``v_bk = (1 - softmax_k(CE(head_k(adapter_k(f_s)), y)))_bk / (K - 1)`` weights the MSE,
-    *not detached* (the gradient flows through the weights too); the policy's feature weights
-    are then ignored."""
-    feature_kd_from_epoch: int = 0
-    """The feature term counts from this epoch (0-based) on; CA-MKD switches it off in its first
-    epoch (1)."""
-    select_on: str = "val"
-    """Which split picks the reported student at epoch ends: ``"val"`` (the best-validation
-    student; the test set is only reported) or ``"test"`` (the official MTKD-RL / RepDistiller
-    protocol: the best test accuracy over epochs, no validation split)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class StepBatch:
-    """Everything known about the prepared batch before the update. ``[B, K]`` per-sample tensors.
-
-    Tensors marked "graph" still carry the student's autograd graph; the others are detached.
-    """
-
-    indices: torch.Tensor
-    labels: torch.Tensor
-    teacher_logits: torch.Tensor  # [K, B, C]
-    teacher_embeddings: list[torch.Tensor]  # K x [B, D_k]
-    teacher_ce: torch.Tensor  # [B, K]
-    teacher_entropy: torch.Tensor  # [B, K], at T = 1
-    teacher_correct: torch.Tensor  # [B, K] float 0/1
-    student_logits: torch.Tensor  # [B, C], graph
-    student_ce: torch.Tensor  # [B], graph
-    kd_loss: torch.Tensor  # [B, K], graph: T^2 KL(teacher || student)
-    feature_mse: torch.Tensor | None  # [B, K], graph; None without feature KD
-    feature_cosine: torch.Tensor | None  # [B, K]; None without feature KD
-    feature_head_weights: torch.Tensor | None = None  # [B, K], graph; CA-MKD's feature weights
-
-    @property
-    def batch_size(self) -> int:
-        return int(self.labels.shape[0])
-
-
-@dataclass
-class StepResult:
-    """What one update did. Per-sample tensors are detached and on the engine's device."""
-
-    loss: float
-    student_ce: torch.Tensor  # [B]
-    kd_loss: torch.Tensor  # [B, K]
-    feature_mse: torch.Tensor | None  # [B, K]
-    per_sample_loss: torch.Tensor  # [B]: CE + alpha * sum_k w KD + beta * sum_k w MSE
-    logit_weights: torch.Tensor  # [B, K] as applied
-    feature_weights: torch.Tensor | None
-    diverged: bool = False
-    epoch_end: bool = False
-    done: bool = False
-    val_acc: float | None = None
-    test_acc: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
+__all__ = ["DistillationEngine", "EngineConfig", "StepBatch", "StepResult"]
 
 
 class DistillationEngine:
@@ -174,14 +71,7 @@ class DistillationEngine:
         if not teachers:
             raise ValueError("the engine needs at least one teacher")
         self.config = config or EngineConfig()
-        if self.config.feature_term not in ("mse", "camkd"):
-            raise ValueError(f"feature_term must be 'mse' or 'camkd', got {self.config.feature_term!r}")
-        if self.config.select_on not in ("val", "test"):
-            raise ValueError(f"select_on must be 'val' or 'test', got {self.config.select_on!r}")
-        if self.config.select_on == "test" and not self.config.evaluate_test:
-            raise ValueError("select_on='test' needs evaluate_test=True (the test accuracy picks the student)")
-        if self.config.feature_term == "camkd" and len(teachers) < 2:
-            raise ValueError("feature_term='camkd' needs at least 2 teachers (its weights divide by K - 1)")
+        self.config.check(len(teachers))
         self.device = torch.device(device)
         self.data = data.to(self.device)
         self.student_factory = student_factory
@@ -253,22 +143,15 @@ class DistillationEngine:
     def _format_for(self, model: nn.Module) -> torch.memory_format:
         return self.teacher_format if any(model is teacher for teacher in self.teachers) else self.student_format
 
-    @torch.inference_mode()
     def _probe_teacher_shapes(self) -> list[tuple[int, int, int]]:
         sample = self.eval_transform(self.data.train_images[:2], train=False)
-        sample = sample.contiguous(memory_format=self.teacher_format)
-        # feature maps are [B, C, H, W]: each shape is (C, H, W)
-        return [cast(tuple[int, int, int], tuple(teacher.forward_all(sample).feature_map.shape[1:])) for teacher in self.teachers]
+        return feature_map_shapes(self.teachers, sample, self.teacher_format)
 
-    @torch.inference_mode()
-    def _teacher_outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    def _teacher_outputs(self, images: torch.Tensor) -> TeacherBatch:
         """All teachers, once each, without autograd: stacked logits, embeddings, feature maps."""
-        images = images.contiguous(memory_format=self.teacher_format)
-        outputs = [teacher.forward_all(images) for teacher in self.teachers]
-        logits = torch.stack([output.logits for output in outputs])
-        return logits, [output.embedding for output in outputs], [output.feature_map for output in outputs]
+        return run_teachers(self.teachers, images, self.teacher_format)
 
-    def _teacher_output_chunks(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]]:
+    def _teacher_output_chunks(self) -> Iterator[TeacherBatch]:
         """Teacher outputs over the training set, ``eval_batch_size`` images at a time, in order."""
         images = self.data.train_images
         for start in range(0, images.shape[0], self.config.eval_batch_size):
@@ -277,46 +160,11 @@ class DistillationEngine:
 
     def _open_teacher_store(self) -> TeacherOutputStore | None:
         """Open (or build once) the persistent store; ``None`` where it cannot be written."""
-        key_inputs = store_key_inputs(
-            self.teachers,
-            self.data.train_images,
-            self.data.train_labels,
-            self.data.mean,
-            self.data.std,
-            feature_maps=self.config.feature_kd,
-            dtype=self.config.store_dtype,
-        )
-        try:
-            return TeacherOutputStore.open_or_build(
-                key_inputs,
-                self._teacher_output_chunks,
-                cache_dir=self.config.cache_dir,
-                teacher_names=self.teacher_names,
-                build_info={
-                    "device": self.device.type,
-                    "batch_size": self.config.eval_batch_size,
-                    "channels_last": self.config.channels_last,
-                },
-            )
-        except TeacherStoreUnavailable as exc:
-            logger.warning("%s; holding the teacher outputs in memory for this run instead", exc.strerror or exc)
-            return None
+        return open_teacher_store(self.teachers, self.data, self.config, self._teacher_output_chunks, self.teacher_names, self.device)
 
     def _run_teachers_over_training_set(self) -> dict[str, Any]:
         """Teacher outputs for every training image, computed once (augmentation is off)."""
-        logits, embeddings, feature_maps = [], [], []
-        for batch_logits, batch_embeddings, batch_maps in self._teacher_output_chunks():
-            logits.append(batch_logits)
-            embeddings.append(batch_embeddings)
-            if self.config.feature_kd:
-                feature_maps.append(batch_maps)
-        cache: dict[str, Any] = {
-            "logits": torch.cat(logits, dim=1),
-            "embeddings": [torch.cat(parts) for parts in zip(*embeddings)],
-        }
-        if self.config.feature_kd:
-            cache["feature_maps"] = [torch.cat(parts) for parts in zip(*feature_maps)]
-        return cache
+        return gather_teacher_outputs(self._teacher_output_chunks(), self.config.feature_kd)
 
     # ------------------------------------------------------------------ episode
     def reset(self, seed: int) -> StepBatch:
@@ -478,7 +326,7 @@ class DistillationEngine:
             self._end_epoch(result)
         result.done = self.done
         self.current = None if self.done else self._prepare()
-        if self.current is not None and not self._prepared_batch_finite(self.current):
+        if self.current is not None and not prepared_batch_finite(self.current):
             # finite weights whose next forward overflows: as diverged as NaN weights
             self.rollback(result)
         return result
@@ -488,37 +336,16 @@ class DistillationEngine:
         """What an update changes: parameters, buffers (BN statistics) and optimizer state
         tensors (momentum) of the student and adapters."""
         assert self.student is not None and self.adapters is not None
-        tensors = [t for model in (self.student, self.adapters) for t in (*model.parameters(), *model.buffers())]
-        for state in self.optimizer.state.values():
-            tensors += [value for value in state.values() if isinstance(value, torch.Tensor) and value.is_floating_point()]
-        return tensors  # BN's integer num_batches_tracked included: a rollback restores it too
+        return trainable_tensors((self.student, self.adapters), self.optimizer)
 
     def _snapshot_trainable_state(self) -> None:
-        """Copy the trainable state before an update (one memcpy of the student; the copies are
-        reused across steps, so no allocation per step once the optimizer state exists)."""
-        tensors = self._trainable_tensors()
-        snapshot = getattr(self, "_snapshot", None)
-        if snapshot is None or len(snapshot[0]) != len(tensors) or any(a is not b for a, b in zip(snapshot[0], tensors)):
-            self._snapshot = (tensors, [t.detach().clone() for t in tensors])
-        else:
-            with torch.no_grad():
-                torch._foreach_copy_(snapshot[1], [t.detach() for t in tensors])
+        """Copy the trainable state before an update (see :func:`~kd_env.engine.state.take_snapshot`)."""
+        self._snapshot = take_snapshot(getattr(self, "_snapshot", None), self._trainable_tensors())
         self._snapshot_step = (self.global_step, self.step_in_epoch)
 
     def _trainable_state_finite(self) -> bool:
-        """One reduction and one sync: every parameter, BN statistic and momentum entry finite."""
-        tensors = [t.detach() for t in self._trainable_tensors() if t.is_floating_point()]
-        if not tensors:
-            return True
-        norms = torch._foreach_norm(tensors, float("inf"))  # NaN or inf anywhere -> NaN or inf here
-        return bool(torch.isfinite(torch.stack(norms)).all())
-
-    @staticmethod
-    def _prepared_batch_finite(batch: StepBatch) -> bool:
-        quantities = [batch.student_logits.detach(), batch.kd_loss.detach()]
-        if batch.feature_mse is not None:
-            quantities.append(batch.feature_mse.detach())
-        return bool(all(torch.isfinite(q).all() for q in quantities))
+        """Every parameter, BN statistic and momentum entry finite (one reduction, one sync)."""
+        return all_finite(self._trainable_tensors())
 
     def rollback(self, result: StepResult | None = None) -> None:
         """Undo the last update: the student's and adapters' parameters, BN statistics and the
@@ -532,13 +359,7 @@ class DistillationEngine:
         snapshot = getattr(self, "_snapshot", None)
         if snapshot is None:
             raise RuntimeError("no update to roll back")
-        with torch.no_grad():
-            torch._foreach_copy_([t.detach() for t in snapshot[0]], snapshot[1])
-        # optimizer state the update created (the first step's momentum) has no earlier value: drop it
-        known = {id(t) for t in snapshot[0]}
-        for parameter, state in list(self.optimizer.state.items()):
-            if any(isinstance(v, torch.Tensor) and v.is_floating_point() and id(v) not in known for v in state.values()):
-                del self.optimizer.state[parameter]
+        restore_snapshot(snapshot, self.optimizer)
         global_step, step_in_epoch = self._snapshot_step
         if self.epoch_of(global_step) == self.epoch:
             self.global_step, self.step_in_epoch = global_step, step_in_epoch
@@ -583,18 +404,7 @@ class DistillationEngine:
             return float("nan"), float("nan")
         model = model if model is not None else self.student
         assert model is not None
-        memory_format = self._format_for(model)
-        was_training = model.training
-        model.eval()
-        correct, total_loss = 0, 0.0
-        for start in range(0, labels.shape[0], self.config.eval_batch_size):
-            batch = self.eval_transform(images[start : start + self.config.eval_batch_size], train=False)
-            logits = model(batch.contiguous(memory_format=memory_format))
-            batch_labels = labels[start : start + self.config.eval_batch_size]
-            correct += int((logits.argmax(1) == batch_labels).sum())
-            total_loss += float(per_sample_cross_entropy(logits, batch_labels).sum())
-        model.train(was_training)
-        return correct / labels.shape[0], total_loss / labels.shape[0]
+        return accuracy_and_loss(model, images, labels, self.eval_transform, self.config.eval_batch_size, self._format_for(model))
 
     @torch.inference_mode()
     def probe_loss(self, num_samples: int = 512) -> float:
@@ -677,26 +487,6 @@ class DistillationEngine:
             self.current = None
             return
         # the saved BN statistics already include the prepared batch's forward: keep them as saved
-        with self._frozen_buffers():
-            self.current = self._prepare()
-
-    @contextmanager
-    def _frozen_buffers(self) -> Iterator[None]:
-        """Forward passes inside leave BatchNorm statistics untouched.
-
-        Momentum 0 makes the running-statistics update an exact no-op. Restoring the buffers
-        afterwards instead would bump the version of tensors the autograd graph saved.
-        """
         assert self.student is not None and self.adapters is not None
-        norms = [m for model in (self.student, self.adapters) for m in model.modules() if isinstance(m, _BatchNorm)]
-        saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
-        for module in norms:
-            module.momentum = 0.0
-        try:
-            yield
-        finally:
-            for module, (momentum, tracked) in zip(norms, saved):
-                module.momentum = momentum
-                if tracked is not None:
-                    assert module.num_batches_tracked is not None  # it was not None when saved
-                    module.num_batches_tracked.copy_(tracked)
+        with frozen_batchnorm(self.student, self.adapters):
+            self.current = self._prepare()
