@@ -45,12 +45,15 @@ at 200-500 MB/s on our CPUs, a float16 Fashion-MNIST store is ~0.9 GB) and would
 removed and rebuilt, with one warning log line; it is never used silently. Where no store can be
 written (read-only cache folder, disk full), :class:`TeacherStoreUnavailable` is raised and the
 engine computes the outputs in memory as before.
+
+The package: :mod:`~kd_env.teacher_outputs.key` (the key), :mod:`~kd_env.teacher_outputs.format`
+(errors, array files, manifest and verification), :mod:`~kd_env.teacher_outputs.maintenance`
+(list / verify / clear); the store itself, its builder and reader, here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import mmap
@@ -59,14 +62,37 @@ import random
 import secrets
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
-from torch import nn
+
+from kd_env.teacher_outputs.format import (
+    _FORMAT_NAME,
+    BLOCK_SIZE,
+    MANIFEST,
+    ArraySpec,
+    TeacherBatch,
+    TeacherStoreError,
+    TeacherStoreUnavailable,
+    _array_specs,
+    _BlockHasher,
+    _check_file,
+    _read_manifest,
+    _with_digest,
+)
+from kd_env.teacher_outputs.key import (
+    FORMAT_VERSION,
+    STORE_DTYPES,
+    data_checksum,
+    store_key,
+    store_key_inputs,
+    stores_dir,
+    teacher_checksum,
+)
+from kd_env.teacher_outputs.maintenance import clear_stores, list_stores
 
 try:  # POSIX only; without it two builders may both build (the loser discards its copy)
     import fcntl
@@ -76,6 +102,7 @@ except ImportError:  # pragma: no cover - Windows
 __all__ = [
     "FORMAT_VERSION",
     "STORE_DTYPES",
+    "TeacherBatch",
     "TeacherOutputStore",
     "TeacherStoreError",
     "TeacherStoreUnavailable",
@@ -89,149 +116,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-"""Bumped whenever the layout or the meaning of a stored array changes: old stores get new keys."""
-STORE_DTYPES = ("float16", "float32")
-BLOCK_SIZE = 1 << 20
-"""Bytes per checksummed block: small enough that the per-open sampled check costs milliseconds."""
-MANIFEST = "manifest.json"
-_FORMAT_NAME = "kd_env.teacher_outputs"
-
-TeacherBatch = tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]
-"""``(logits [K, B, C], K x embeddings [B, D_k], K x feature maps [B, C_k, H_k, W_k])``, float32."""
-
-
-class TeacherStoreError(RuntimeError):
-    """A store on disk is missing, truncated, mismatched or corrupt (the message says which)."""
-
-
-class TeacherStoreUnavailable(OSError):
-    """No store can be written here (read-only cache folder, disk full, ...); use memory instead."""
-
-
-# --------------------------------------------------------------------------------------------
-# the key
-
-
-def stores_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """The folder that holds all stores: ``<cache_dir>/teacher_outputs`` (default: the kd-env cache)."""
-    if cache_dir is None:
-        from kd_env.data import default_cache_dir
-
-        cache_dir = default_cache_dir()
-    return Path(cache_dir) / "teacher_outputs"
-
-
-def teacher_checksum(model: nn.Module) -> str:
-    """SHA-256 of a teacher's weights: its checkpoint's verified ``sha256`` when it has one.
-
-    :func:`kd_env.teachers.load_teacher` checks that digest against the weights when it loads
-    them, so it can stand for them without hashing again; other models are hashed here.
-    """
-    metadata = getattr(model, "teacher_metadata", None)
-    if isinstance(metadata, Mapping) and isinstance(metadata.get("sha256"), str):
-        return str(metadata["sha256"])
-    from kd_env.teachers import state_dict_sha256
-
-    return state_dict_sha256(model.state_dict())
-
-
-def data_checksum(images: torch.Tensor, labels: torch.Tensor) -> str:
-    """SHA-256 over the images' and labels' dtypes, shapes and bytes (CPU copies)."""
-    digest = hashlib.sha256()
-    for tensor in (images, labels):
-        tensor = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
-    return digest.hexdigest()
-
-
-def store_key_inputs(
-    teachers: Sequence[nn.Module],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    mean: Sequence[float],
-    std: Sequence[float],
-    *,
-    feature_maps: bool,
-    dtype: str = "float16",
-) -> dict[str, Any]:
-    """Everything that determines a store's content, as a JSON-serialisable dict."""
-    if dtype not in STORE_DTYPES:
-        raise ValueError(f"store dtype must be one of {STORE_DTYPES}, got {dtype!r}")
-    return {
-        "format_version": FORMAT_VERSION,
-        "teachers": [{"class": type(t).__qualname__, "sha256": teacher_checksum(t)} for t in teachers],
-        "data_sha256": data_checksum(images, labels),
-        "num_samples": int(labels.shape[0]),
-        "mean": [float(m) for m in mean],
-        "std": [float(s) for s in std],
-        "arrays": ["logits", "embeddings", "feature_maps"] if feature_maps else ["logits", "embeddings"],
-        "dtype": dtype,
-    }
-
-
-def _canonical(data: Any) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-
-
-def store_key(key_inputs: Mapping[str, Any]) -> str:
-    """The store's folder name: the first 32 hex digits of SHA-256 over the canonical key inputs."""
-    return hashlib.sha256(_canonical(dict(key_inputs))).hexdigest()[:32]
-
-
-# --------------------------------------------------------------------------------------------
-# writing
-
-
-@dataclass(frozen=True)
-class ArraySpec:
-    """One stored array: file name, per-sample shape and dtype."""
-
-    name: str
-    file: str
-    row_shape: tuple[int, ...]
-    dtype: str
-
-
-def _array_specs(
-    num_teachers: int,
-    num_classes: int,
-    embedding_dims: Sequence[int],
-    feature_map_shapes: Sequence[tuple[int, ...]] | None,
-    dtype: str,
-) -> list[ArraySpec]:
-    specs = [ArraySpec("logits", "logits.npy", (num_teachers, num_classes), "float32")]
-    specs += [ArraySpec(f"embedding.{k}", f"embedding_{k}.npy", (int(d),), dtype) for k, d in enumerate(embedding_dims)]
-    for k, shape in enumerate(feature_map_shapes or ()):
-        specs.append(ArraySpec(f"feature_map.{k}", f"feature_map_{k}.npy", tuple(int(s) for s in shape), dtype))
-    return specs
-
-
-class _BlockHasher:
-    """SHA-256 of every ``BLOCK_SIZE`` block of a byte stream, fed in pieces of any size."""
-
-    def __init__(self) -> None:
-        self.digests: list[str] = []
-        self._current = hashlib.sha256()
-        self._filled = 0
-
-    def update(self, data: memoryview) -> None:
-        while len(data):
-            take = min(BLOCK_SIZE - self._filled, len(data))
-            self._current.update(data[:take])
-            self._filled += take
-            data = data[take:]
-            if self._filled == BLOCK_SIZE:
-                self.digests.append(self._current.hexdigest())
-                self._current, self._filled = hashlib.sha256(), 0
-
-    def finish(self) -> list[str]:
-        if self._filled:
-            self.digests.append(self._current.hexdigest())
-            self._current, self._filled = hashlib.sha256(), 0
-        return self.digests
 
 
 def _write_bytes(file: IO[bytes], data: memoryview) -> None:
@@ -310,67 +194,6 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-
-
-def _with_digest(manifest: dict[str, Any]) -> dict[str, Any]:
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return {**body, "manifest_sha256": hashlib.sha256(_canonical(body)).hexdigest()}
-
-
-# --------------------------------------------------------------------------------------------
-# reading and verifying
-
-
-def _read_manifest(folder: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except FileNotFoundError as exc:
-        raise TeacherStoreError(f"no {MANIFEST} (an unfinished or damaged store)") from exc
-    except (OSError, ValueError) as exc:
-        raise TeacherStoreError(f"unreadable {MANIFEST}: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT_NAME:
-        raise TeacherStoreError(f"{MANIFEST} is not a teacher-output store manifest")
-    if _with_digest(manifest).get("manifest_sha256") != manifest.get("manifest_sha256"):
-        raise TeacherStoreError(f"{MANIFEST} was modified after it was written (its digest does not match)")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise TeacherStoreError(f"format version {manifest.get('format_version')}, this kd-env reads {FORMAT_VERSION}")
-    if store_key(manifest["key_inputs"]) != manifest.get("key") or folder.name != manifest.get("key"):
-        raise TeacherStoreError("the manifest's key does not match its contents or the folder name")
-    return manifest
-
-
-def _hash_block(file: IO[bytes], index: int, block_size: int) -> str:
-    file.seek(index * block_size)
-    return hashlib.sha256(file.read(block_size)).hexdigest()
-
-
-def _check_file(folder: Path, entry: Mapping[str, Any], full: bool, rng: random.Random) -> None:
-    """Size, header, and all or a sample of the block digests of one array file."""
-    path = folder / entry["file"]
-    try:
-        stat = path.stat()
-    except FileNotFoundError as exc:
-        raise TeacherStoreError(f"{entry['file']} is missing") from exc
-    if stat.st_size != entry["bytes"]:
-        raise TeacherStoreError(f"{entry['file']} has {stat.st_size} bytes, the manifest says {entry['bytes']} (truncated?)")
-    digests: list[str] = entry["block_sha256"]
-    block_size = int(entry["block_size"])
-    with open(path, "rb") as file:
-        version = np.lib.format.read_magic(file)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(file)
-        if list(shape) != list(entry["shape"]) or fortran_order or str(dtype) != entry["dtype"] or file.tell() != entry["header_bytes"]:
-            raise TeacherStoreError(f"{entry['file']}: header {shape} {dtype} does not match the manifest")
-        # an mtime other than the recorded one means written after the build, or copied: hash
-        # it all, so an edit is caught and a faithful copy is still accepted
-        blocks: Iterable[int]
-        if full or stat.st_mtime_ns != entry["mtime_ns"]:
-            blocks = range(len(digests))
-        else:
-            blocks = sorted({0, len(digests) - 1, rng.randrange(len(digests))})
-        for index in blocks:
-            if _hash_block(file, index, block_size) != digests[index]:
-                raise TeacherStoreError(f"{entry['file']}: block {index} does not match its checksum (the file was modified)")
 
 
 class TeacherOutputStore:
@@ -631,82 +454,3 @@ def _remove_folder(folder: Path) -> None:
     trash = folder.parent / f".{folder.name}.{os.getpid()}.{secrets.token_hex(4)}.trash"
     os.replace(folder, trash)
     shutil.rmtree(trash, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------------------------
-# list / verify / clear (the ``kd-env store`` commands)
-
-
-def _folder_bytes(folder: Path) -> int:
-    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
-
-
-def list_stores(cache_dir: str | os.PathLike | None = None, *, verify: bool = False) -> list[dict[str, Any]]:
-    """One dict per store folder: ``path``, ``key``, ``bytes``, ``teachers``, ``num_samples``,
-    ``dtype``, ``created``, ``build_seconds`` and ``status`` (``"ok"``, ``"unchecked"``, or the
-    problem found). ``verify=True`` hashes every block (slow); otherwise the quick open checks run."""
-    root = stores_dir(cache_dir)
-    entries: list[dict[str, Any]] = []
-    if not root.is_dir():
-        return entries
-    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        entry: dict[str, Any] = {"path": str(folder), "key": folder.name, "bytes": _folder_bytes(folder)}
-        try:
-            manifest = _read_manifest(folder)
-            entry.update(
-                teachers=manifest.get("teacher_names") or [t["sha256"][:12] for t in manifest["key_inputs"]["teachers"]],
-                num_samples=manifest["num_samples"],
-                dtype=manifest["key_inputs"]["dtype"],
-                arrays=manifest["key_inputs"]["arrays"],
-                created=manifest.get("created"),
-                build_seconds=manifest.get("build_seconds"),
-            )
-            TeacherOutputStore.open(folder, full=verify).close()
-            entry["status"] = "ok"
-        except TeacherStoreError as exc:
-            entry["status"] = str(exc)
-        entries.append(entry)
-    return entries
-
-
-def clear_stores(cache_dir: str | os.PathLike | None = None, keys: Iterable[str] | None = None) -> tuple[int, int]:
-    """Delete stores (all, or those whose key starts with one of ``keys``), leftover temp folders
-    and lock files; returns ``(stores removed, bytes freed)``. A store being built holds its lock
-    and is skipped."""
-    root = stores_dir(cache_dir)
-    if not root.is_dir():
-        return 0, 0
-    prefixes = list(keys or [])
-    removed = freed = 0
-    for folder in sorted(root.iterdir()):
-        name = folder.name.lstrip(".")
-        if prefixes and not any(name.startswith(prefix) for prefix in prefixes):
-            continue
-        if folder.is_dir():
-            key = name.split(".")[0]
-            lock_path = root / f"{key}.lock"
-            if _is_locked(lock_path):
-                continue  # someone is building it right now
-            size = _folder_bytes(folder)
-            shutil.rmtree(folder, ignore_errors=True)
-            if not folder.exists():
-                removed += 0 if folder.name.startswith(".") else 1
-                freed += size
-        elif folder.suffix == ".lock" and not _is_locked(folder):
-            with contextlib.suppress(OSError):
-                folder.unlink()
-    return removed, freed
-
-
-def _is_locked(lock_path: Path) -> bool:
-    if fcntl is None or not lock_path.exists():  # pragma: no cover - Windows
-        return False
-    try:
-        with open(lock_path, "a+b") as file:
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(file.fileno(), fcntl.LOCK_UN)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    return False

@@ -1,0 +1,7 @@
+"""``python -m kd_env.cli``: the ``kd-env`` command."""
+
+import sys
+
+from kd_env.cli import main
+
+sys.exit(main())
