@@ -280,3 +280,83 @@ def test_no_validation_split_keeps_last_epoch(tmp_path):
     path = _train(splits, tmp_path, epochs=2)
     meta = T.read_teacher_metadata(path)
     assert meta["val_acc"] is None and meta["best_epoch"] == 2 and 0.0 <= meta["test_acc"] <= 1.0
+
+
+# ------------------------------------------------------------------------------------- damaged cache, end to end
+# The unit tests above call load_teacher; these go through what a user runs: gym.make and
+# `kd-env train`, on a private cache holding the synthetic default pool with one damaged member.
+
+SYNTHETIC_ID = "MultiTeacherKD-Synthetic-v0"
+
+
+def _damage(path: Path, how: str) -> None:
+    """Truncate the checkpoint, or change one weight so that only its checksum can tell."""
+    if how == "truncated":
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        checkpoint = torch.load(path, weights_only=True)
+        first = next(iter(checkpoint["state_dict"]))
+        checkpoint["state_dict"][first].view(-1)[0] += 1.0
+        torch.save(checkpoint, path)
+
+
+def _pool_with_a_damaged_member(cache: Path, how: str) -> Path:
+    """The synthetic ``capacity`` pool in ``cache`` (untrained stand-ins: only loading is tested),
+    its last member damaged; returns that member's path."""
+    splits = load_dataset("synthetic")
+    members = T.pool_members("capacity", "synthetic", splits.num_classes, seed=0, cache_dir=cache)
+    for arch, path, _ in members:
+        torch.manual_seed(0)
+        model = create_model(arch, splits.num_classes, 1, image_size=8)
+        meta = {
+            "arch": arch,
+            "dataset": "synthetic",
+            "num_classes": splits.num_classes,
+            "in_channels": 1,
+            "model_kwargs": {"image_size": 8},
+        }
+        T.save_teacher(model, path, meta)
+    damaged = members[-1][1]
+    _damage(damaged, how)
+    return damaged
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped weight"])
+def test_gym_make_refuses_a_damaged_cached_teacher_naming_the_file(tmp_path, how):
+    import gymnasium as gym
+
+    import kd_env  # noqa: F401  (registers the ids)
+
+    damaged = _pool_with_a_damaged_member(tmp_path, how)
+    content = damaged.read_bytes()
+    with pytest.raises(T.TeacherCheckpointError) as info:
+        gym.make(SYNTHETIC_ID, cache_dir=str(tmp_path))
+    message = str(info.value)
+    assert str(damaged) in message, message
+    assert ("checksum" if how == "flipped weight" else "corrupt or truncated") in message, message
+    assert f"kd-env teachers train --dataset synthetic --arch cnn_w16 --cache-dir {tmp_path} --force" in message, message
+    # the synthetic env trains *missing* teachers on first use: a damaged one is not silently replaced
+    assert damaged.read_bytes() == content
+    # the same file named as a teacher of its own, not through the pool
+    with pytest.raises(T.TeacherCheckpointError, match=str(damaged)):
+        gym.make(SYNTHETIC_ID, teachers=["cnn_w16"], cache_dir=str(tmp_path))
+
+
+def test_kd_env_train_exits_non_zero_naming_a_damaged_cached_teacher(tmp_path):
+    """The installed ``kd-env`` command in a child process, with the cache given by $KD_ENV_CACHE."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    command = shutil.which("kd-env", path=str(Path(sys.executable).parent))
+    assert command is not None, f"kd-env is not installed next to {sys.executable}: run `make install`"
+    damaged = _pool_with_a_damaged_member(tmp_path / "cache", "truncated")
+    argv = [command, "train", "--env", SYNTHETIC_ID, "--agent", "aver", "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    environment = {**os.environ, "KD_ENV_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 1, (completed.returncode, completed.stdout[-2000:], completed.stderr[-2000:])
+    assert completed.stderr.startswith("error: ") and "Traceback" not in completed.stderr, completed.stderr[-2000:]
+    assert str(damaged) in completed.stderr and "--force" in completed.stderr, completed.stderr
+    assert not (tmp_path / "run" / "result.json").exists()
