@@ -32,7 +32,7 @@ from torch import nn
 from torch.func import functional_call
 
 from kd_env.engine import StepBatch
-from kd_env.engine.losses import per_sample_feature_mse, per_sample_kd_loss
+from kd_env.engine.losses import per_sample_cross_entropy, per_sample_feature_mse, per_sample_kd_loss
 from kd_env.models.base import KDModel, ModelOutput
 from kd_env.utils import atomic_torch_save
 
@@ -299,10 +299,10 @@ def unrolled_outer_loss(problem: MetaProblem, nets: MMKDWeightNets) -> torch.Ten
         loss = matching_loss(problem.forward(theta), hard, nets, problem.alpha, problem.beta, problem.temperature)
         grads = torch.autograd.grad(loss, theta, create_graph=True, allow_unused=True)
         theta, buffers = _sgd_step(theta, grads, buffers, problem.sgd)
-    ce = F.cross_entropy(problem.forward(theta)[0], hard.labels)
+    ce = per_sample_cross_entropy(problem.forward(theta)[0], hard.labels).mean()
     grads = torch.autograd.grad(ce, theta, create_graph=True, allow_unused=True)
     theta, buffers = _sgd_step(theta, grads, buffers, problem.sgd)
-    return F.cross_entropy(problem.forward(theta)[0], hard.labels)
+    return per_sample_cross_entropy(problem.forward(theta)[0], hard.labels).mean()
 
 
 def meta_gradients(problem: MetaProblem, nets: MMKDWeightNets) -> list[torch.Tensor]:
