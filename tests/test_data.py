@@ -31,7 +31,20 @@ from kd_env.data import (
 )
 from kd_env.data.datasets import split_train_val
 
-DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _real_fashion_mnist_root() -> Path | None:
+    """Where the finder finds the real Fashion-MNIST for whoever runs the tests (Debian's folder,
+    $KD_ENV_DATA or the user's cache: tests/conftest.py passes it on as $KD_ENV_DATA), looked up
+    at import, before the ``isolated`` fixture empties the search path."""
+    try:
+        return find_data_root("fashion_mnist")
+    except DatasetNotFoundError:
+        return None
+
+
+REAL_FASHION_ROOT = _real_fashion_mnist_root()
 
 
 # ------------------------------------------------------------------------------------------
@@ -255,16 +268,86 @@ def test_checksums_refuse_non_official_files(isolated, name, writer):
     assert ("test_batch" if name == "cifar10" else "train (expected md5") in message
 
 
-def test_fashion_mnist_from_debian_folder(isolated, monkeypatch):
-    if not (DEBIAN_FASHION / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(
-            f"!!! Fashion-MNIST NOT TESTED: {DEBIAN_FASHION} is missing. "
-            "Install it with `apt-get install dataset-fashion-mnist` (CI does) !!!"
-        )
-    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", {"fashion_mnist": (DEBIAN_FASHION,)})
-    data = load_dataset("fashion_mnist")
-    raw = isolated / "cache" / "data" / "FashionMNIST" / "raw"
-    assert sorted(p.name for p in raw.iterdir()) == sorted(sources._FASHION_FILES), "prepared into the tmp cache"
+def write_fashion_mnist(folder: Path, layout: str = "flat", seed: int = 0) -> dict[str, np.ndarray]:
+    """Write the four Fashion-MNIST idx files in the release's on-disk format, random content.
+
+    idx: a big-endian int32 header (magic 0x0803 for images, 0x0801 for labels, then each
+    dimension), then the uint8 values row-major. ``layout="flat"``: the four ``.gz`` side by side
+    (the release's and Debian's folder); ``"torchvision"``: uncompressed under
+    ``FashionMNIST/raw/`` (what torchvision's download and kd-env's preparation leave).
+    Returns each file's array (images [N, 28, 28], labels [N]).
+    """
+    import gzip
+
+    rng = np.random.default_rng(seed)
+    target = folder if layout == "flat" else folder / "FashionMNIST" / "raw"
+    target.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {}
+    for prefix, n in (("train", 60000), ("t10k", 10000)):  # the reader insists on the release's sizes
+        arrays[f"{prefix}-images-idx3-ubyte"] = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        arrays[f"{prefix}-labels-idx1-ubyte"] = rng.integers(0, 10, size=n, dtype=np.uint8)
+    for name, array in arrays.items():
+        magic = 0x0803 if array.ndim == 3 else 0x0801
+        content = np.array([magic, *array.shape], dtype=">i4").tobytes() + array.tobytes()
+        if layout == "flat":
+            # level 0: random bytes do not compress, and storing them keeps the test fast
+            (target / f"{name}.gz").write_bytes(gzip.compress(content, compresslevel=0))
+        else:
+            (target / name).write_bytes(content)
+    return arrays
+
+
+def _sha256_of_arrays(arrays: dict[str, np.ndarray]) -> dict[str, str]:
+    import hashlib
+
+    return {name: hashlib.sha256(array.tobytes()).hexdigest() for name, array in arrays.items()}
+
+
+@pytest.mark.parametrize("layout", ["flat", "torchvision"])
+def test_fashion_mnist_reader_places_pixels_and_labels(isolated, monkeypatch, layout):
+    """The real-file reader on files in the release's format, so that it is tested with no data installed."""
+    folder = isolated / "fashion"
+    written = write_fashion_mnist(folder, layout)
+    # the release's checksums replaced by those of the written arrays: the verifying path runs
+    monkeypatch.setattr(sources, "FASHION_MNIST_SHA256", _sha256_of_arrays(written))
+    data = load_dataset("fashion_mnist", folder, val_fraction=0.0)
+    raw = (isolated / "cache" / "data" if layout == "flat" else folder) / "FashionMNIST" / "raw"
+    assert sorted(p.name for p in raw.iterdir()) == sorted(FASHION_FILES), "flat files are prepared into the cache"
+    assert data.name == "fashion_mnist" and data.num_classes == 10 and data.image_shape == (1, 28, 28)
+    assert data.class_names[0] == "T-shirt/top" and data.class_names[9] == "Ankle boot"
+    assert data.mean == (0.2860,) and data.std == (0.3530,)
+    for images, labels, prefix in ((data.train_images, data.train_labels, "train"), (data.test_images, data.test_labels, "t10k")):
+        pixels = written[f"{prefix}-images-idx3-ubyte"]
+        assert images.dtype == torch.uint8 and images.shape == (len(pixels), 1, 28, 28) and images.is_contiguous()
+        assert torch.equal(images[:, 0], torch.from_numpy(pixels))
+        # pixel (y, x) of image i is byte 16 + i*784 + y*28 + x of the file: spelled out, independent of the above
+        flat = pixels.reshape(-1)
+        assert images[0, 0, 0, 0] == flat[0] and images[1, 0, 2, 3] == flat[784 + 2 * 28 + 3] and images[-1, 0, 27, 27] == flat[-1]
+        assert labels.dtype == torch.int64 and labels.tolist() == written[f"{prefix}-labels-idx1-ubyte"].tolist()
+
+
+def test_fashion_mnist_reader_refuses_a_changed_pixel_naming_the_file(isolated, monkeypatch):
+    folder = isolated / "fashion"
+    written = write_fashion_mnist(folder, "torchvision")
+    monkeypatch.setattr(sources, "FASHION_MNIST_SHA256", _sha256_of_arrays(written))
+    path = folder / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte"
+    content = bytearray(path.read_bytes())
+    content[16 + 1234] ^= 0x01  # one pixel of the test set, past the 16-byte header
+    path.write_bytes(bytes(content))
+    with pytest.raises(sources.DataFileError) as info:
+        load_dataset("fashion_mnist", folder)
+    message = str(info.value)
+    assert str(path) in message and "differs from the Fashion-MNIST release" in message, message
+    assert "train-images-idx3-ubyte" not in message, "only the changed file is named"
+    assert load_dataset("fashion_mnist", folder, val_fraction=0.0, verify_checksums=False).test_images.shape == (10000, 1, 28, 28)
+
+
+def test_fashion_mnist_release_from_the_folder_the_finder_uses(isolated):
+    """The real files, wherever the finder found them for this user (Debian's folder, $KD_ENV_DATA
+    or the user's cache), read with the release's checksums."""
+    if REAL_FASHION_ROOT is None:
+        pytest.fail("Fashion-MNIST is missing: `make data` (which `make test` runs) puts it in place")
+    data = load_dataset("fashion_mnist", REAL_FASHION_ROOT)  # verify_checksums defaults to True
     assert data.image_shape == (1, 28, 28) and data.num_classes == 10
     assert (len(data.train_labels), len(data.val_labels), len(data.test_labels)) == (54000, 6000, 10000)
     assert data.train_images.dtype == torch.uint8 and data.train_labels.dtype == torch.int64
@@ -274,10 +357,15 @@ def test_fashion_mnist_from_debian_folder(isolated, monkeypatch):
     assert torch.bincount(all_train, minlength=10).tolist() == [6000] * 10
     assert torch.bincount(data.test_labels, minlength=10).tolist() == [1000] * 10
     assert abs(data.train_images.float().mean().item() / 255 - 0.2860) < 0.002
-    # Second load reads the prepared cache, even with the system folder gone.
-    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", {})
-    again = load_dataset("fashion-mnist")
-    assert torch.equal(again.val_images, data.val_images)
+    # the same files side by side in another folder (the release's flat layout, uncompressed) are
+    # prepared into a fresh cache and read alike
+    flat = isolated / "flat"
+    flat.mkdir()
+    for name in FASHION_FILES:
+        (flat / name).symlink_to(REAL_FASHION_ROOT / "FashionMNIST" / "raw" / name)
+    again = load_dataset("fashion_mnist", flat)
+    assert (isolated / "cache" / "data" / "FashionMNIST" / "raw" / FASHION_FILES[0]).is_file()
+    assert torch.equal(again.val_images, data.val_images) and torch.equal(again.test_labels, data.test_labels)
 
 
 def test_fashion_mnist_prepared_from_flat_gz_files(isolated):
