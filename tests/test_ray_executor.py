@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from kd_env.comparison import Method, Preset, run_benchmark, sweep
 from kd_env.cli import main
+from kd_env.comparison import Method, Preset, run_benchmark, sweep
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = "MultiTeacherKD-Synthetic-v0"

@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from .augment import BatchTransform, default_augmentation
-from .names import DatasetNotFoundError, default_cache_dir
 from .datasets import DatasetSplits, batch_indices, load_dataset, make_synthetic
+from .names import DatasetNotFoundError, default_cache_dir
 
 # names whose module imports torchvision: resolved on first access (PEP 562)
 _LAZY = {"find_data_root": "sources"}
