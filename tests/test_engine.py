@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from kd_env.engine import per_sample_cross_entropy, per_sample_kd_loss
+from kd_reference import per_sample_loss, reference_batch
 
 
 def _params(engine):
@@ -20,15 +19,21 @@ def _run(engine, steps, weights):
 
 
 def test_step_optimises_the_documented_loss(make_engine):
-    engine = make_engine(alpha=0.7, beta=2.0, kd_scale=0.5)
+    """``CE + alpha * kd_scale * sum_k w_k KL_T + beta * sum_k v_k MSE_k``, every term recomputed
+    from the networks (the feature term from the student's adapted map and the teachers' maps)."""
+    # float32 teacher outputs in memory (the store keeps feature maps in float16)
+    engine = make_engine(alpha=0.7, beta=2.0, kd_scale=0.5, temperature=3.0, teacher_store=False)
     batch = engine.reset(seed=1)
-    weights = torch.tensor([[0.2, 0.8]]).expand(batch.batch_size, 2).contiguous()
-    ce = per_sample_cross_entropy(batch.student_logits, batch.labels)
-    kd = per_sample_kd_loss(batch.student_logits, batch.teacher_logits, 4.0)
-    expected = ce + 0.7 * 0.5 * (weights * kd).sum(1) + 2.0 * (weights * batch.feature_mse).sum(1)
-    result = engine.step(weights)
-    assert result.loss == pytest.approx(float(expected.detach().mean()), rel=1e-5)
-    torch.testing.assert_close(result.per_sample_loss, expected.detach())
+    logit_weights = torch.tensor([[0.2, 0.8]]).expand(batch.batch_size, 2).contiguous()
+    feature_weights = torch.rand(batch.batch_size, 2, generator=torch.Generator().manual_seed(0))
+    reference = reference_batch(engine, temperature=3.0)
+    expected = per_sample_loss(reference, logit_weights, feature_weights, alpha=0.7, kd_scale=0.5, beta=2.0)
+    assert reference.feature_mse is not None and (reference.feature_mse > 0).all()
+    result = engine.step(logit_weights, feature_weights)
+    assert result.loss == pytest.approx(float(expected.mean()), rel=1e-5)
+    torch.testing.assert_close(result.per_sample_loss.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(result.kd_loss.double(), reference.kl, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(result.feature_mse.double(), reference.feature_mse, rtol=1e-5, atol=1e-5)
     assert result.kd_loss.shape == (batch.batch_size, 2)
 
 
