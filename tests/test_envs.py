@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium.utils.env_checker import check_env as gym_check_env
+from kd_reference import reference_batch
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import kd_env
@@ -17,11 +18,6 @@ from kd_env.envs import ENV_IDS, MultiTeacherKDEnv, PerSampleKDVectorEnv, Teache
 
 SYNTHETIC = "MultiTeacherKD-Synthetic-v0"
 FAST = {"epochs": 2, "max_steps_per_epoch": 4}
-
-
-def _student_params(env):
-    engine = env.unwrapped.engine
-    return [p.detach().clone() for p in engine.student.parameters()]
 
 
 def _rollout(env, seed, steps, action_seed=0):
@@ -110,26 +106,74 @@ def test_softmax_mapping_and_simplex_mode():
     np.testing.assert_array_equal(info["weights"], [1.0, 1.0, 1.0])  # applied as given, not renormalised
 
 
-@pytest.mark.parametrize(
-    "action, mode, message",
-    [
-        (np.array([np.nan, 0, 0, 0, 0, 0], dtype=np.float32), "softmax", "NaN"),
-        (np.array([np.inf, 0, 0, 0, 0, 0], dtype=np.float32), "softmax", "NaN or inf"),
-        (np.zeros(5, dtype=np.float32), "softmax", "shape"),
-        (np.array([-0.1, 0.5, 0.6, 0.3, 0.3, 0.4], dtype=np.float32), "simplex", "negative"),
-        (np.array([0, 0, 0, 1, 0, 0], dtype=np.float32), "simplex", "sum to zero"),
-        (np.array([-1, 0, 0, 1, 0, 0], dtype=np.float32), "raw", "negative"),
-    ],
-)
-def test_bad_actions_raise_and_leave_the_student_unchanged(action, mode, message):
+# one bad action per line, 2K = 6 entries (K = 3 synthetic teachers); the per-sample tests put it
+# in one slot of an otherwise valid batch
+BAD_ACTIONS = [
+    ("softmax", [np.nan, 0, 0, 0, 0, 0], "NaN"),
+    ("softmax", [np.inf, 0, 0, 0, 0, 0], "NaN or inf"),
+    ("softmax", [0, 0, 0, 0, 0], "shape"),
+    ("simplex", [np.nan, 0.5, 0.5, 0.2, 0.3, 0.5], "NaN"),
+    ("simplex", [-0.1, 0.5, 0.6, 0.3, 0.3, 0.4], "negative"),
+    ("simplex", [0, 0, 0, 1, 0, 0], "sum to zero"),  # the logit head
+    ("simplex", [0.2, 0.3, 0.5, 0, 0, 0], "sum to zero"),  # the feature head
+    ("simplex", [0.2, 0.3, 0.5, 0.1], "shape"),
+    ("raw", [-1, 0, 0, 1, 0, 0], "negative"),
+    ("raw", [1, 1, np.nan, 1, 1, 1], "NaN"),
+    ("raw", [1, 1, 1, 1, 1, 1, 1], "shape"),
+]
+
+
+def _valid_action(mode, shape, seed=0):
+    """An action every mode accepts: softmax logits in [-1, 1], or positive weights."""
+    low = -1.0 if mode == "softmax" else 0.1
+    return np.random.default_rng(seed).uniform(low, 1.0, shape).astype(np.float32)
+
+
+def _training_state(env):
+    """Student and adapter parameters and buffers, optimizer state, step counters, random streams."""
+    engine = env.engine
+    tensors = {f"student.{k}": v.clone() for k, v in engine.student.state_dict().items()}
+    tensors.update({"data_generator": engine.generator.get_state(), "torch_rng": torch.get_rng_state()})
+    tensors.update({f"adapters.{k}": v.clone() for k, v in engine.adapters.state_dict().items()})
+    optimizer = engine.optimizer.state_dict()
+    for index, state in optimizer["state"].items():  # momentum buffers
+        tensors.update({f"optimizer.{index}.{k}": v.clone() for k, v in state.items()})
+    counters = (engine.global_step, engine.step_in_epoch, engine.epoch, str(env.np_random.bit_generator.state))
+    return tensors, optimizer["param_groups"], counters
+
+
+def _assert_same_training_state(before, after):
+    assert before[0].keys() == after[0].keys()
+    for key in before[0]:
+        assert torch.equal(before[0][key], after[0][key]), f"{key} changed"
+    assert before[1] == after[1], "optimizer settings changed"
+    assert before[2] == after[2], "step counters or the env's generator changed"
+
+
+def _assert_same_step(first, second):
+    """Two ``step`` returns (single or vector env): observation, reward, flags and info equal."""
+    for name, a, b in zip(("observation", "reward", "terminated", "truncated"), first[:4], second[:4]):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    assert first[4].keys() == second[4].keys()
+    for key in first[4]:
+        np.testing.assert_array_equal(first[4][key], second[4][key], err_msg=f"info[{key!r}]")
+
+
+@pytest.mark.parametrize("mode, action, message", BAD_ACTIONS)
+def test_bad_actions_raise_and_change_nothing(mode, action, message):
     env = gym.make(SYNTHETIC, action_mode=mode, **FAST).unwrapped
-    env.reset(seed=0)
-    before = _student_params(env)
+    observation, _ = env.reset(seed=0)
+    before = _training_state(env)
     with pytest.raises(ValueError, match=message):
-        env.step(action)
-    for old, new in zip(before, _student_params(env)):
-        assert torch.equal(old, new)
-    assert env.engine.global_step == 0
+        env.step(np.asarray(action, dtype=np.float32))
+    _assert_same_training_state(before, _training_state(env))
+    np.testing.assert_array_equal(env.last_observation, observation)
+    # the data order and the random streams too: the next valid step is a fresh env's first
+    fresh = gym.make(SYNTHETIC, action_mode=mode, **FAST).unwrapped
+    fresh.reset(seed=0)
+    valid = _valid_action(mode, env.action_space.shape)
+    _assert_same_step(env.step(valid), fresh.step(valid))
+    _assert_same_training_state(_training_state(env), _training_state(fresh))
 
 
 def test_same_seed_same_rollout_and_budget_terminates():
@@ -144,17 +188,6 @@ def test_same_seed_same_rollout_and_budget_terminates():
     assert "final_test_acc" not in first[4][3]
     other = _rollout(gym.make(SYNTHETIC, **FAST), seed=4, steps=3)
     assert not np.array_equal(first[1][0], other[1][0])
-
-
-def test_reward_modes():
-    for mode in ("neg_loss", "val_loss_delta", "val_acc"):
-        trace = _rollout(gym.make(SYNTHETIC, reward_mode=mode, **FAST), seed=0, steps=20)
-        rewards = [step[1] for step in trace[1:]]
-        assert all(np.isfinite(rewards))
-        if mode == "neg_loss":
-            assert all(r < 0 for r in rewards)
-        if mode == "val_acc":  # sparse: only at epoch ends
-            assert [r != 0 for r in rewards].count(True) <= 2 and rewards[0] == 0
 
 
 def test_steps_per_action_sums_updates():
@@ -236,23 +269,69 @@ def test_unknown_arguments_are_refused():
 
 
 # ---------------------------------------------------------------------- per-sample env
-def test_per_sample_env_via_make_vec():
-    envs = gym.make_vec(SYNTHETIC, num_envs=16, vectorization_mode="vector_entry_point", **FAST)
+def _record_steps(monkeypatch, engine):
+    """Keep every StepResult of ``engine`` (its per-sample losses are not in the env's infos)."""
+    results = []
+    step = engine.step
+
+    def recording_step(*args, **kwargs):
+        results.append(step(*args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(engine, "step", recording_step)
+    return results
+
+
+def test_per_sample_env_via_make_vec(monkeypatch):
+    loss = {"alpha": 0.7, "beta": 2.0, "kd_scale": 0.5, "temperature": 3.0}
+    envs = gym.make_vec(SYNTHETIC, num_envs=16, vectorization_mode="vector_entry_point", action_mode="simplex", **loss, **FAST)
     assert isinstance(envs, PerSampleKDVectorEnv) and envs.num_envs == 16
     observations, _ = envs.reset(seed=0)
     assert observations.shape == (16, envs.single_observation_space.shape[0])
     assert envs.observation_space.contains(observations)
-    k = envs.num_teachers
-    actions = envs.action_space.sample()
+    k, slots = envs.num_teachers, np.arange(16)
+    # each slot learns from one teacher per head, and its neighbours from others: logits from
+    # teacher i % K, features from teacher (i + 1) % K
+    logit_teacher, feature_teacher = slots % k, (slots + 1) % k
+    actions = np.zeros((16, 2 * k), dtype=np.float32)
+    actions[slots, logit_teacher] = 1.0
+    actions[slots, k + feature_teacher] = 1.0
+    reference = reference_batch(envs.engine, loss["temperature"])
+    assert reference.feature_mse is not None
+    # each sample's loss, from its own teachers alone (recomputed from the networks)
+    expected = (
+        reference.student_ce
+        + loss["alpha"] * loss["kd_scale"] * reference.kl[slots, logit_teacher]
+        + loss["beta"] * reference.feature_mse[slots, feature_teacher]
+    ).numpy()
+    results = _record_steps(monkeypatch, envs.engine)
     observations, rewards, terminations, truncations, infos = envs.step(actions)
-    assert rewards.shape == (16,) and terminations.dtype == bool
-    assert ((rewards >= 0) & (rewards <= 1)).all()  # MTKD-RL's clipped batch-normalised reward
-    assert infos["weights"].shape == (16, k) and infos["_weights"].all()
-    np.testing.assert_allclose(infos["weights"].sum(1), 1.0, rtol=1e-5)
-    # per-sample weights really are per sample
-    assert not np.allclose(infos["weights"][0], infos["weights"][1])
+    # float16 teacher maps in the store: ~1e-4 from a float32 recomputation
+    np.testing.assert_allclose(results[0].per_sample_loss.numpy(), expected, rtol=1e-3, atol=5e-4)
+    assert infos["loss"][0] == pytest.approx(expected.mean(), rel=1e-3)
+    np.testing.assert_array_equal(infos["weights"], actions[:, :k])
+    np.testing.assert_array_equal(infos["feature_weights"], actions[:, k:])
+    np.testing.assert_allclose(infos["kd_loss"], reference.kl.numpy(), rtol=1e-3, atol=5e-4)
+    assert infos["_weights"].all() and rewards.shape == (16,) and terminations.dtype == bool
+    # MTKD-RL's reward: each sample's negative loss, z-scored in the batch (torch's std), clipped
+    normalised = (expected.mean() - expected) / (expected.std(ddof=1) + 1e-8)
+    np.testing.assert_allclose(rewards, np.clip(normalised, 0.0, 1.0), atol=1e-3)
     envs.close()
     envs.close()
+
+
+def test_per_sample_raw_all_zero_rows_train_on_the_label_alone(monkeypatch):
+    """Raw mode applies weights as given: a zero row is no teacher (CE alone), not an error."""
+    envs = PerSampleKDVectorEnv(num_envs=8, dataset="synthetic", action_mode="raw", **FAST)
+    envs.reset(seed=1)
+    actions = _valid_action("raw", envs.action_space.shape)
+    actions[[2, 5]] = 0.0
+    reference = reference_batch(envs.engine, 4.0)
+    results = _record_steps(monkeypatch, envs.engine)
+    envs.step(actions)
+    loss = results[0].per_sample_loss.numpy()
+    np.testing.assert_allclose(loss[[2, 5]], reference.student_ce[[2, 5]].numpy(), rtol=1e-5)
+    assert (loss[[0, 1, 3, 4, 6, 7]] > reference.student_ce[[0, 1, 3, 4, 6, 7]].numpy()).all()
 
 
 def test_per_sample_state_layout_options():
@@ -265,7 +344,7 @@ def test_per_sample_state_layout_options():
     assert small.feature_names[:5] == ["mlp/feature_cosine", "mlp/kd_loss", "mlp/teacher_ce", "mlp/logit0", "mlp/logit1"]
 
 
-def test_per_sample_determinism_autoreset_and_bad_actions():
+def test_per_sample_determinism_and_autoreset():
     def run(seed):
         envs = PerSampleKDVectorEnv(dataset="synthetic", epochs=1, max_steps_per_epoch=2)
         observations, _ = envs.reset(seed=seed)
@@ -282,27 +361,55 @@ def test_per_sample_determinism_autoreset_and_bad_actions():
         np.testing.assert_array_equal(a, b)
     assert first[6].all()  # the budget (2 updates) ends the episode on the second step
     assert not first[9].any() and (first[8] == 0).all()  # the next step only resets
-    with pytest.raises(ValueError, match="shape"):
-        envs.step(np.zeros((3, 6), dtype=np.float32))
-    with pytest.raises(ValueError, match="NaN"):
-        envs.step(np.full(envs.action_space.shape, np.nan, dtype=np.float32))
+
+
+@pytest.mark.parametrize("mode, action, message", BAD_ACTIONS + [("softmax", None, "shape")])
+def test_per_sample_bad_actions_raise_and_change_nothing(mode, action, message):
+    """One bad slot spoils the batch: nothing trains, and the next valid step is a fresh env's first."""
+
+    def build():
+        envs = PerSampleKDVectorEnv(num_envs=8, dataset="synthetic", action_mode=mode, **FAST)
+        return envs, envs.reset(seed=0)[0]
+
+    envs, observation = build()
+    if action is None:  # one slot too few
+        actions = _valid_action(mode, (7, 6))
+    elif len(action) == 6:
+        actions = _valid_action(mode, envs.action_space.shape)
+        actions[3] = action
+    else:  # a wrong row length
+        actions = np.tile(np.asarray(action, dtype=np.float32), (8, 1))
+    before = _training_state(envs)
+    with pytest.raises(ValueError, match=message):
+        envs.step(actions)
+    _assert_same_training_state(before, _training_state(envs))
+    np.testing.assert_array_equal(envs.last_observation, observation)
+    fresh, _ = build()
+    valid = _valid_action(mode, envs.action_space.shape)
+    _assert_same_step(envs.step(valid), fresh.step(valid))
+    _assert_same_training_state(_training_state(envs), _training_state(fresh))
 
 
 def test_per_sample_save_load(tmp_path):
-    kwargs = {"dataset": "synthetic", "epochs": 1, "max_steps_per_epoch": 4}
-    actions = np.zeros((32, 6), dtype=np.float32)
+    kwargs = {"num_envs": 16, "dataset": "synthetic", "epochs": 2, "max_steps_per_epoch": 3}
+    rng = np.random.default_rng(7)  # different weights for every slot and step
+    actions = [rng.uniform(-1, 1, (16, 6)).astype(np.float32) for _ in range(6)]
     reference = PerSampleKDVectorEnv(**kwargs)
     reference.reset(seed=2)
-    expected = [reference.step(actions)[1] for _ in range(4)]
+    expected = [reference.step(action) for action in actions]
     first = PerSampleKDVectorEnv(**kwargs)
     first.reset(seed=2)
-    got = [first.step(actions)[1] for _ in range(2)]
+    got = [first.step(action) for action in actions[:2]]
     first.save(tmp_path / "vec.pt")
     resumed = PerSampleKDVectorEnv(**kwargs)
-    resumed.load(tmp_path / "vec.pt")
-    got += [resumed.step(actions)[1] for _ in range(2)]
-    for a, b in zip(expected, got):
-        np.testing.assert_array_equal(a, b)
+    observation, _ = resumed.reset(options={"checkpoint": tmp_path / "vec.pt"})
+    np.testing.assert_array_equal(observation, got[-1][0])
+    got += [resumed.step(action) for action in actions[2:]]  # across the epoch end to the last update
+    for step, (a, b) in enumerate(zip(expected, got)):
+        _assert_same_step(a, b)
+        assert b[2].all() == (step == 5)
+    assert "val_acc" in got[2][4] and "final_test_acc" in got[5][4]
+    _assert_same_training_state(_training_state(reference), _training_state(resumed))
 
 
 def test_sb3_adapter_is_a_working_vecenv():
