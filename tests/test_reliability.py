@@ -144,22 +144,22 @@ def test_kill_between_checkpoints_duplicates_no_logged_point(tmp_path, straight_
 def test_full_disk_during_a_checkpoint_keeps_the_last_one(tmp_path, straight_runs, monkeypatch):
     import kd_env.envs.core as core
 
-    real_save = core.atomic_torch_save
+    real_write = core.write_checkpoint
     calls = {"n": 0}
 
-    def full_disk(obj: Any, path: Any) -> Path:
+    def full_disk(path: Any, format: str, payload: Any) -> Path:
         calls["n"] += 1
         if calls["n"] == 2:  # the 2nd checkpoint's env.pt: the disk is full
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_save(obj, path)
+        return real_write(path, format, payload)
 
-    monkeypatch.setattr(core, "atomic_torch_save", full_disk)
+    monkeypatch.setattr(core, "write_checkpoint", full_disk)
     config = _config(tmp_path / "run")
     with pytest.raises(OSError, match="No space left"):
         train(RunConfig(**config))
     assert json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())["env_steps"] == 3
     assert _leftovers(tmp_path / "run") == []
-    monkeypatch.setattr(core, "atomic_torch_save", real_save)  # space freed
+    monkeypatch.setattr(core, "write_checkpoint", real_write)  # space freed
     _same_run(train(RunConfig(**config), resume=True), straight_runs["reinforce"])
 
 

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from kd_env.checkpoint_io import read_checkpoint, write_checkpoint
 from kd_env.engine import DistillationEngine, StepResult
 from kd_env.envs.assembly import build_engine
 from kd_env.envs.rewards import RewardTracker
 from kd_env.envs.settings import KDEnvSettings
-from kd_env.utils import atomic_torch_save
 from kd_env.weights import action_to_weights, validate_action
 
 
@@ -221,7 +221,6 @@ class KDEnvCore:
         if self._last_observation is None:
             raise RuntimeError("nothing to save: call reset() first")
         return {
-            "format": CHECKPOINT_FORMAT,
             "kind": type(self).__name__,
             "settings": self._compat_settings(),
             "engine": self.engine.state_dict(),
@@ -245,7 +244,7 @@ class KDEnvCore:
         """Write the whole training state (student, adapters, optimizer, schedule, data order,
         RNG, reward state) atomically. ``load`` on an env built with the same arguments resumes it,
         and so does ``reset(options={"checkpoint": path})`` (through any wrapper)."""
-        return atomic_torch_save(self._training_state(), path)
+        return write_checkpoint(path, CHECKPOINT_FORMAT, self._training_state())
 
     def load(self, path: str | Path) -> None:
         """Restore a :meth:`save` checkpoint; ``ValueError`` names what does not match.
@@ -254,17 +253,15 @@ class KDEnvCore:
         restores the same state and returns its observation, and wrappers that track episodes
         (Gymnasium's env checker and order enforcing, ``RecordEpisodeStatistics``) see a reset.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no environment checkpoint at {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # a truncated or foreign file: say which and why
-            raise ValueError(f"environment checkpoint {path} is corrupt or truncated ({exc}); save it again") from exc
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a kd-env environment checkpoint (format {CHECKPOINT_FORMAT})")
-        if state.get("kind") != type(self).__name__:
-            raise ValueError(f"{path} holds a {state.get('kind')} checkpoint, this env is a {type(self).__name__}")
+        state = read_checkpoint(
+            path,
+            CHECKPOINT_FORMAT,
+            what="kd-env environment checkpoint",
+            fix="save it again with env.unwrapped.save(path)",
+            kind_key="kind",
+            kind=type(self).__name__,
+            required={"settings": dict},
+        )
         expected = self._compat_settings()
         mismatched = {k: (state["settings"].get(k), v) for k, v in expected.items() if state["settings"].get(k) != v}
         if mismatched:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import os
 import shlex
@@ -39,7 +40,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from kd_env.utils import atomic_torch_save
+from kd_env.checkpoint_io import (
+    CheckpointNotFoundError,
+    CheckpointPermissionError,
+    CheckpointReadError,
+    read_checkpoint,
+    write_checkpoint,
+)
 
 if TYPE_CHECKING:
     from kd_env.models.base import KDModel
@@ -202,7 +209,7 @@ def save_teacher(
     meta["sha256"] = state_dict_sha256(state_dict)
     meta["sha256_scheme"] = _SHA_SCHEME
     path = Path(path)
-    atomic_torch_save({"format": TEACHER_FORMAT, "metadata": meta, "state_dict": state_dict}, path)
+    write_checkpoint(path, TEACHER_FORMAT, {"metadata": meta, "state_dict": state_dict})
     return path
 
 
@@ -228,45 +235,25 @@ def _guess_train_command(path: Path, expected_arch: str | None, expected_dataset
 def _read_checkpoint(
     path: Path, expected_arch: str | None = None, expected_dataset: str | None = None, *, mmap: bool = False
 ) -> dict[str, Any]:
-    if not path.is_file():
-        raise TeacherNotFoundError(
-            f"teacher checkpoint {str(path)!r} does not exist. Train it with:\n"
-            f"  {_guess_train_command(path, expected_arch, expected_dataset)}"
-        )
+    """The checkpoint's dict, read by :func:`kd_env.checkpoint_io.read_checkpoint`; its errors
+    become the teacher error classes callers catch, each naming the command that replaces the file."""
+    command = _guess_train_command(path, expected_arch, expected_dataset)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except PermissionError as exc:  # the file may be fine: it must not be called corrupt, nor deleted
-        raise TeacherPermissionError(
-            exc.errno,
-            f"teacher checkpoint {str(path)!r} cannot be read: permission denied for this user (uid {os.getuid()}). "
-            f"Fix: make it readable (chmod a+r {shlex.quote(str(path))}, or ask its owner), or use a cache folder of "
-            "your own (--cache-dir or $KD_ENV_CACHE)",
-        ) from exc
-    except Exception as exc:  # zip/pickle/EOF errors: the bytes are not a complete checkpoint
-        if "Weights only load failed" in str(exc):
-            raise TeacherCheckpointError(
-                f"{str(path)!r} holds objects other than tensors and plain Python types, so it is not a "
-                f"{TEACHER_FORMAT!r} teacher checkpoint (refusing to unpickle it). Replace it with "
-                f"{_guess_train_command(path, expected_arch, expected_dataset)}"
-            ) from exc
-        raise TeacherCheckpointError(
-            f"teacher checkpoint {str(path)!r} is corrupt or truncated and cannot be read "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). To replace it, retrain it "
-            f"({_guess_train_command(path, expected_arch, expected_dataset)}) or re-download it."
-        ) from exc
-    if (
-        not isinstance(checkpoint, dict)
-        or checkpoint.get("format") != TEACHER_FORMAT
-        or not isinstance(checkpoint.get("metadata"), dict)
-        or not isinstance(checkpoint.get("state_dict"), dict)
-    ):
-        found = checkpoint.get("format") if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise TeacherCheckpointError(
-            f"{str(path)!r} is not a kd_env teacher checkpoint (format {found!r}, expected "
-            f"{TEACHER_FORMAT!r}); replace it with "
-            f"{_guess_train_command(path, expected_arch, expected_dataset)}"
+        return read_checkpoint(
+            path,
+            TEACHER_FORMAT,
+            what="kd_env teacher checkpoint",
+            fix=f"retrain it ({command}) or re-download it",
+            missing_fix=f"train it with:\n  {command}",
+            required={"metadata": dict, "state_dict": dict},
+            mmap=mmap,
         )
-    return checkpoint
+    except CheckpointNotFoundError as exc:
+        raise TeacherNotFoundError(str(exc)) from exc
+    except CheckpointPermissionError as exc:
+        raise TeacherPermissionError(errno.EACCES, f"{exc}, or use a cache folder of your own (--cache-dir or $KD_ENV_CACHE)") from exc
+    except CheckpointReadError as exc:
+        raise TeacherCheckpointError(str(exc)) from exc
 
 
 def read_teacher_metadata(path: str | os.PathLike) -> dict[str, Any]:
