@@ -1,13 +1,22 @@
-"""Agents that learn teacher weights (installed as ``kd_env.agents``).
+"""Agents that learn teacher weights, installed as ``kd_env.agents``.
 
-* :class:`Reinforce`: our policy-gradient agent (batch-level and per-sample envs);
-* :class:`MTKDRL`: the published MTKD-RL agent, reproduced from the official code;
-* :class:`MTKDRLPG`: per-sample teacher routing by a true policy gradient (a teacher-equivariant
-  scorer, or MTKD-RL's network with its priors), for the label-aware ``label_logprob`` reward;
-* :mod:`kd_env.agents.sb3`: stable-baselines3's PPO, A2C, SAC, TD3 and DDPG with recommended
-  hyperparameters for these slow-stepping envs.
+The source lives in the repository's top-level ``agents/`` folder and ``setup.cfg``'s
+``package_dir`` installs it under ``kd_env``: import it as ``kd_env.agents``, never as
+``agents`` (that name resolves only from the repository root, and on PyPI it belongs to other
+projects). Modules, in the style of stable-baselines3 (an algorithm is a small subclass over a
+common core):
 
-All follow SB3's ``predict`` / ``learn`` / ``save`` / ``load`` protocol.
+* ``base``: :class:`BaseAgent`, the common core (SB3's ``predict`` / ``learn`` / ``save`` /
+  ``load``, the learn loop, resume); ``callbacks`` (:class:`StepRecord`, the callback forms)
+  and ``vector_view`` (one ``[N, ...]`` view over a ``gym.Env`` or a ``VectorEnv``) serve it;
+* ``reinforce``: :class:`Reinforce`, our policy-gradient agent (batch-level and per-sample envs);
+* ``mtkd_rl``: :class:`MTKDRL`, the published MTKD-RL agent, reproduced from the official code;
+  its network, priors and loss are in ``mtkd_rl_network``;
+* ``mtkd_rl_pg``: :class:`MTKDRLPG`, per-sample teacher routing by a true policy gradient (the
+  ``router`` and ``mtkd-rl-pg`` agents); its networks are in ``routing_networks``;
+* ``per_sample``: what the per-sample agents share (the env check, the state layout);
+* ``sb3``: stable-baselines3's PPO, A2C, SAC, TD3 and DDPG as they are, with hyperparameters
+  for these slow-stepping envs read RL-Zoo style by ``sb3_hyperparams`` from ``hyperparams/``.
 """
 
 from .base import BaseAgent, StepRecord

@@ -10,158 +10,23 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol, TypedDict, TypeVar, runtime_checkable
+from typing import Any, TypeVar
 
-import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
-from gymnasium.vector import VectorEnv
 
-from kd_env.utils import atomic_torch_save
+from kd_env.checkpoint_io import read_checkpoint, write_checkpoint
+
+from .callbacks import AgentCallback, CallbackLike, StepRecord, as_callback_list
+from .vector_view import EnvLike, VectorView, box_from_state, box_to_state, check_box, same_box
+
+__all__ = ["AgentCallback", "BaseAgent", "CallbackLike", "EnvLike", "StepRecord", "VectorView"]
 
 CHECKPOINT_FORMAT = "kd_env.agent/1"
 
-EnvLike = gym.Env | VectorEnv
 AgentT = TypeVar("AgentT", bound="BaseAgent")
-
-
-class StepRecord(TypedDict):
-    """What a callback sees after each ``env.step`` (the runner logs it to TensorBoard)."""
-
-    agent: BaseAgent
-    step: int
-    """Index of this ``env.step`` call, counted from the last ``reset_num_timesteps=True``."""
-    num_timesteps: int
-    """SB3's counter after this step (``N`` per step)."""
-    reward: float | np.ndarray
-    """The env's reward: a float for a ``gym.Env``, ``[N]`` for a vector env."""
-    reward_mean: float
-    info: dict[str, Any]
-    """The ``info`` dict of ``env.step``, unchanged."""
-    done: bool
-    """The episode ended on this step (terminated or truncated)."""
-    losses: dict[str, float] | None
-    """The agent's losses if this step completed a rollout and triggered an update, else None."""
-    episode_return: float | None
-    """Undiscounted return of the episode that just ended (mean over slots), else None."""
-    episode_length: int | None
-
-
-@runtime_checkable
-class AgentCallback(Protocol):
-    """The object form of a callback (SB3's ``BaseCallback._on_step`` in spirit)."""
-
-    def on_step(self, agent: BaseAgent, record: StepRecord) -> bool | None: ...
-
-
-CallbackLike = None | Callable[[StepRecord], bool | None] | AgentCallback | Sequence[Any]
-
-
-def _as_callback_list(callback: CallbackLike) -> list[Any]:
-    if callback is None:
-        return []
-    callbacks = list(callback) if isinstance(callback, (list, tuple)) else [callback]
-    for item in callbacks:
-        if not (hasattr(item, "on_step") or callable(item)):
-            raise ValueError(f"callback {item!r} is neither callable nor has an on_step(agent, record) method")
-    return callbacks
-
-
-def _check_box(space: Any, what: str, *, bounded: bool) -> spaces.Box:
-    if not isinstance(space, spaces.Box) or len(space.shape) != 1:
-        raise ValueError(f"{what} must be a 1-D gymnasium Box, got {space!r}")
-    if bounded and not (np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high))):
-        raise ValueError(f"{what} must have finite bounds, got {space!r}")
-    return space
-
-
-def _box_to_state(space: spaces.Box) -> dict[str, torch.Tensor]:
-    return {
-        "low": torch.from_numpy(np.asarray(space.low, dtype=np.float32).copy()),
-        "high": torch.from_numpy(np.asarray(space.high, dtype=np.float32).copy()),
-    }
-
-
-def _box_from_state(state: dict[str, torch.Tensor]) -> spaces.Box:
-    return spaces.Box(state["low"].numpy(), state["high"].numpy(), dtype=np.float32)
-
-
-def _same_box(first: spaces.Box, second: spaces.Box) -> bool:
-    return (
-        first.shape == second.shape
-        and np.array_equal(np.asarray(first.low, dtype=np.float32), np.asarray(second.low, dtype=np.float32))
-        and np.array_equal(np.asarray(first.high, dtype=np.float32), np.asarray(second.high, dtype=np.float32))
-    )
-
-
-class VectorView:
-    """One ``[N, ...]`` interface over a ``gym.Env`` (``N = 1``) or a shared-episode ``VectorEnv``.
-
-    Args:
-        env: the environment; its (single) observation and action spaces must be 1-D Boxes, the
-            action space with finite bounds.
-    """
-
-    def __init__(self, env: EnvLike) -> None:
-        self.env = env
-        self.is_vector = isinstance(env, VectorEnv)
-        if isinstance(env, VectorEnv):
-            self.num_envs = int(env.num_envs)
-            observation_space, action_space = env.single_observation_space, env.single_action_space
-        elif isinstance(env, gym.Env):
-            self.num_envs = 1
-            observation_space, action_space = env.observation_space, env.action_space
-        else:
-            raise ValueError(f"env must be a gymnasium Env or VectorEnv, got {type(env).__name__}")
-        self.observation_space = _check_box(observation_space, "the observation space", bounded=False)
-        # actions are squashed into the bounds, so they must be finite
-        self.action_space = _check_box(action_space, "the action space", bounded=True)
-
-    def reset(self, seed: int | None) -> np.ndarray:
-        observation, _ = self.env.reset(seed=seed)
-        return self._batch(observation)
-
-    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        """Step with ``actions [N, A]``; returns observations ``[N, D]``, rewards, terminated and
-        truncated flags ``[N]``, and the env's info dict."""
-        action = actions if self.is_vector else actions[0]
-        observation, reward, terminated, truncated, info = self.env.step(action)
-        rewards = np.asarray(reward, dtype=np.float64).reshape(self.num_envs)
-        terminated_flags = np.asarray(terminated, dtype=bool).reshape(self.num_envs)
-        truncated_flags = np.asarray(truncated, dtype=bool).reshape(self.num_envs)
-        ended = terminated_flags | truncated_flags
-        if ended.any() and not ended.all():
-            # autoreset of single slots would need masking; kd-env's slots share one episode
-            raise RuntimeError(
-                "some vector slots ended and others did not; kd-env agents support vector envs whose "
-                "slots share one episode (like PerSampleKDVectorEnv)"
-            )
-        return self._batch(observation), rewards, terminated_flags, truncated_flags, dict(info)
-
-    def allow_step_after_restore(self) -> None:
-        """Let ``gym.make``'s wrappers accept ``step`` on an env restored by its own ``load``.
-
-        A restored env is mid-episode without a ``reset`` call through the wrappers:
-        ``OrderEnforcing`` forbids that, and ``PassiveEnvChecker``'s first-step check compares
-        with reset data it never saw. Both only guard the start of an episode, which the env's
-        checkpoint stands in for; the kd-env envs themselves still raise if they were *not*
-        restored, so nothing unsafe gets through. (Gymnasium has no public switch for this.)
-        """
-        env: Any = self.env
-        while isinstance(env, gym.Wrapper):
-            if isinstance(env, gym.wrappers.OrderEnforcing):
-                env._has_reset = True
-            if isinstance(env, gym.wrappers.PassiveEnvChecker):
-                env.checked_reset = env.checked_step = True
-                env.checked_data_reuse = True
-            env = env.env
-
-    def _batch(self, observation: Any) -> np.ndarray:
-        array = np.asarray(observation, dtype=np.float32)
-        return array.reshape(self.num_envs, *self.observation_space.shape)
 
 
 class BaseAgent(ABC):
@@ -249,8 +114,8 @@ class BaseAgent(ABC):
         else:
             if observation_space is None or action_space is None:
                 raise ValueError("without an env, pass observation_space and action_space")
-            self.observation_space = _check_box(observation_space, "observation_space", bounded=False)
-            self.action_space = _check_box(action_space, "action_space", bounded=True)
+            self.observation_space = check_box(observation_space, "observation_space", bounded=False)
+            self.action_space = check_box(action_space, "action_space", bounded=True)
             self.num_envs = 1
         self.observation_dim = int(self.observation_space.shape[0])
         self.action_dim = int(self.action_space.shape[0])
@@ -339,7 +204,7 @@ class BaseAgent(ABC):
             raise ValueError("this agent has no env: pass env= to the constructor or to load()")
         if isinstance(total_timesteps, bool) or not isinstance(total_timesteps, (int, np.integer)) or total_timesteps < 0:
             raise ValueError(f"total_timesteps must be a non-negative int, got {total_timesteps!r}")
-        callbacks = _as_callback_list(callback)
+        callbacks = as_callback_list(callback)
         if reset_num_timesteps:
             self.num_timesteps = 0
             self._num_env_steps = 0
@@ -421,12 +286,11 @@ class BaseAgent(ABC):
         except TypeError as exc:
             raise ValueError(f"hyperparameters of {type(self).__name__} are not JSON-serialisable: {exc}") from exc
         state = {
-            "format": CHECKPOINT_FORMAT,
             "agent_class": type(self).__name__,
             "hyperparameters": hyperparameters,
             "seed": self.seed,
-            "observation_space": _box_to_state(self.observation_space),
-            "action_space": _box_to_state(self.action_space),
+            "observation_space": box_to_state(self.observation_space),
+            "action_space": box_to_state(self.action_space),
             "num_envs": self.num_envs,
             "num_timesteps": self.num_timesteps,
             "num_env_steps": self._num_env_steps,
@@ -438,7 +302,7 @@ class BaseAgent(ABC):
             "episode_length": self._episode_length,
             "agent": self._state_dict(),
         }
-        return atomic_torch_save(state, path)
+        return write_checkpoint(path, CHECKPOINT_FORMAT, state)
 
     @classmethod
     def load(cls: type[AgentT], path: str | Path, env: EnvLike | None = None) -> AgentT:
@@ -450,30 +314,30 @@ class BaseAgent(ABC):
                 an episode), or None for a predict-only agent.
 
         Raises:
-            FileNotFoundError: no file at ``path``.
-            ValueError: the file is corrupt, is not an agent checkpoint, holds another agent
-                class, or ``env``'s spaces differ from the saved ones.
+            kd_env.checkpoint_io.CheckpointNotFoundError: no file at ``path`` (a ``FileNotFoundError``).
+            kd_env.checkpoint_io.CheckpointReadError: the file is corrupt, is not an agent
+                checkpoint or holds another agent class (a ``ValueError``).
+            ValueError: ``env``'s spaces differ from the saved ones.
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no agent checkpoint at {path}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated, foreign or tampered: name the file and the reason
-            raise ValueError(f"agent checkpoint {path} is corrupt or truncated ({exc}); save it again") from exc
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a kd-env agent checkpoint (format {CHECKPOINT_FORMAT})")
-        if state.get("agent_class") != cls.__name__:
-            raise ValueError(f"{path} holds a {state.get('agent_class')} checkpoint, not a {cls.__name__}")
-        observation_space = _box_from_state(state["observation_space"])
-        action_space = _box_from_state(state["action_space"])
+        state = read_checkpoint(
+            path,
+            CHECKPOINT_FORMAT,
+            what="kd-env agent checkpoint",
+            fix="save the agent again with agent.save(path)",
+            kind_key="agent_class",
+            kind=cls.__name__,
+            required={"hyperparameters": str, "agent": dict},
+        )
+        observation_space = box_from_state(state["observation_space"])
+        action_space = box_from_state(state["action_space"])
         if env is not None:
             view = VectorView(env)
             for name, saved, current in (
                 ("observation", observation_space, view.observation_space),
                 ("action", action_space, view.action_space),
             ):
-                if not _same_box(saved, current):
+                if not same_box(saved, current):
                     difference = f"shape {saved.shape} vs {current.shape}" if saved.shape != current.shape else "different bounds"
                     raise ValueError(
                         f"{path} does not fit this env: its {name} space differs ({difference}); build the env with the same arguments"

@@ -59,20 +59,19 @@ Running it::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 from gymnasium import spaces
 from torch import nn
 
-from kd_env.envs.per_sample_env import PerSampleKDVectorEnv
-
 from .base import BaseAgent, EnvLike
-from .mtkd_rl import MTKDRLNetwork, PriorColumns, resolve_state_layout
+from .mtkd_rl_network import MTKDRLNetwork, PriorColumns
+from .per_sample import per_sample_env, resolve_state_layout, routing_layout_of
 from .reinforce import RunningMeanStd
+from .routing_networks import TeacherScorer, TeacherSlices, logistic_normal_log_prob
 
 __all__ = ["MTKDRLPG", "MTKDRL_PG_DEFAULTS", "NETWORKS", "TeacherScorer", "TeacherSlices", "logistic_normal_log_prob", "routing_layout_of"]
 
@@ -90,115 +89,21 @@ MTKDRL_PG_DEFAULTS: dict[str, Any] = {
     "sigma_decay_steps": 200,
 }
 BASELINES = ("batch", "running")
-# per-teacher scalar columns the scorer reads (when the state has them), in this order
-SCALAR_COLUMNS = ("feature_cosine", "kd_loss", "teacher_ce")
 
 
-def logistic_normal_log_prob(pre_softmax: torch.Tensor, mean: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
-    """``log N(u; mean, sigma^2 I)`` summed over the last dim: the policy's exact log-probability.
-
-    Args:
-        pre_softmax: sampled logits ``u`` ``[..., K]``.
-        mean: the policy's mean ``log w(s)`` ``[..., K]``.
-        sigma: the (scheduled, not learned) standard deviation: a number, or a tensor that
-            broadcasts against ``[..., K]`` (one value per rollout step).
-    """
-    sigma = torch.as_tensor(sigma, dtype=mean.dtype)
-    squared = (pre_softmax - mean).pow(2) / (2.0 * sigma * sigma)
-    return -(squared + torch.log(sigma) + 0.5 * np.log(2.0 * np.pi)).sum(-1)
-
-
-class TeacherSlices:
-    """Where each teacher's scalar columns and logits sit in the flat per-sample state.
-
-    Built from the env's ``feature_names`` (``"<teacher>/teacher_ce"``, ``"<teacher>/logit3"``,
-    ...); embeddings are left out (their size differs between teachers, and a shared scorer
-    needs one row size).
-    """
-
-    def __init__(self, feature_names: Sequence[str], teacher_names: Sequence[str]) -> None:
-        position = {name: index for index, name in enumerate(feature_names)}
-        self.scalars = [name for name in SCALAR_COLUMNS if all(f"{t}/{name}" in position for t in teacher_names)]
-        logit_counts = {sum(1 for n in feature_names if n.startswith(f"{t}/logit")) for t in teacher_names}
-        if len(logit_counts) != 1:
-            raise ValueError(f"teachers have different numbers of logit columns: {sorted(logit_counts)}")
-        self.num_logits = logit_counts.pop()
-        rows = []
-        for teacher in teacher_names:
-            row = [position[f"{teacher}/{name}"] for name in self.scalars]
-            row += [position[f"{teacher}/logit{i}"] for i in range(self.num_logits)]
-            rows.append(row)
-        if not rows[0]:
-            raise ValueError("the per-sample state has no per-teacher column the scorer can read (CE, KL, cosine, logits)")
-        self.index = torch.tensor(rows, dtype=torch.long)  # [K, F]
-        self.ce_position = self.scalars.index("teacher_ce") if "teacher_ce" in self.scalars else None
-
-    @property
-    def row_size(self) -> int:
-        """Features per teacher: the columns, plus the CE gap to the teachers' mean when CE exists."""
-        return int(self.index.shape[1]) + (1 if self.ce_position is not None else 0)
-
-    def rows(self, states: torch.Tensor) -> torch.Tensor:
-        """``[N, K, row_size]`` per-teacher rows of states ``[N, D]``."""
-        rows = states[:, self.index]
-        if self.ce_position is not None:
-            ce = rows[..., self.ce_position]
-            # how much better than the others: the comparison the routing rests on, given directly
-            rows = torch.cat([rows, (ce - ce.mean(dim=1, keepdim=True)).unsqueeze(-1)], dim=-1)
-        return rows
-
-
-class TeacherScorer(nn.Module):
-    """A teacher-permutation-equivariant scorer: ``score_k = rho([phi(x_k), mean_j phi(x_j)])``.
-
-    Args:
-        row_size: features per teacher.
-        hidden: width of ``phi`` and ``rho``.
-    """
-
-    def __init__(self, row_size: int, hidden: int = 32) -> None:
-        super().__init__()
-        # ReLU, not tanh: on our CPUs torch's tanh costs 10x a ReLU (172 vs 17 us on [512, 32]),
-        # and the scorer runs on every student update, inside the +5% overhead budget
-        self.phi = nn.Sequential(nn.Linear(row_size, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.rho = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-        # a small last layer starts every teacher at the same score: uniform weights at first
-        last = cast(nn.Linear, self.rho[-1])
-        nn.init.orthogonal_(last.weight, gain=0.01)
-        nn.init.zeros_(last.bias)
-
-    def forward(self, rows: torch.Tensor) -> torch.Tensor:
-        """Scores ``[N, K]`` for normalised per-teacher rows ``[N, K, row_size]``."""
-        codes = self.phi(rows)
-        context = codes.mean(dim=1, keepdim=True).expand_as(codes)
-        return self.rho(torch.cat([codes, context], dim=-1)).squeeze(-1)
-
-
-def _per_sample_env(env: Any) -> PerSampleKDVectorEnv:
-    base = getattr(env, "unwrapped", env)
-    if not isinstance(base, PerSampleKDVectorEnv):
-        raise ValueError(
-            "MTKDRLPG runs on the per-sample env (gym.make_vec(id, vectorization_mode='vector_entry_point', "
-            f"action_mode='raw')), got {type(base).__name__}"
-        )
-    if base.settings.action_mode != "raw":
-        raise ValueError(
-            f"MTKDRLPG sends its weights as they are: build the env with action_mode='raw' (got {base.settings.action_mode!r})"
-        )
-    return base
-
-
-def routing_layout_of(env: PerSampleKDVectorEnv) -> dict[str, Any]:
-    """What the agent's networks depend on in the env's state (JSON-able; checked on load)."""
-    shape = env.single_observation_space.shape
-    assert shape is not None  # a Box
-    return {
-        "state_dim": int(shape[0]),
-        "num_teachers": int(env.num_teachers),
-        "heads": int(env.heads),
-        "teacher_names": list(env.teacher_names),
-        "feature_names": list(env.feature_names),
-    }
+def _check_choices(network: str, n_steps: int, sigma_decay_steps: int, hidden: int | None, baseline: str, baseline_momentum: float) -> None:
+    """Refuse a bad choice among :class:`MTKDRLPG`'s discrete and bounded arguments, naming it."""
+    if network not in NETWORKS:
+        raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
+    for name, value in (("n_steps", n_steps), ("sigma_decay_steps", sigma_decay_steps)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, (int, np.integer)) or hidden < 1):
+        raise ValueError(f"hidden must be an int >= 1 or None, got {hidden!r}")
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    if isinstance(baseline_momentum, bool) or not isinstance(baseline_momentum, (int, float)) or not 0 < baseline_momentum <= 1:
+        raise ValueError(f"baseline_momentum must be in (0, 1], got {baseline_momentum!r}")
 
 
 class MTKDRLPG(BaseAgent):
@@ -276,19 +181,9 @@ class MTKDRLPG(BaseAgent):
         observation_space: spaces.Box | None = None,
         action_space: spaces.Box | None = None,
     ) -> None:
-        if network not in NETWORKS:
-            raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
-        for name, value in (("n_steps", n_steps), ("sigma_decay_steps", sigma_decay_steps)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, (int, np.integer)) or hidden < 1):
-            raise ValueError(f"hidden must be an int >= 1 or None, got {hidden!r}")
+        _check_choices(network, n_steps, sigma_decay_steps, hidden, baseline, baseline_momentum)
         if max_grad_norm is not None:
             self._check_positive("max_grad_norm", max_grad_norm)
-        if baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-        if isinstance(baseline_momentum, bool) or not isinstance(baseline_momentum, (int, float)) or not 0 < baseline_momentum <= 1:
-            raise ValueError(f"baseline_momentum must be in (0, 1], got {baseline_momentum!r}")
         self.baseline = baseline
         self.baseline_momentum = float(baseline_momentum)
         self.normalize_advantage = bool(normalize_advantage)
@@ -308,7 +203,7 @@ class MTKDRLPG(BaseAgent):
         self.tie_heads = bool(tie_heads)
         self.learning = bool(learn)
         self.policy_path = None if policy_path is None else str(policy_path)
-        layout = resolve_state_layout(None if env is None else routing_layout_of(_per_sample_env(env)), state_layout, "MTKDRLPG")
+        layout = resolve_state_layout(None if env is None else routing_layout_of(per_sample_env(env, "MTKDRLPG")), state_layout, "MTKDRLPG")
         super().__init__(env, seed, observation_space, action_space)
         self.state_layout = layout
         self.num_teachers = int(layout["num_teachers"])
@@ -320,25 +215,7 @@ class MTKDRLPG(BaseAgent):
                 "tie_heads=False is not offered: the label_logprob reward credits the logit weights only, so an "
                 "untied feature head would learn from noise"
             )
-        names, teachers = layout["feature_names"], layout["teacher_names"]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            if network == "scorer":
-                self.slices: TeacherSlices | None = TeacherSlices(names, teachers)
-                self.policy: nn.Module = TeacherScorer(self.slices.row_size, self.hidden)
-                self.obs_stats = RunningMeanStd(self.slices.row_size)
-            else:
-                self.slices = None
-                columns = PriorColumns.from_feature_names(names, teachers, feature_kd=False)
-                # one head: tied heads share the logit head's weights (see tie_heads)
-                self.policy = MTKDRLNetwork(self.observation_dim, columns, self.num_teachers, 1, self.dynamic, self.hidden)
-                self.obs_stats = RunningMeanStd(self.observation_dim)
-        mix = [p for name, p in self.policy.named_parameters() if name.endswith("_mix")]
-        rest = [p for name, p in self.policy.named_parameters() if not name.endswith("_mix")]
-        groups: list[dict[str, Any]] = [{"params": rest, "lr": self.learning_rate}]
-        if mix:
-            groups.append({"params": mix, "lr": self.mix_learning_rate})
-        self.optimizer = torch.optim.Adam(groups)
+        self._build_policy()
         self.generator = torch.Generator().manual_seed(self.seed)
         self.predict_generator = torch.Generator().manual_seed(self.seed + 1)
         self.num_updates = 0
@@ -348,6 +225,30 @@ class MTKDRLPG(BaseAgent):
         self._discard_rollout()
 
     # ------------------------------------------------------------------ the policy
+    def _build_policy(self) -> None:
+        """The network (seeded by the agent's seed, the global RNG untouched), its observation
+        statistics and its optimizer, for the state layout in ``self.state_layout``."""
+        names, teachers = self.state_layout["feature_names"], self.state_layout["teacher_names"]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            if self.network == "scorer":
+                self.slices: TeacherSlices | None = TeacherSlices(names, teachers)
+                self.policy: nn.Module = TeacherScorer(self.slices.row_size, self.hidden)
+                self.obs_stats = RunningMeanStd(self.slices.row_size)
+            else:
+                self.slices = None
+                columns = PriorColumns.from_feature_names(names, teachers, feature_kd=False)
+                # one head: tied heads share the logit head's weights (see tie_heads)
+                self.policy = MTKDRLNetwork(self.observation_dim, columns, self.num_teachers, 1, self.dynamic, self.hidden)
+                self.obs_stats = RunningMeanStd(self.observation_dim)
+        # the mix coefficients get their own step size (see mix_learning_rate)
+        mix = [p for name, p in self.policy.named_parameters() if name.endswith("_mix")]
+        rest = [p for name, p in self.policy.named_parameters() if not name.endswith("_mix")]
+        groups: list[dict[str, Any]] = [{"params": rest, "lr": self.learning_rate}]
+        if mix:
+            groups.append({"params": mix, "lr": self.mix_learning_rate})
+        self.optimizer = torch.optim.Adam(groups)
+
     def _start_from(self, path: str) -> None:
         """Copy a saved agent's network and observation statistics (the transfer protocol)."""
         source = MTKDRLPG.load(Path(path))
