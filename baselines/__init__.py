@@ -1,10 +1,17 @@
-"""Classic multi-teacher KD baselines (installed as ``kd_env.baselines``).
+"""Classic multi-teacher KD baselines, installed as ``kd_env.baselines``.
 
-``rules`` holds the teacher-weighting rules as pure tensor functions; ``policies`` wraps them
-as policies with SB3's ``predict`` protocol, driven through the environments like the agents
-(``make_baseline("camkd", env)``, ``BASELINES``), plus two reference policies: the label-aware
-``Oracle`` and ``NoKD`` (no distillation). ``mmkd`` holds MMKD, a learned baseline (meta-learned
-weight networks trained inside the run, on the per-sample env).
+The source lives in the repository's top-level ``baselines/`` folder and ``setup.cfg``'s
+``package_dir`` installs it under ``kd_env``: import it as ``kd_env.baselines``, never as
+``baselines`` (that name resolves only from the repository root, and on PyPI it is OpenAI
+Baselines'). Modules:
+
+* ``rules``: the teacher-weighting rules as pure tensor functions;
+* ``base``: :class:`BaselinePolicy`, the core that drives a rule through an environment with
+  SB3's ``predict`` protocol (reads the env's prepared batch; action modes; checkpoints);
+* ``policies``: the rules as policies (``make_baseline("camkd", env)``, ``BASELINES``), plus two
+  reference policies: the label-aware ``Oracle`` and ``NoKD`` (no distillation);
+* ``mmkd``: MMKD, a learned baseline (meta-learned weight networks trained inside the run, on
+  the per-sample env).
 """
 
 from .mmkd import MMKD
