@@ -5,6 +5,7 @@
 * :mod:`~kd_env.teachers.recipes`: the training recipe and what data a teacher sees (all of it,
   a class subset, relabelled classes);
 * :mod:`~kd_env.teachers.training`: :func:`train_teacher`, resumable;
+* :mod:`~kd_env.teachers.evaluation`: accuracy and predictions, overall and per class group;
 * :mod:`~kd_env.teachers.pools`: named pools (``capacity``, ``noisy``, ``specialists``, users'
   own via :func:`register_pool`), trained once and cached.
 """
@@ -25,6 +26,7 @@ from .checkpoints import (
     train_command,
     verify_teacher,
 )
+from .evaluation import accuracy_by_class_group, evaluate_accuracy, predict_classes
 from .pools import (
     POOLS,
     PoolSpec,
@@ -48,7 +50,7 @@ from .recipes import (
     lr_for_epoch,
     lr_milestones,
 )
-from .training import PARTIAL_FORMAT, accuracy_by_class_group, evaluate_accuracy, predict_classes, train_teacher
+from .training import PARTIAL_FORMAT, train_teacher
 
 __all__ = [
     "LR_DECAY_AT",

@@ -23,75 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from kd_env.utils import atomic_torch_save
+from kd_env.checkpoint_io import read_checkpoint, write_checkpoint
 
 from .checkpoints import _cpu_state_dict, _partial_path, save_teacher, teacher_path
+from .evaluation import accuracy_by_class_group, channels_last_input, evaluate_accuracy, predict_classes, uses_conv
 from .recipes import default_recipe, derangement, lr_for_epoch
 
 PARTIAL_FORMAT = "kd_env.teacher_partial/1"
-
-
-def _uses_conv(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
-def _prepare(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
-
-
-@torch.no_grad()
-def evaluate_accuracy(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    transform: Callable[..., torch.Tensor],
-    *,
-    batch_size: int = 1000,
-    channels_last: bool = False,
-) -> float:
-    """Top-1 accuracy (fraction in [0, 1]) of ``model`` on uint8 ``images`` (eval transform)."""
-    predictions = predict_classes(model, images, transform, batch_size=batch_size, channels_last=channels_last)
-    return float((predictions == labels.to(predictions.device).long()).float().mean()) if labels.numel() else 0.0
-
-
-@torch.no_grad()
-def predict_classes(
-    model: nn.Module,
-    images: torch.Tensor,
-    transform: Callable[..., torch.Tensor],
-    *,
-    batch_size: int = 1000,
-    channels_last: bool = False,
-) -> torch.Tensor:
-    """The arg-max class of ``model`` for every uint8 image (eval mode, eval transform), ``[N]``."""
-    was_training = model.training
-    model.eval()
-    eval_generator = torch.Generator(device=images.device)
-    parts = []
-    for start in range(0, images.shape[0], batch_size):
-        x = transform(images[start : start + batch_size], eval_generator, train=False)
-        parts.append(model(_prepare(x, channels_last)).argmax(dim=1))
-    model.train(was_training)
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long, device=images.device)
-
-
-def accuracy_by_class_group(predictions: torch.Tensor, labels: torch.Tensor, classes: Sequence[int] | None) -> dict[str, float | None]:
-    """Accuracy on the true labels: overall, on ``classes`` (its own) and on the other classes.
-
-    ``None`` where a group is empty (a teacher trained on every class has no "rest").
-    """
-    labels = labels.to(predictions.device).long()
-    correct = (predictions == labels).float()
-
-    def mean(mask: torch.Tensor) -> float | None:
-        return float(correct[mask].mean()) if bool(mask.any()) else None
-
-    own = (
-        torch.ones_like(labels, dtype=torch.bool)
-        if classes is None
-        else torch.isin(labels, torch.as_tensor(list(classes), device=labels.device))
-    )
-    return {"acc": mean(torch.ones_like(own)), "acc_own": mean(own), "acc_rest": mean(~own)}
 
 
 @dataclass
@@ -159,9 +97,7 @@ def _restore_partial(
 ) -> _Progress:
     """Load an interrupted run's state into ``model``/``optimizer``/``generator`` (raises if it
     does not belong to this run)."""
-    saved = torch.load(partial, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or saved.get("format") != PARTIAL_FORMAT:
-        raise ValueError("not a kd_env partial teacher file")
+    saved = read_checkpoint(partial, PARTIAL_FORMAT, what="partial teacher state", fix="delete it, or train with resume=False")
     if saved["config"] != config:
         diff = {k: (saved["config"].get(k), v) for k, v in config.items() if saved["config"].get(k) != v}
         raise ValueError(f"it was made with other settings {diff}")
@@ -188,9 +124,10 @@ def _save_partial(
     device: torch.device,
     progress: _Progress,
 ) -> None:
-    atomic_torch_save(
+    write_checkpoint(
+        partial,
+        PARTIAL_FORMAT,
         {
-            "format": PARTIAL_FORMAT,
             "config": config,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -203,7 +140,6 @@ def _save_partial(
             "history": progress.history,
             "train_time_s": progress.elapsed,
         },
-        partial,
     )
 
 
@@ -232,7 +168,7 @@ def _train_epoch(
     seen = 0
     for idx in tqdm(batches, desc=description, leave=False, disable=not progress, mininterval=1.0, dynamic_ncols=True):
         idx = idx.to(device)
-        x = _prepare(transform(data.train_x[idx], generator, train=True), channels_last)
+        x = channels_last_input(transform(data.train_x[idx], generator, train=True), channels_last)
         y = data.train_y[idx].long()
         loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
@@ -303,36 +239,88 @@ def train_teacher(
         test_acc_rest (of the best-val weights, on the true labels), history, train_time_s,
         versions, created, sha256.
     """
-    from tqdm.auto import tqdm
+    from kd_env.data import load_dataset
 
-    from kd_env.data import BatchTransform, default_augmentation, load_dataset
+    device = torch.device(device)
+    splits = load_dataset(dataset, data_root, download=download, device=device) if isinstance(dataset, str) else dataset
+    run = _set_up(
+        arch,
+        splits,
+        {"epochs": epochs, "batch_size": batch_size, "lr": lr, "momentum": momentum, "weight_decay": weight_decay, "seed": seed},
+        classes=classes,
+        relabel=relabel,
+        device=device,
+        path=Path(path) if path is not None else None,
+        cache_dir=cache_dir,
+        channels_last=channels_last,
+        eval_batch_size=eval_batch_size,
+        model_kwargs=model_kwargs,
+    )
+    model, optimizer, generator, state = _start_or_resume(run, resume, progress)
+    started = time.perf_counter() - state.elapsed
+    _train_epochs(run, model, optimizer, generator, state, started, progress, on_epoch_end)
+    _save_final(run, _final_metadata(run, splits, model, state, started), state, progress)
+    return run.path
+
+
+@dataclass
+class _Run:
+    """What one teacher's training is set up with; fixed for the run, resumed or not."""
+
+    name: str
+    """The recipe's name (the checkpoint's stem without the seed)."""
+    dataset: str
+    classes: tuple[int, ...] | None
+    data: _TeacherData
+    transform: Any
+    config: dict[str, Any]
+    """The settings a partial state must have been made with; the core of the final metadata."""
+    device: torch.device
+    channels_last: bool
+    eval_batch_size: int
+    path: Path
+    partial: Path
+
+    @property
+    def eval_kwargs(self) -> dict[str, Any]:
+        return {"batch_size": self.eval_batch_size, "channels_last": self.channels_last}
+
+
+def _set_up(
+    arch: str,
+    splits: Any,
+    hyper: dict[str, Any],
+    *,
+    classes: Sequence[int] | None,
+    relabel: int | None,
+    device: torch.device,
+    path: Path | None,
+    cache_dir: Any,
+    channels_last: bool | None,
+    eval_batch_size: int,
+    model_kwargs: dict[str, Any] | None,
+) -> _Run:
+    """Resolve the recipe's defaults, check them, select the recipe's data and fix the run's config."""
+    from kd_env.data import BatchTransform, default_augmentation
     from kd_env.models import create_model
 
     from .recipes import TeacherRecipe
 
-    device = torch.device(device)
-    splits = load_dataset(dataset, data_root, download=download, device=device) if isinstance(dataset, str) else dataset
-    dataset_name = str(splits.name)
-    num_classes = int(splits.num_classes)
-    recipe = default_recipe(arch, dataset_name)
-    epochs = int(recipe["epochs"] if epochs is None else epochs)
-    batch_size = int(recipe["batch_size"] if batch_size is None else batch_size)
-    lr = float(recipe["lr"] if lr is None else lr)
+    dataset_name, num_classes = str(splits.name), int(splits.num_classes)
+    defaults = default_recipe(arch, dataset_name)
+    epochs = int(defaults["epochs"] if hyper["epochs"] is None else hyper["epochs"])
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    data_recipe = TeacherRecipe(arch, seed=seed, classes=None if classes is None else tuple(classes), relabel=relabel)
-    if data_recipe.classes is not None and not all(0 <= c < num_classes for c in data_recipe.classes):
-        raise ValueError(f"classes {list(data_recipe.classes)} out of range for {dataset_name} ({num_classes} classes)")
+    seed = int(hyper["seed"])
+    recipe = TeacherRecipe(arch, seed=seed, classes=None if classes is None else tuple(classes), relabel=relabel)
+    if recipe.classes is not None and not all(0 <= c < num_classes for c in recipe.classes):
+        raise ValueError(f"classes {list(recipe.classes)} out of range for {dataset_name} ({num_classes} classes)")
     label_map = None if relabel is None else derangement(num_classes, relabel)
-    path = Path(path) if path is not None else teacher_path(data_recipe.name, dataset_name, seed, cache_dir)
-    partial = _partial_path(path)
-    data = _teacher_data(splits, device, data_recipe.classes, label_map)
+    data = _teacher_data(splits, device, recipe.classes, label_map)
     in_channels = int(data.train_x.shape[1])
     # image_size reaches only the factories that depend on it (e.g. mlp); it is stored so that
     # load_teacher rebuilds the same model
     model_kwargs = {"image_size": int(data.train_x.shape[-1]), **(model_kwargs or {})}
-    transform = BatchTransform(splits.mean, splits.std, **default_augmentation(dataset_name))
-
     config = {
         "arch": arch,
         "dataset": dataset_name,
@@ -340,62 +328,101 @@ def train_teacher(
         "in_channels": in_channels,
         "num_train": int(data.train_x.shape[0]),
         "epochs": epochs,
-        "batch_size": batch_size,
-        "lr": lr,
-        "momentum": momentum,
-        "weight_decay": weight_decay,
-        "seed": int(seed),
+        "batch_size": int(defaults["batch_size"] if hyper["batch_size"] is None else hyper["batch_size"]),
+        "lr": float(defaults["lr"] if hyper["lr"] is None else hyper["lr"]),
+        "momentum": hyper["momentum"],
+        "weight_decay": hyper["weight_decay"],
+        "seed": seed,
         "model_kwargs": model_kwargs,
-        "recipe": data_recipe.to_metadata(num_classes),
+        "recipe": recipe.to_metadata(num_classes),
     }
-
-    def fresh() -> tuple[nn.Module, torch.optim.Optimizer, torch.Generator]:
-        torch.manual_seed(seed)
-        model = create_model(arch, num_classes=num_classes, in_channels=in_channels, **model_kwargs).to(device)
-        if use_channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-        return model, optimizer, torch.Generator(device=device).manual_seed(seed)
-
-    probe = create_model(arch, num_classes=num_classes, in_channels=in_channels, **model_kwargs)
-    use_channels_last = (device.type == "cpu" and _uses_conv(probe)) if channels_last is None else channels_last
-    model, optimizer, generator = fresh()
-    state = _Progress()
-    if partial.exists() and not resume:
-        partial.unlink()
-    if partial.exists():
-        try:
-            state = _restore_partial(partial, config, model, optimizer, generator, device)
-            if progress:
-                print(f"[kd_env] resuming {data_recipe.name} on {dataset_name} from epoch {state.epoch + 1}/{epochs} ({partial})")
-        except Exception as exc:
-            warnings.warn(f"ignoring partial teacher state {str(partial)!r} and starting over: {exc}", stacklevel=2)
-            model, optimizer, generator = fresh()
-            state = _Progress()
-
-    eval_kwargs: dict[str, Any] = {"batch_size": eval_batch_size, "channels_last": use_channels_last}
-    has_val = int(data.val_x.shape[0]) > 0
-    bar = tqdm(
-        total=epochs, initial=state.epoch, desc=f"{data_recipe.name}@{dataset_name}", unit="ep", disable=not progress, dynamic_ncols=True
+    if channels_last is None:  # channels-last pays off for conv nets on CPU only
+        probe = create_model(arch, num_classes=num_classes, in_channels=in_channels, **model_kwargs)
+        channels_last = device.type == "cpu" and uses_conv(probe)
+    path = path if path is not None else teacher_path(recipe.name, dataset_name, seed, cache_dir)
+    return _Run(
+        name=recipe.name,
+        dataset=dataset_name,
+        classes=recipe.classes,
+        data=data,
+        transform=BatchTransform(splits.mean, splits.std, **default_augmentation(dataset_name)),
+        config=config,
+        device=device,
+        channels_last=bool(channels_last),
+        eval_batch_size=eval_batch_size,
+        path=path,
+        partial=_partial_path(path),
     )
-    started = time.perf_counter() - state.elapsed
+
+
+def _fresh(run: _Run) -> tuple[nn.Module, torch.optim.Optimizer, torch.Generator]:
+    """A new model (seeded), its SGD optimizer and the batch-order generator."""
+    from kd_env.models import create_model
+
+    config = run.config
+    torch.manual_seed(config["seed"])
+    model = create_model(config["arch"], num_classes=config["num_classes"], in_channels=config["in_channels"], **config["model_kwargs"])
+    model = model.to(run.device)
+    if run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"], weight_decay=config["weight_decay"])
+    return model, optimizer, torch.Generator(device=run.device).manual_seed(config["seed"])
+
+
+def _start_or_resume(run: _Run, resume: bool, progress: bool) -> tuple[nn.Module, torch.optim.Optimizer, torch.Generator, _Progress]:
+    """A fresh run, or the interrupted one from its partial file (a partial file that does not
+    belong to this run is reported and ignored; with ``resume=False`` it is deleted)."""
+    model, optimizer, generator = _fresh(run)
+    if run.partial.exists() and not resume:
+        run.partial.unlink()
+    if not run.partial.exists():
+        return model, optimizer, generator, _Progress()
+    try:
+        state = _restore_partial(run.partial, run.config, model, optimizer, generator, run.device)
+    except Exception as exc:
+        warnings.warn(f"ignoring partial teacher state {str(run.partial)!r} and starting over: {exc}", stacklevel=3)
+        model, optimizer, generator = _fresh(run)
+        return model, optimizer, generator, _Progress()
+    if progress:
+        epochs = run.config["epochs"]
+        print(f"[kd_env] resuming {run.name} on {run.dataset} from epoch {state.epoch + 1}/{epochs} ({run.partial})")
+    return model, optimizer, generator, state
+
+
+def _train_epochs(
+    run: _Run,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    state: _Progress,
+    started: float,
+    progress: bool,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
+) -> None:
+    """The remaining epochs: train, validate, keep the best weights, write the partial state."""
+    from tqdm.auto import tqdm
+
+    config, data = run.config, run.data
+    epochs, lr = config["epochs"], config["lr"]
+    has_val = int(data.val_x.shape[0]) > 0
+    bar = tqdm(total=epochs, initial=state.epoch, desc=f"{run.name}@{run.dataset}", unit="ep", disable=not progress, dynamic_ncols=True)
     try:
         for epoch in range(state.epoch, epochs):
             epoch_lr = lr_for_epoch(lr, epoch, epochs)
             for group in optimizer.param_groups:
                 group["lr"] = epoch_lr
             train_loss = _train_epoch(
-                model, optimizer, data, transform, generator, batch_size, use_channels_last, f"epoch {epoch + 1}", progress
+                model, optimizer, data, run.transform, generator, config["batch_size"], run.channels_last, f"epoch {epoch + 1}", progress
             )
             if not torch.isfinite(torch.tensor(train_loss)):
-                raise FloatingPointError(f"training {arch} diverged at epoch {epoch + 1} (loss {train_loss})")
+                raise FloatingPointError(f"training {config['arch']} diverged at epoch {epoch + 1} (loss {train_loss})")
             # no validation split (val_fraction=0): keep the last epoch
-            val_acc = evaluate_accuracy(model, data.val_x, data.val_y, transform, **eval_kwargs) if has_val else float("nan")
+            val_acc = evaluate_accuracy(model, data.val_x, data.val_y, run.transform, **run.eval_kwargs) if has_val else float("nan")
             if not has_val or val_acc > state.best_val:
                 state.best_val, state.best_epoch, state.best_state = val_acc, epoch + 1, _cpu_state_dict(model)
             state.history.append({"epoch": epoch + 1, "lr": epoch_lr, "train_loss": train_loss, "val_acc": val_acc if has_val else None})
             state.epoch, state.elapsed = epoch + 1, time.perf_counter() - started
-            _save_partial(partial, config, model, optimizer, generator, device, state)
+            _save_partial(run.partial, config, model, optimizer, generator, run.device, state)
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_acc:.4f}", best=f"{state.best_val:.4f}", lr=f"{epoch_lr:.3g}")
             if on_epoch_end is not None:
@@ -403,13 +430,20 @@ def train_teacher(
     finally:
         bar.close()
 
+
+def _final_metadata(run: _Run, splits: Any, model: nn.Module, state: _Progress, started: float) -> dict[str, Any]:
+    """Load the best-validation weights into ``model``, test them on the true labels, and
+    describe the run (the checkpoint's metadata, before versions, creation time and checksum)."""
+    from kd_env.data import default_augmentation
+
     assert state.best_state is not None
     model.load_state_dict(state.best_state)
-    predictions = predict_classes(model, data.test_x, transform, **eval_kwargs)
-    test = accuracy_by_class_group(predictions, data.test_y, data_recipe.classes)
-    metadata = {
-        **{k: v for k, v in config.items() if k != "num_train"},
-        "image_shape": [int(s) for s in data.train_x.shape[1:]],
+    predictions = predict_classes(model, run.data.test_x, run.transform, **run.eval_kwargs)
+    test = accuracy_by_class_group(predictions, run.data.test_y, run.classes)
+    has_val = int(run.data.val_x.shape[0]) > 0
+    return {
+        **{k: v for k, v in run.config.items() if k != "num_train"},
+        "image_shape": [int(s) for s in run.data.train_x.shape[1:]],
         "val_acc": state.best_val if has_val else None,
         "best_epoch": state.best_epoch,
         "test_acc": test["acc"] if test["acc"] is not None else 0.0,
@@ -418,17 +452,22 @@ def train_teacher(
         "mean": [float(m) for m in torch.as_tensor(splits.mean).flatten().tolist()],
         "std": [float(s) for s in torch.as_tensor(splits.std).flatten().tolist()],
         "augmentation": {
-            k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in default_augmentation(dataset_name).items()
+            k: (v if isinstance(v, (bool, int, float, str)) else str(v)) for k, v in default_augmentation(run.dataset).items()
         },
         "history": state.history,
         "train_time_s": time.perf_counter() - started,
-        "device": str(device),
+        "device": str(run.device),
     }
-    save_teacher(state.best_state, path, metadata)
+
+
+def _save_final(run: _Run, metadata: dict[str, Any], state: _Progress, progress: bool) -> None:
+    """Write the checkpoint of the best-validation weights, then drop the partial state."""
+    assert state.best_state is not None
+    save_teacher(state.best_state, run.path, metadata)
     with contextlib.suppress(FileNotFoundError):
-        partial.unlink()
+        run.partial.unlink()
     if progress:
         print(
-            f"[kd_env] {data_recipe.name} on {dataset_name}: val acc {state.best_val:.4f} (epoch {state.best_epoch}), test acc {metadata['test_acc']:.4f} -> {path}"
+            f"[kd_env] {run.name} on {run.dataset}: val acc {state.best_val:.4f} (epoch {state.best_epoch}), "
+            f"test acc {metadata['test_acc']:.4f} -> {run.path}"
         )
-    return path
