@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
 import pytest
+from output_checks import assert_csv_matches_json, assert_png
 
 from kd_env.comparison import stats
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 REPS = 300  # enough resamples for these checks, fast
 
 # 4 runs x 3 tasks; pooled sorted: -50 0 1 | 2 3 4 5 6 7 | 8 10 100 -> IQM = mean(2..7) = 4.5;
@@ -188,10 +187,8 @@ def test_report_writes_tables_and_plots(tmp_path):
         for key in ["iqm", "mean", "median", "optimality_gap", "p_improvement", "iqm_diff"]:
             assert row[f"{key}_ci_low"] <= row[key] <= row[f"{key}_ci_high"]
     for name in ["interval_estimates.png", "performance_profiles.png"]:
-        data = (tmp_path / name).read_bytes()
-        assert data.startswith(PNG_SIGNATURE) and len(data) > 1000
+        assert_png(tmp_path / name)
     assert json.loads((tmp_path / "stats.json").read_text()) == rows
-    with open(tmp_path / "stats.csv", newline="") as handle:
-        assert [r["method"] for r in csv.DictReader(handle)] == ["PPO", "REINFORCE", "AVER", "oracle"]
+    assert_csv_matches_json(tmp_path / "stats.csv", rows)  # every column, every row
     markdown = (tmp_path / "stats.md").read_text()
     assert "| PPO | competitor | 5 x 3 |" in markdown and "P(X > AVER)" in markdown
