@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import csv
+import inspect
 import json
-import struct
+from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import pytest
+from output_checks import assert_csv_matches_json, assert_png
 
-from kd_env.comparison import PRESETS, Method, Preset, run_benchmark, sweep
 from kd_env.cli import main
+from kd_env.comparison import PRESETS, Method, Preset, run_benchmark, sweep
+from kd_env.envs import ENV_IDS, KDEnvSettings
+from kd_env.registry import get_policy
 
 
 def test_cli_train_and_resume(tmp_path, capsys):
@@ -49,6 +53,31 @@ def test_cli_reports_bad_input_clearly(tmp_path, capsys, monkeypatch):
         main(["train", "--agent", "aver", "--env-arg", "epochs"])
 
 
+def _assert_rows_match_run_folders(rows: list[dict], runs: list[sweep.PlannedRun]) -> None:
+    """Each row's per-seed accuracies are its runs' ``result.json`` numbers, its mean their mean."""
+    for row in rows:
+        members = [
+            run
+            for run in runs
+            if (run.method.label, run.scenario or "", run.student or "") == (row["method"], row["scenario"], row["student"])
+        ]
+        results = [json.loads((run.run_dir / "result.json").read_text()) for run in members]
+        per_seed = [round(100 * result["episodes"][-1]["final_test_acc"], 2) for result in results]
+        assert row["seeds"] == len(members) and row["test_acc_per_seed"] == per_seed, (row, per_seed)
+        assert row["test_acc_mean"] == pytest.approx(np.mean(per_seed), abs=0.011)
+        assert row["test_acc_std"] == pytest.approx(np.std(per_seed, ddof=1) if len(per_seed) > 1 else 0.0, abs=0.011)
+
+
+def _assert_tables_agree(out: Path, rows: list[dict]) -> None:
+    """results.json holds ``rows``; the CSV and the markdown say what it says."""
+    assert json.loads((out / "results.json").read_text())["rows"] == rows
+    assert_csv_matches_json(out / "results.csv", rows, left_out=["test_acc_per_seed"])
+    markdown = (out / "results.md").read_text()
+    for row in rows:
+        assert f"| {row['method']} |" in markdown and f"{row['test_acc_mean']:.2f} +- {row['test_acc_std']:.2f}" in markdown
+
+
+@pytest.mark.slow
 def test_bench_sweep_tables_plots_and_resume(tmp_path, monkeypatch):
     preset = Preset(
         env_id="MultiTeacherKD-Synthetic-v0",
@@ -58,19 +87,10 @@ def test_bench_sweep_tables_plots_and_resume(tmp_path, monkeypatch):
     )
     rows = run_benchmark(preset, tmp_path, progress=False, jobs=2)
     assert {row["method"] for row in rows} == {"AVER", "EBKD per-sample"}
-    for row in rows:
-        assert row["seeds"] == 2 and len(row["test_acc_per_seed"]) == 2 and row["test_acc_std"] >= 0
+    _assert_rows_match_run_folders(rows, sweep.plan(preset, tmp_path))
+    _assert_tables_agree(tmp_path, rows)
     for name in ("val_acc.png", "weights.png"):
-        assert _png_size(tmp_path / name)[0] > 100
-    # the CSV and the markdown say what the JSON says
-    table = json.loads((tmp_path / "results.json").read_text())["rows"]
-    assert table == rows
-    with (tmp_path / "results.csv").open() as handle:
-        csv_rows = list(csv.DictReader(handle))
-    assert [(r["method"], float(r["test_acc_mean"])) for r in csv_rows] == [(r["method"], r["test_acc_mean"]) for r in rows]
-    markdown = (tmp_path / "results.md").read_text()
-    for row in rows:
-        assert f"| {row['method']} |" in markdown and f"{row['test_acc_mean']:.2f} +- {row['test_acc_std']:.2f}" in markdown
+        assert_png(tmp_path / name)
     assert len(list((tmp_path / "runs").glob("*/tb/events.*"))) == 4
 
     def fail(self, run):
@@ -80,81 +100,106 @@ def test_bench_sweep_tables_plots_and_resume(tmp_path, monkeypatch):
     assert run_benchmark(preset, tmp_path, progress=False) == rows
 
 
-def _png_size(path):
-    """(width, height) from a PNG header; fails on anything that is not a PNG."""
-    data = path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
-    return struct.unpack(">II", data[16:24])
+def _assert_valid_run(run: sweep.PlannedRun, preset_name: str) -> None:
+    """What a run needs before it starts, checked without starting it: a registered env id and
+    agent, on the env the method says, with env arguments the settings accept and agent
+    arguments its factory accepts."""
+    config = run.config
+    where = f"{preset_name}: {config.run_dir}"
+    assert config.env_id in ENV_IDS, where
+    spec = get_policy(config.agent)  # ValueError naming the known agents
+    # a method's label says per-sample or not: the runner must not switch envs behind it
+    assert config.per_sample == run.method.per_sample, (
+        f"{where}: {config.agent} runs on the {'per-sample' if config.per_sample else 'batch'} env"
+    )
+    env_kwargs = dict(config.env_kwargs)
+    if spec.action_mode is not None:
+        env_kwargs.setdefault("action_mode", spec.action_mode)  # as the runner sets it
+    settings = KDEnvSettings.from_kwargs(**{**gym.spec(config.env_id).kwargs, **env_kwargs})
+    assert settings.dataset == ENV_IDS[config.env_id], where
+    inspect.signature(spec.factory).bind(None, seed=config.seed, **config.agent_kwargs)  # TypeError naming an unknown argument
 
 
-def test_every_preset_plans_valid_runs(tmp_path):
-    """Each preset's grid expands to runs whose configs name registered agents and valid env arguments."""
-    from kd_env.envs import KDEnvSettings
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_plans_valid_runs(tmp_path, name):
+    """Each preset's grid (and its transfer methods' pretraining) expands to runs that could start:
+    checked without running them, so the GPU presets are checked on CPU too."""
+    preset = PRESETS[name]
+    gym.spec(preset.env_id)  # registered
+    runs = sweep.plan(preset, tmp_path)
+    assert len(runs) == len(preset.scenarios) * len(preset.students) * len(preset.methods) * len(preset.seeds)
+    assert len({run.run_dir for run in runs}) == len(runs), "two runs share a folder"
+    for run in runs + sweep.plan_pretraining(preset, tmp_path):
+        _assert_valid_run(run, name)
+    if len(preset.scenarios) > 1:
+        labels = {method.label for method in preset.methods}
+        assert {preset.baseline, preset.oracle} <= labels
+        assert set(preset.control_scenarios) <= set(preset.scenarios)
 
-    for name, preset in PRESETS.items():
-        runs = sweep.plan(preset, tmp_path / name)
-        assert len(runs) == len(preset.scenarios) * len(preset.students) * len(preset.methods) * len(preset.seeds), name
-        assert len({run.run_dir for run in runs}) == len(runs), f"{name}: two runs share a folder"
-        for run in runs:
-            KDEnvSettings.from_kwargs(**{"dataset": "synthetic", **{k: v for k, v in run.config.env_kwargs.items() if k != "device"}})
-        if len(preset.scenarios) > 1:
-            labels = {method.label for method in preset.methods}
-            assert {preset.baseline, preset.oracle} <= labels, name
+
+def test_a_bad_preset_entry_fails_the_plan_check(tmp_path):
+    """The check above catches what a preset can get wrong."""
+    base = PRESETS["suite-synthetic"]
+    for method, error in (
+        (Method("typo", "aver", env_kwargs={"reward_mod": "neg_loss"}), "unknown environment argument"),
+        (Method("bad value", "aver", env_kwargs={"reward_mode": "loss"}), "reward_mode must be one of"),
+        (Method("unknown pool", "aver", env_kwargs={"pool": "nope"}), "nope"),
+        (Method("bad agent argument", "mtkd-rl", per_sample=True, agent_kwargs={"dynamc": True}), "dynamc"),
+        (Method("switched env", "mtkd-rl"), "per-sample"),
+    ):
+        preset = Preset(env_id=base.env_id, methods=[method], seeds=[0], env_kwargs=dict(base.env_kwargs))
+        with pytest.raises((AssertionError, TypeError, ValueError), match=error):
+            for run in sweep.plan(preset, tmp_path):
+                _assert_valid_run(run, "bad")
 
 
-def test_suite_on_synthetic_separates_oracle_from_aver(tmp_path):
-    """The scenario machinery end to end: pools trained, runs, per-scenario table, normalised statistics."""
-    rows = run_benchmark("suite-synthetic", tmp_path, progress=False, jobs=2)
+@pytest.mark.slow
+def test_kd_env_bench_runs_the_synthetic_suite_end_to_end(tmp_path, capsys):
+    """``kd-env bench`` on the tiny synthetic preset: the scenario pools trained, the runs, the
+    per-scenario tables, the normalised statistics, the leader comparison and the plots."""
+    out = tmp_path / "out"
+    # --env-arg reaches every run; teacher_store=true is the default, so the results are the preset's
+    argv = ["bench", "--preset", "suite-synthetic", "--out", str(out), "--jobs", "2", "--no-progress", "--env-arg", "teacher_store=true"]
+    assert main(argv) == 0
+    output = capsys.readouterr().out
+    assert (out / "results.md").read_text() in output and (out / "stats.md").read_text() in output
+
+    preset = PRESETS["suite-synthetic"]
+    runs = sweep.plan(preset, out, overrides={"teacher_store": True})
+    assert all(json.loads((run.run_dir / "run.json").read_text())["env_kwargs"]["teacher_store"] is True for run in runs)
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    _assert_rows_match_run_folders(rows, runs)
+    _assert_tables_agree(out, rows)
+    assert "### noisy" in output and "### specialists" in output
+
     by_key = {(row["scenario"], row["method"]): row for row in rows}
     oracle, aver = by_key[("specialists", "Oracle")], by_key[("specialists", "AVER")]
     assert oracle["test_acc_mean"] > aver["test_acc_mean"] + 5, (oracle, aver)
-    stats_rows = json.loads((tmp_path / "stats.json").read_text())
-    methods = {row["method"] for row in stats_rows}
-    assert {"Oracle", "AVER", "CA-MKD (per-sample)"} <= methods
+    stats_rows = json.loads((out / "stats.json").read_text())
+    assert_csv_matches_json(out / "stats.csv", stats_rows)
+    assert {row["method"] for row in stats_rows} == {"Oracle", "AVER", "CA-MKD (per-sample)"}
     aver_row = next(row for row in stats_rows if row["method"] == "AVER")
     assert abs(aver_row["mean"]) < 1e-9  # AVER scores 0 by definition of the normalised score
     oracle_row = next(row for row in stats_rows if row["method"] == "Oracle")
     assert np.isclose(oracle_row["mean"], 1.0)
-    for name in ("interval_estimates.png", "performance_profiles.png"):
-        assert _png_size(tmp_path / name)[0] > 100
-    assert "### specialists" in (tmp_path / "results.md").read_text()
+    for name in ("val_acc.png", "weights.png", "interval_estimates.png", "performance_profiles.png"):
+        assert_png(out / name)
     # the leading competitor (the only one here) against every other method, with paired CIs
-    leader_rows = json.loads((tmp_path / "leader.json").read_text())
+    leader_rows = json.loads((out / "leader.json").read_text())
     assert {row["leader"] for row in leader_rows} == {"CA-MKD (per-sample)"}
     assert {row["versus"] for row in leader_rows} == {"Oracle", "AVER"}
     for row in leader_rows:
         assert row["iqm_difference_ci_low"] <= row["iqm_difference"] <= row["iqm_difference_ci_high"]
         assert row["leads"] == (row["iqm_difference_ci_low"] > 0)
 
-
-def test_cli_bench_runs_a_preset(tmp_path, capsys):
-    assert (
-        main(
-            [
-                "bench",
-                "--preset",
-                "suite-synthetic",
-                "--out",
-                str(tmp_path),
-                "--jobs",
-                "2",
-                "--no-progress",
-                "--env-arg",
-                "max_steps_per_epoch=3",
-            ]
-        )
-        == 0
-    )
-    output = capsys.readouterr().out
-    assert "### noisy" in output and "Normalised scores" in output  # computed, or the reason why not
-    assert main(["bench", "--preset", "suite-synthetic", "--out", str(tmp_path), "--jobs", "0"]) == 2
+    assert main(["bench", "--preset", "suite-synthetic", "--out", str(out), "--jobs", "0"]) == 2
+    assert "--jobs must be >= 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_transfer_methods_pretrain_once_then_evaluate_frozen(tmp_path):
     """The transfer protocol: one pretraining run per scenario shared by the transfer rows, its
     seed never an evaluation seed; the evaluation runs load its policy and do not learn."""
-    from pathlib import Path
-
     from kd_env.comparison.presets import Pretrain
 
     suite = PRESETS["suite"]
