@@ -65,6 +65,8 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
       trained on, divided by ``log(C)``.
     * ``"val_acc"``: sparse; at each epoch end the gain in validation accuracy since the previous
       epoch end (from chance for the first), so the return is the final accuracy above chance.
+    * ``"label_logprob"``: the batch mean of the per-sample log-probability that the weighted
+      teacher mixture gives the true label (see the per-sample env), divided by ``log(C)``.
 
     ``reward_scale`` multiplies every reward. A diverging student gets ``divergence_penalty``.
 
@@ -112,7 +114,8 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
 
     ## Version History
 
-    * v0: initial release.
+    * v0: initial release (``reward_mode="label_logprob"`` added within v0: new option, the
+      other modes unchanged).
     """
 
     metadata = {"render_modes": ["ansi", "human"], "render_fps": 1}

@@ -51,6 +51,10 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
 
     * ``"neg_loss"`` (default here, the paper's): each sample's negative weighted loss,
       z-scored within the batch and clipped to [0, 1].
+    * ``"label_logprob"`` (the router's): each sample's log-probability that the weighted teacher
+      mixture gives its true label, ``log sum_k w_ik softmax(z_ik / T)[y_i]``, divided by
+      ``log(C)``; it credits each teacher for being right on that sample and never reads the
+      student (:class:`~kd_env.envs.rewards.RewardTracker` says why that matters).
     * ``"val_loss_delta"`` and ``"val_acc"``: as in the batch env; every slot gets the update's
       reward (they measure the whole update, not one sample).
 
@@ -83,7 +87,8 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
 
     ## Version History
 
-    * v0: initial release.
+    * v0: initial release (``reward_mode="label_logprob"`` added within v0: new option, the
+      other modes unchanged).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
