@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kd_reference import per_sample_loss, reference_batch
+from kd_reference import normalise, per_sample_loss, reference_batch
 
 
 def _params(engine):
@@ -149,3 +149,30 @@ def test_per_batch_and_per_sample_weights_agree(make_engine):
     a = per_batch.step(torch.tensor([0.1, 0.9])).loss
     b = per_sample.step(torch.tensor([[0.1, 0.9]]).repeat(batch.batch_size, 1)).loss
     assert a == pytest.approx(b)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [{"cache_teacher_outputs": False}, {"teacher_store": False}, {}],
+    ids=["teachers-per-batch", "in-memory-cache", "store"],
+)
+def test_prepared_batch_carries_its_own_forward_passes_feature_maps(make_engine, source):
+    engine = make_engine(**source)
+    batch = engine.reset(seed=4)
+    assert engine.student is not None and batch.student_feature_map is not None
+    # the student's map is the one its logits came from (same forward, same graph)
+    assert batch.student_feature_map.requires_grad
+    torch.testing.assert_close(engine.student.head_logits(batch.student_feature_map), batch.student_logits)
+    assert len(batch.teacher_feature_maps) == engine.num_teachers
+    images = normalise(engine, engine.data.train_images[batch.indices])  # synthetic: no augmentation
+    for teacher, feature_map in zip(engine.teachers, batch.teacher_feature_maps):
+        assert feature_map.dtype == torch.float32 and not feature_map.requires_grad
+        # the store keeps feature maps in float16: equal to its rounding
+        tolerance = {"rtol": 2e-3, "atol": 2e-3} if engine.teacher_store is not None else {}
+        torch.testing.assert_close(feature_map, teacher.forward_all(images).feature_map, **tolerance)
+    assert (engine.teacher_store is not None) == (source == {})
+
+
+def test_prepared_batch_has_no_feature_maps_without_feature_kd(make_engine):
+    batch = make_engine(feature_kd=False, cache_teacher_outputs=False).reset(seed=0)
+    assert batch.teacher_feature_maps == [] and batch.student_feature_map is None

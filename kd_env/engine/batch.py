@@ -13,6 +13,8 @@ class StepBatch:
     """Everything known about the prepared batch before the update. ``[B, K]`` per-sample tensors.
 
     Tensors marked "graph" still carry the student's autograd graph; the others are detached.
+    The feature maps are the engine's own tensors of this batch's forward passes (references,
+    never copies), there for policies whose weights read them (MMKD's feature network).
     """
 
     indices: torch.Tensor
@@ -28,6 +30,10 @@ class StepBatch:
     feature_mse: torch.Tensor | None  # [B, K], graph; None without feature KD
     feature_cosine: torch.Tensor | None  # [B, K]; None without feature KD
     feature_head_weights: torch.Tensor | None = None  # [B, K], graph; CA-MKD's feature weights
+    # K x [B, C_k, H_k, W_k] float32, the teachers' last feature maps (from the teacher-output
+    # store or the in-memory cache when the engine reads one); empty without feature KD
+    teacher_feature_maps: list[torch.Tensor] = field(default_factory=list)
+    student_feature_map: torch.Tensor | None = None  # [B, C, H, W], graph; None without feature KD
 
     @property
     def batch_size(self) -> int:

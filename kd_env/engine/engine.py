@@ -249,6 +249,9 @@ class DistillationEngine:
             feature_mse=feature_mse,
             feature_cosine=cosine,
             feature_head_weights=head_weights,
+            # references to what the step already computed: no extra pass, no copy
+            teacher_feature_maps=teacher_maps if self.config.feature_kd else [],
+            student_feature_map=student_output.feature_map if self.config.feature_kd else None,
         )
 
     def _camkd_feature_weights(self, adapted: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
