@@ -34,26 +34,6 @@ atexit.register(shutil.rmtree, _TEST_CACHE, ignore_errors=True)
 torch.set_num_threads(1)
 
 
-SLOW_TESTS: tuple[str, ...] = (
-    # modules whose tests carry no marks of their own: one list here, by node id (minus the
-    # parameters); tests/test_markers.py checks that each still names a test
-    "tests/test_reinforce.py::test_learns_to_weight_the_right_teacher",
-    "tests/test_envs.py::test_fashion_mnist_env_passes_the_checkers_and_repeats",
-    "tests/test_ecosystem.py::test_rl_zoo_trains_and_enjoys_with_the_package_hyperparameters",
-    "tests/test_paper_preset.py::test_gpu_smoke_runs_every_method_of_the_preset_on_cpu",
-    "tests/test_registry.py::test_kd_env_train_imports_the_users_module",
-)
-"""Tests marked ``slow`` (setup.cfg) besides those decorated with it: 30 s or more each in CI on a
-loaded 2-core machine (``--durations``)."""
-
-
-@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects: "not slow" must see these marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.nodeid.split("[")[0] in SLOW_TESTS:
-            item.add_marker(pytest.mark.slow)
-
-
 @pytest.fixture(scope="session")
 def synthetic_data():
     from kd_env.data import load_dataset

@@ -256,6 +256,7 @@ def test_reset_options_are_checked():
 
 
 # ------------------------------------------------------------------ 7. RL Zoo
+@pytest.mark.slow  # 30 s or more on a loaded 2-core machine
 def test_rl_zoo_trains_and_enjoys_with_the_package_hyperparameters(tmp_path):
     pytest.importorskip("rl_zoo3", reason="rl_zoo3 is in the test extra: pip install -e '.[test]'")
     # the package's yaml, wherever it is installed (the README's one-liner)

@@ -428,6 +428,7 @@ def test_sb3_adapter_is_a_working_vecenv():
     venv.close()
 
 
+@pytest.mark.slow  # 30 s or more on a loaded 2-core machine
 def test_fashion_mnist_env_passes_the_checkers_and_repeats():
     """The real-data env (Fashion-MNIST from the Debian package, which `make test` installs).
 

@@ -415,6 +415,7 @@ def test_official_protocol_trains_on_every_image_and_reports_the_best_test_epoch
 
 
 # ---------------------------------------------------------------------- the GPU smoke script
+@pytest.mark.slow  # 30 s or more on a loaded 2-core machine
 def test_gpu_smoke_runs_every_method_of_the_preset_on_cpu(tmp_path: Path) -> None:
     spec = importlib.util.spec_from_file_location("gpu_smoke", ROOT / "benchmarks" / "gpu_smoke.py")
     assert spec is not None and spec.loader is not None

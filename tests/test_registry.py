@@ -118,6 +118,7 @@ def test_a_registered_policy_runs_through_the_cli(tmp_path, registered, capsys):
     assert saved["agent"] == registered and saved["agent_kwargs"] == {"value": 1.0} and saved["imports"] == []
 
 
+@pytest.mark.slow  # 30 s or more on a loaded 2-core machine
 def test_kd_env_train_imports_the_users_module(tmp_path):
     """The same through a fresh process: the module that registers the policy is only known by --import."""
     module_dir = tmp_path / "user_code"

@@ -66,6 +66,7 @@ def _assert_same_agent(first: Reinforce, second: Reinforce) -> None:
 
 
 # ---------------------------------------------------------------------- learning
+@pytest.mark.slow  # 30 s or more on a loaded 2-core machine
 def test_learns_to_weight_the_right_teacher():
     env = gym.make(SYNTHETIC, **RIGHT_TEACHER_ENV)
     assert env.unwrapped.teacher_names[0] == "cnn_w16"
