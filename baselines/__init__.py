@@ -11,7 +11,8 @@ Baselines'). Modules:
 * ``policies``: the rules as policies (``make_baseline("camkd", env)``, ``BASELINES``), plus two
   reference policies: the label-aware ``Oracle`` and ``NoKD`` (no distillation);
 * ``mmkd``: MMKD, a learned baseline (meta-learned weight networks trained inside the run, on
-  the per-sample env).
+  the per-sample env); its weight networks and hard buffer are in ``mmkd_networks``, its meta
+  step in ``mmkd_meta``.
 """
 
 from .mmkd import MMKD

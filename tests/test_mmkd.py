@@ -1,4 +1,4 @@
-"""MMKD (baselines/mmkd.py): the meta step against a hand-computed one, the hard buffer, runs
+"""MMKD (baselines/mmkd.py, mmkd_networks.py, mmkd_meta.py): the meta step against a hand-computed one, the hard buffer, runs
 through the env and the runner, checkpoints and bad input.
 
 The hand computation follows the authors' ``MetaSGD.meta_backward`` (reverse mode: the adjoints
@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call
 
 import kd_env  # noqa: F401  (registers the env ids and policies)
-from kd_env.baselines import MMKD
+from kd_env.baselines import MMKD, make_baseline
 from kd_env.baselines.mmkd import (
     FeatureWeight,
     HardBatch,
@@ -28,11 +28,11 @@ from kd_env.baselines.mmkd import (
     MetaProblem,
     MMKDWeightNets,
     SGDSettings,
-    _recorder,
     meta_gradients,
     meta_update,
     unrolled_outer_loss,
 )
+from kd_env.checkpoint_io import CheckpointReadError
 from kd_env.envs import PerSampleKDVectorEnv
 from kd_env.registry import get_policy
 from kd_env.run import RunConfig, train
@@ -281,21 +281,25 @@ def test_meta_step_leaves_the_engines_student_and_prepared_batch_as_they_were() 
 def test_feature_weights_read_the_engines_own_augmented_forward() -> None:
     env = _env(augment=True, max_steps_per_epoch=3)
     try:
+        engine = env.engine
+        factory = engine.student_factory
         policy = MMKD(env, buffer_size=8)
         observation, _ = env.reset(seed=2)
-        engine = env.engine
         for _ in range(2):
             batch = engine.current
-            student = _recorder(engine.student).output
-            assert student is not None and student.logits is batch.student_logits
-            maps = policy._teacher_maps(batch)
-            for k, recorder in enumerate(policy._teacher_recorders):
-                assert recorder.output is not None and recorder.output.feature_map is maps[k]
+            # the batch's maps are those its logits came from (the same augmented images)
+            for teacher, feature_map, logits in zip(engine.teachers, batch.teacher_feature_maps, batch.teacher_logits):
+                torch.testing.assert_close(teacher.head_logits(feature_map), logits)
+            torch.testing.assert_close(engine.student.head_logits(batch.student_feature_map), batch.student_logits)
             action, _ = policy.predict(observation)
             with torch.no_grad():
-                expected = policy.nets.features(maps, student.feature_map)
+                expected = policy.nets.features(batch.teacher_feature_maps, batch.student_feature_map)
             np.testing.assert_allclose(action[:, engine.num_teachers :], expected.numpy(), rtol=1e-6)
             observation, *_ = env.step(action)
+        policy.meta_step()
+        # MMKD reads the batch: no model of the engine's, and not its student factory, is patched
+        assert engine.student_factory is factory
+        assert all("forward_all" not in vars(model) for model in (*engine.teachers, engine.student))
     finally:
         env.close()
 
@@ -365,8 +369,13 @@ def test_bad_input_gives_clear_errors(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="pass env="):
             MMKD.load(tmp_path / "x.pt")
         (tmp_path / "foreign.pt").write_bytes(b"not a checkpoint")
-        with pytest.raises(ValueError, match="corrupt"):
+        with pytest.raises(CheckpointReadError, match="corrupt"):
             MMKD.load(tmp_path / "foreign.pt", env=env)
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            MMKD.load(tmp_path / "missing.pt", env=env)
+        aver = make_baseline("aver", env).save(tmp_path / "aver.pt")
+        with pytest.raises(CheckpointReadError, match="not a kd-env MMKD checkpoint"):
+            MMKD.load(aver, env=env)
         with pytest.raises(ValueError, match=r"observation has shape \(3,\)"):
             MMKD(env).predict(np.zeros(3, dtype=np.float32))
     finally:
