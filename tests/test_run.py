@@ -106,3 +106,24 @@ def test_sb3_run_resumes_the_same_student_run(tmp_path):
     assert [value for _, value in _scalars(tmp_path / "run", "train/epoch")][5:] == [1.0] * 4 + [2.0]  # not epoch 0 again
     # the resumed agent keeps training its VecNormalize statistics (4 more observations), not frozen ones
     assert pickle.loads(statistics.read_bytes()).obs_rms.count == pytest.approx(observations_seen + 4)
+
+
+def test_global_rng_states_round_trip_through_the_checkpoint_reader(tmp_path):
+    import random
+
+    import numpy as np
+
+    from kd_env.checkpoint_io import CheckpointReadError
+    from kd_env.run.checkpoints import _restore_global_rng, _save_global_rng
+
+    _save_global_rng(tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    for draw in (lambda: torch.rand(5), lambda: np.random.rand(5), random.random):
+        draw()  # move every generator on
+    _restore_global_rng(tmp_path / "rng.pt")
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+    _restore_global_rng(tmp_path / "absent.pt")  # a checkpoint from before rng.pt: nothing to restore
+    torch.save({"torch": torch.get_rng_state()}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointReadError, match="not a run's global RNG states.*kd_env.rng/1"):
+        _restore_global_rng(tmp_path / "foreign.pt")

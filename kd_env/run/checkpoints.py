@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from kd_env.checkpoint_io import CheckpointNotFoundError, read_checkpoint, write_checkpoint
 from kd_env.run.config import RunConfig
 from kd_env.utils import atomic_write, crash_point, fsync_dir, remove_stale_temporaries
 
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "state.json"
 ENV_CHECKPOINT = "env.pt"
 RNG_FILE = "rng.pt"
+RNG_FORMAT = "kd_env.rng/1"
 CHECKPOINTS = "checkpoints"
 STAGING = ".checkpoints.incoming"
 RETIRED = ".checkpoints.old"
@@ -171,13 +173,22 @@ def _save_global_rng(path: Path) -> None:
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],  # type: ignore[attr-defined]  # numpy's stubs give get_state() the dict of legacy=False
         "python": random.getstate(),
     }
-    atomic_write(path, lambda file: torch.save(state, file))
+    write_checkpoint(path, RNG_FORMAT, state)
 
 
 def _restore_global_rng(path: Path) -> None:
-    if not path.exists():
+    """Put back the states :func:`_save_global_rng` wrote (read with the one checkpoint reader:
+    a damaged or foreign file raises :class:`~kd_env.checkpoint_io.CheckpointReadError`)."""
+    try:
+        state = read_checkpoint(
+            path,
+            RNG_FORMAT,
+            what="run's global RNG states",
+            fix="resume from an intact checkpoint, or start the run again in a new folder",
+            required={"torch": torch.Tensor, "numpy": list, "python": tuple},
+        )
+    except CheckpointNotFoundError:
         return  # a checkpoint written before rng.pt existed: the env's torch state is all there is
-    state = torch.load(path, weights_only=True)
     torch.set_rng_state(state["torch"])
     kind, keys, position, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
