@@ -233,17 +233,16 @@ class MMKD(BaselinePolicy):
         assert self.engine.student is not None and self.engine.adapters is not None
         return StudentWithAdapters(self.engine.student, self.engine.adapters)
 
-    def _images(self, indices: torch.Tensor, augment: bool) -> torch.Tensor:
-        images = self.engine.data.train_images[indices.to(self.engine.device)]
-        if augment:
-            return self.engine.train_transform(images, self.augment_generator, train=True)
-        return self.engine.eval_transform(images, train=False)
-
     @torch.no_grad()
-    def _teacher_outputs(self, indices: torch.Tensor, augment: bool) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
-        """Teacher logits ``[K, B, C]``, feature maps and the images, for training samples ``indices``."""
+    def _teacher_outputs(self, indices: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """Teacher logits ``[K, B, C]``, feature maps and the images, for training samples ``indices``
+        (augmented afresh, from the policy's generator, when the engine augments)."""
         engine = self.engine
-        images = self._images(indices, augment and engine.augmenting)
+        images = engine.data.train_images[indices.to(engine.device)]
+        if engine.augmenting:
+            images = engine.train_transform(images, self.augment_generator, train=True)
+        else:
+            images = engine.eval_transform(images, train=False)
         if engine.teacher_store is not None:  # only without augmentation: the outputs the engine reads
             logits, _, maps = engine.teacher_store.batch(indices, engine.device)
             return logits, maps, images
@@ -266,7 +265,7 @@ class MMKD(BaselinePolicy):
         """The authors' meta step on a hard-buffer batch (:func:`meta_update`); the student is untouched."""
         engine = self.engine
         indices = self.buffer.sample()
-        teacher_logits, teacher_maps, images = self._teacher_outputs(indices, augment=True)
+        teacher_logits, teacher_maps, images = self._teacher_outputs(indices)
         labels = engine.data.train_labels[indices.to(engine.device)]
         hard = HardBatch(images.contiguous(memory_format=engine.student_format), labels, teacher_logits, teacher_maps)
         params: list[torch.Tensor] = list(self._model().parameters())
