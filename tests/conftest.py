@@ -31,7 +31,17 @@ _TEST_CACHE = tempfile.mkdtemp(prefix="kd_env_test_cache_")
 os.environ["KD_ENV_CACHE"] = _TEST_CACHE
 atexit.register(shutil.rmtree, _TEST_CACHE, ignore_errors=True)
 # the tests' networks are tiny: one thread avoids thread hand-off costs that dominate them
+# (on a loaded 2-core machine two threads made some tests about 100 times slower)
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test starts with one torch thread, whatever an earlier one set (``--threads`` of an
+    in-process ``kd-env`` command, a runner's thread setting), and leaves it so."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -41,14 +41,6 @@ SYNTHETIC = "MultiTeacherKD-Synthetic-v0"
 SLOTS = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------- (a) the meta step by hand
 B, D, FEAT, C, K = 4, 3, 2, 3, 2
 TEACHER_CHANNELS = (2, 3)

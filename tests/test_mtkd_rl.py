@@ -31,16 +31,6 @@ TEACHERS = ["random:cnn_w8:1", "random:cnn_w8:2"]
 BATCH = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation, which on a loaded
-    2-core machine made these tests about 100 times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_env(**overrides) -> PerSampleKDVectorEnv:
     kwargs = {
         "dataset": "synthetic",

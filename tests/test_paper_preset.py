@@ -40,15 +40,6 @@ from kd_env.models import create_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: a second thread only adds synchronisation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------- the authors' settings
 # Written from the authors' code (reference/baselines.md sections 0.1-4, reference/mtkd_rl.md):
 # granularity of the weights, the factor on mean_b sum_k w_bk KL_bk that gives the published KD

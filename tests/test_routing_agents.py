@@ -22,15 +22,6 @@ BATCH = 32
 LEARN_STEPS = 160  # env steps (student updates) of learning before the routing is checked
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def specialists_env(**overrides):
     kwargs = {
         "num_envs": BATCH,
