@@ -191,13 +191,17 @@ class RayExecutor:
         failures: list[tuple[PlannedRun, str]] = []
         pending: dict[Any, PlannedRun] = {}
         bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=description, unit="run", disable=not progress)
+        shown_postfix = ""
         try:
             while todo or pending:
                 slots = self._slots(ray) if todo else 0
                 while todo and len(pending) < slots:
                     run = todo.pop(0)
                     pending[self._submit(ray, task, run)] = run
-                bar.set_postfix_str(f"running {len(pending)}, failed {len(failures)}")
+                postfix = f"running {len(pending)}, failed {len(failures)}"
+                if postfix != shown_postfix:  # only on a change: each call redraws (a line in a log file)
+                    bar.set_postfix_str(postfix)
+                    shown_postfix = postfix
                 ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for reference in ready:
                     run = pending.pop(reference)

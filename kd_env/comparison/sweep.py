@@ -284,13 +284,17 @@ class LocalExecutor:
         failures: list[tuple[PlannedRun, str]] = []
         running: dict[subprocess.Popen[bytes], PlannedRun] = {}
         bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc=description, unit="run", disable=not progress)
+        shown_postfix = ""
         try:
             while todo or running:
                 while todo and len(running) < self.jobs:
                     run = todo.pop(0)
                     running[self._start(run)] = run
                     crash_point("sweep:child-started")
-                bar.set_postfix_str(f"running {len(running)}, failed {len(failures)}")
+                postfix = f"running {len(running)}, failed {len(failures)}"
+                if postfix != shown_postfix:  # only on a change: each call redraws (a line in a log file)
+                    bar.set_postfix_str(postfix)
+                    shown_postfix = postfix
                 finished = [process for process in running if process.poll() is not None]
                 if not finished:
                     time.sleep(0.2)
