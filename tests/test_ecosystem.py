@@ -122,7 +122,8 @@ def test_unsupported_render_modes_warn_and_sb3_make_vec_env_works():
     with pytest.warns(UserWarning, match="cannot render render_mode='rgb_array'"):
         env = MultiTeacherKDEnv(dataset="synthetic", render_mode="rgb_array", **FAST)
     env.reset(seed=0)
-    assert env.render_mode is None and env.render() is None
+    with pytest.warns(UserWarning, match="without a render_mode"):
+        assert env.render_mode is None and env.render() is None
     # SB3 asks for "rgb_array" and falls back only on TypeError
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
