@@ -337,3 +337,25 @@ def test_threads_helpers(monkeypatch):
             set_threads(0)
     finally:
         torch.set_num_threads(previous)
+
+
+def test_a_store_dropped_without_close_releases_its_descriptors(make_engine, cache):
+    """An env or engine nobody closed must not keep the store's read descriptors: unlike the
+    mmaps they are not closed with the object, and with a non-root user's default limit of 1024
+    descriptors the test suite ran out of them."""
+    import gc
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("counts descriptors through /proc (Linux)")
+    folder = make_engine(cache_dir=str(cache)).teacher_store.path
+
+    def open_descriptors() -> int:
+        gc.collect()
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_descriptors()
+    for _ in range(20):
+        store = TeacherOutputStore.open(folder)
+        assert store.batch(torch.arange(4))[0].shape[1] == 4  # logits [K, B, C], read through the descriptors
+        del store
+    assert open_descriptors() <= before + 2, "dropped stores kept their descriptors open"

@@ -62,6 +62,7 @@ import random
 import secrets
 import shutil
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -196,6 +197,14 @@ def _fsync_dir(folder: Path) -> None:
             os.close(descriptor)
 
 
+def _close_descriptors(descriptors: dict[str, int]) -> None:
+    """Close a store's read descriptors and empty the dict in place (its finalizer holds it)."""
+    for descriptor in descriptors.values():
+        with contextlib.suppress(OSError):
+            os.close(descriptor)
+    descriptors.clear()
+
+
 class TeacherOutputStore:
     """A verified, memory-mapped store of teacher outputs. Open with :meth:`open` or :meth:`open_or_build`.
 
@@ -212,6 +221,10 @@ class TeacherOutputStore:
         self.arrays: dict[str, np.ndarray] = {}
         self._maps: list[mmap.mmap] = []
         self._descriptors: dict[str, int] = {}
+        # raw descriptors, unlike the mmaps, are not closed when the store is garbage collected: a
+        # store dropped without close() (an env nobody closed) would leak one per array, and a
+        # process with the usual 1024-descriptor limit ran out of them
+        weakref.finalize(self, _close_descriptors, self._descriptors)
         try:
             for name, entry in manifest["arrays"].items():
                 with open(path / entry["file"], "rb") as file:
@@ -416,10 +429,7 @@ class TeacherOutputStore:
     def close(self) -> None:
         """Drop the mappings (arrays handed out by :attr:`arrays` must not be used afterwards)."""
         self.arrays = {}
-        for descriptor in self._descriptors.values():
-            with contextlib.suppress(OSError):
-                os.close(descriptor)
-        self._descriptors = {}
+        _close_descriptors(self._descriptors)
         for mapped in self._maps:
             with contextlib.suppress(BufferError):  # a view still alive elsewhere keeps it mapped
                 mapped.close()
