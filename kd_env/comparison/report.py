@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kd_env.comparison import stats
-from kd_env.comparison.contrasts import write_contrasts
+from kd_env.comparison.contrasts import paired_accuracy_difference, write_contrasts
 
 if TYPE_CHECKING:
     from kd_env.comparison.presets import Preset
@@ -60,18 +60,6 @@ def _mean_ci(values: list[float]) -> tuple[float, float]:
     return estimate.low, estimate.high
 
 
-def _paired_difference(test: dict[int, float], baseline: dict[int, float] | None) -> tuple[float, float, float]:
-    """Mean over seeds of ``acc - baseline acc`` (same seed) with its 95% bootstrap CI; NaN
-    without a baseline or fewer than 2 common seeds."""
-    seeds = sorted(set(test) & set(baseline or {}))
-    if baseline is None or len(seeds) < 2:
-        return float("nan"), float("nan"), float("nan")
-    x = np.array([[test[s]] for s in seeds])
-    y = np.array([[baseline[s]] for s in seeds])
-    estimate = stats.paired_difference_ci(x, y, stats.mean)
-    return estimate.point, estimate.low, estimate.high
-
-
 def summarise(runs: Sequence[PlannedRun], baseline: str | None = None) -> list[dict[str, Any]]:
     """One row per (scenario, student, method): mean, std and CI over seeds, and the paired (by
     seed) difference to the ``baseline`` method's accuracy in the same scenario with its CI."""
@@ -84,9 +72,8 @@ def summarise(runs: Sequence[PlannedRun], baseline: str | None = None) -> list[d
     for (scenario, student, label), members in groups.items():
         results = [result for _, result in members]
         test = [test_accuracy(r) for r in results]
-        delta, delta_low, delta_high = _paired_difference(
-            by_seed[(scenario, student, label)], by_seed.get((scenario, student, baseline or ""))
-        )
+        difference = paired_accuracy_difference(by_seed[(scenario, student, label)], by_seed.get((scenario, student, baseline or ""), {}))
+        delta, delta_low, delta_high = difference["difference"], difference["ci_low"], difference["ci_high"]
         val = [100 * r["episodes"][-1]["best_val_acc"] for r in results if r["episodes"]]
         test_mean, test_std = _mean_std(test)
         ci_low, ci_high = _mean_ci(test)
