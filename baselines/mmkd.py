@@ -243,12 +243,8 @@ class MMKD(BaselinePolicy):
             images = engine.train_transform(images, self.augment_generator, train=True)
         else:
             images = engine.eval_transform(images, train=False)
-        if engine.teacher_store is not None:  # only without augmentation: the outputs the engine reads
-            logits, _, maps = engine.teacher_store.batch(indices, engine.device)
-            return logits, maps, images
-        teacher_images = images.contiguous(memory_format=engine.teacher_format)
-        outputs = [teacher.forward_all(teacher_images) for teacher in engine.teachers]
-        return torch.stack([o.logits for o in outputs]), [o.feature_map for o in outputs], images
+        logits, _, maps = engine.teacher_outputs_for(indices, images)
+        return logits, maps, images
 
     def _student_forward(self, images: torch.Tensor) -> StudentForward:
         """``forward(params)`` of student and adapters on ``images``, on copies of the BN statistics."""

@@ -151,6 +151,19 @@ class DistillationEngine:
         """All teachers, once each, without autograd: stacked logits, embeddings, feature maps."""
         return run_teachers(self.teachers, images, self.teacher_format)
 
+    def teacher_outputs_for(self, indices: torch.Tensor, images: torch.Tensor) -> TeacherBatch:
+        """The teachers' logits ``[K, B, C]``, embeddings and feature maps for the training samples
+        ``indices`` whose transformed pixels are ``images``: read from the store or the in-memory
+        cache where the outputs were computed once (augmentation off), else one pass of every
+        teacher over ``images`` (the engine's batches and MMKD's hard batches alike)."""
+        if self.teacher_store is not None:
+            return self.teacher_store.batch(indices, self.device)
+        if self._teacher_cache is not None:
+            cache = self._teacher_cache
+            feature_maps = [feature_map[indices] for feature_map in cache["feature_maps"]] if self.config.feature_kd else []
+            return cache["logits"][:, indices], [embedding[indices] for embedding in cache["embeddings"]], feature_maps
+        return self._teacher_outputs(images)
+
     def _teacher_output_chunks(self) -> Iterator[TeacherBatch]:
         """Teacher outputs over the training set, ``eval_batch_size`` images at a time, in order."""
         images = self.data.train_images
@@ -211,14 +224,7 @@ class DistillationEngine:
         indices = self._epoch_batches[self.step_in_epoch]
         labels = self.data.train_labels[indices]
         images = self.train_transform(self.data.train_images[indices], self.generator, train=True)
-        if self.teacher_store is not None:
-            teacher_logits, teacher_embeddings, teacher_maps = self.teacher_store.batch(indices, self.device)
-        elif self._teacher_cache is not None:
-            teacher_logits = self._teacher_cache["logits"][:, indices]
-            teacher_embeddings = [embedding[indices] for embedding in self._teacher_cache["embeddings"]]
-            teacher_maps = [feature_map[indices] for feature_map in self._teacher_cache["feature_maps"]] if self.config.feature_kd else []
-        else:
-            teacher_logits, teacher_embeddings, teacher_maps = self._teacher_outputs(images)
+        teacher_logits, teacher_embeddings, teacher_maps = self.teacher_outputs_for(indices, images)
         assert self.student is not None and self.adapters is not None
         student_output = self.student.forward_all(images.contiguous(memory_format=self.student_format))
         temperature = self.config.temperature
