@@ -115,9 +115,10 @@ def _agent_run(spec: str, epochs: int) -> float:
     import tempfile
 
     from kd_env.cli import main as cli_main
+    from kd_env.registry import get_policy
 
     agent, _, reward_mode = spec.partition("@")
-    per_sample = ["--per-sample"] if agent in ("mtkd-rl", "router") else []
+    per_sample = ["--per-sample"] if get_policy(agent).per_sample else []  # as registered
     reward = ["--env-arg", f"reward_mode={reward_mode}"] if reward_mode else []
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
