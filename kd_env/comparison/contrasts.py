@@ -120,13 +120,13 @@ def write_contrasts(
     preset: Preset,
 ) -> list[dict[str, Any]] | None:
     """``contrasts.md`` / ``contrasts.json`` for the preset's contrasts (``None`` if it has none)."""
-    from kd_env.comparison.report import load_result, scenario_scores, test_accuracy
+    from kd_env.comparison.report import load_result, scenario_scores, task_name, test_accuracy
 
     if not preset.contrasts:
         return None
     accuracies: dict[tuple[str, str], dict[int, float]] = {}
     for run in runs:
-        scenario = "/".join(part for part in (run.scenario, run.student) if part) or "default"
+        scenario = task_name(run)
         accuracies.setdefault((scenario, run.method.label), {})[run.config.seed] = test_accuracy(load_result(run))
     normalised = None
     scores = scenario_scores(runs, preset)

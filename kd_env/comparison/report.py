@@ -142,6 +142,12 @@ def write_tables(rows: list[dict[str, Any]], out: Path, preset_name: str, preset
     (out / "results.md").write_text(results_markdown(rows, preset_name, preset))
 
 
+def task_name(run: PlannedRun) -> str:
+    """A run's task in the statistics: its scenario, with the student folded in where the
+    preset varies it (``"noisy/cnn_w16"``), or ``"default"``."""
+    return "/".join(part for part in (run.scenario, run.student) if part) or "default"
+
+
 def scenario_scores(runs: Sequence[PlannedRun], preset: Preset) -> tuple[dict[str, np.ndarray], list[str]] | None:
     """Test accuracies as ``{method: [seeds, scenarios]}`` (student folded into the scenario
     name), or ``None`` when the preset has no baseline/oracle pair or fewer than 2 seeds."""
@@ -151,7 +157,7 @@ def scenario_scores(runs: Sequence[PlannedRun], preset: Preset) -> tuple[dict[st
     records = [
         {
             "method": run.method.label,
-            "scenario": "/".join(part for part in (run.scenario, run.student) if part) or "default",
+            "scenario": task_name(run),
             "seed": run.config.seed,
             "acc": test_accuracy(load_result(run)),
         }
