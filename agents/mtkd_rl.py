@@ -22,6 +22,7 @@ import torch
 from gymnasium import spaces
 
 from kd_env.envs.per_sample_env import PerSampleKDVectorEnv
+from kd_env.observations import CompactStates
 
 from .base import BaseAgent, EnvLike, StepRecord
 
@@ -43,6 +44,9 @@ __all__ = [
 
 WARMUP_MODES = ("official", "uniform", "none")
 
+StoredStates = torch.Tensor | CompactStates
+"""A stored batch of states: whole ``[B, state_dim]``, or compact (rebuilt by the env when used)."""
+
 
 class MTKDRL(BaseAgent):
     """MTKD-RL's agent, **code-faithful**: it reproduces the official ``winycg/MTKD-RL`` code.
@@ -55,7 +59,10 @@ class MTKDRL(BaseAgent):
     **Training loop** (:meth:`learn`), as the official ``train_loops.py: train``:
 
     * every ``env.step`` is one student update; the agent stores the step's states and
-      per-sample rewards (on the CPU; the official code keeps them on the GPU);
+      per-sample rewards (on the CPU; the official code keeps them on the GPU). Where the
+      teachers' outputs are kept by sample (no augmentation: the teacher-output store), a
+      stored batch is its samples' indices and student-dependent columns, and the env rebuilds
+      the states bit for bit when the update reads them (``compact_buffer``);
     * at each epoch end (``"val_acc"`` in the env's info), and after every ``agent_step``-th
       batch of an epoch (official ``--agent-step 1000``; a CIFAR-100 epoch has 782 batches, so
       there only the epoch end counts), the agent makes one SGD step (lr 0.1, no momentum) per
@@ -100,8 +107,13 @@ class MTKDRL(BaseAgent):
         agent_step: also update after every ``agent_step``-th batch of an epoch (the official
             ``batch_idx % agent_step == 0 and batch_idx != 0``); None updates at epoch ends only.
         max_buffer_batches: keep at most this many batches, dropping the oldest; None keeps all
-            (the official behaviour). A bound trades fidelity for memory: the buffer holds
-            ``batches x B x state_dim`` floats (about 340 MB for a CIFAR-100 epoch).
+            (the official behaviour). A bound trades fidelity for memory: whole states are
+            ``batches x B x state_dim`` floats (about 340 MB for a CIFAR-100 epoch, whose
+            augmentation rules compact states out).
+        compact_buffer: store compact states where the env can rebuild them
+            (:meth:`~kd_env.envs.per_sample_env.PerSampleKDVectorEnv.compact_states`; an
+            epoch of Fashion-MNIST states: 2.4 MB instead of 80 MB). The update is the same to
+            the bit; False keeps whole states, as the official code does.
         state_layout: the env's state layout (:func:`state_layout_of`); :meth:`load` passes it,
             leave it None otherwise.
         observation_space, action_space: for an agent without env (see :meth:`load`).
@@ -119,6 +131,7 @@ class MTKDRL(BaseAgent):
         warmup_epochs: int = 1,
         agent_step: int | None = 1000,
         max_buffer_batches: int | None = None,
+        compact_buffer: bool = True,
         state_layout: dict[str, Any] | None = None,
         observation_space: spaces.Box | None = None,
         action_space: spaces.Box | None = None,
@@ -146,6 +159,9 @@ class MTKDRL(BaseAgent):
         self.warmup_epochs = int(warmup_epochs)
         self.agent_step = None if agent_step is None else int(agent_step)
         self.max_buffer_batches = None if max_buffer_batches is None else int(max_buffer_batches)
+        if not isinstance(compact_buffer, (bool, np.bool_)):  # not bool(): the string "False" is true
+            raise ValueError(f"compact_buffer must be True or False, got {compact_buffer!r}")
+        self.compact_buffer = bool(compact_buffer)
         self.kd_env: PerSampleKDVectorEnv | None = None
         if env is not None:
             self.kd_env = per_sample_env(env, "MTKDRL")
@@ -182,12 +198,13 @@ class MTKDRL(BaseAgent):
             "warmup_epochs": self.warmup_epochs,
             "agent_step": self.agent_step,
             "max_buffer_batches": self.max_buffer_batches,
+            "compact_buffer": self.compact_buffer,
             "state_layout": self.state_layout,
         }
 
     def _discard_rollout(self) -> None:
-        self.buffer: deque[tuple[torch.Tensor, torch.Tensor]] = deque(maxlen=self.max_buffer_batches)
-        self._pending_states: torch.Tensor | None = None
+        self.buffer: deque[tuple[StoredStates, torch.Tensor]] = deque(maxlen=self.max_buffer_batches)
+        self._pending_states: StoredStates | None = None
         self._epoch = 0
         self._batch_in_epoch = 0
 
@@ -195,7 +212,8 @@ class MTKDRL(BaseAgent):
         return self.warmup != "none" and self._epoch < self.warmup_epochs
 
     def _collect_action(self, observation: np.ndarray) -> np.ndarray:
-        self._pending_states = torch.from_numpy(np.array(observation, dtype=np.float32))
+        compact = self.kd_env.compact_states(observation) if self.compact_buffer and self.kd_env is not None else None
+        self._pending_states = compact if compact is not None else torch.from_numpy(np.array(observation, dtype=np.float32))
         if not self._in_warmup():
             return self._predict(observation, deterministic=True)
         # all-ones for both heads as the official epoch 0 (raw mode applies them as they are)
@@ -257,8 +275,8 @@ class MTKDRL(BaseAgent):
             return None
         self.policy.train()
         total, steps = 0.0, 0
-        for states, rewards in self.buffer:  # sequential: each step starts from the previous one's result
-            loss = reward_weighted_log_loss(self.policy(states), rewards)
+        for stored, rewards in self.buffer:  # sequential: each step starts from the previous one's result
+            loss = reward_weighted_log_loss(self.policy(self._states(stored)), rewards)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -269,6 +287,13 @@ class MTKDRL(BaseAgent):
         self.num_updates += 1
         return {"agent_loss": total / steps, "agent_steps": float(steps)}
 
+    def _states(self, stored: StoredStates) -> torch.Tensor:
+        if isinstance(stored, torch.Tensor):
+            return stored
+        if self.kd_env is None:
+            raise ValueError("the buffer holds compact states, which only their env can rebuild: load the agent with its env")
+        return self.kd_env.expand_states(stored)
+
     # ------------------------------------------------------------------ checkpoints
     def _state_dict(self) -> dict[str, Any]:
         return {
@@ -277,7 +302,7 @@ class MTKDRL(BaseAgent):
             "num_updates": self.num_updates,
             "epoch": self._epoch,
             "batch_in_epoch": self._batch_in_epoch,
-            "buffer_states": [states for states, _ in self.buffer],
+            "buffer_states": [stored if isinstance(stored, torch.Tensor) else stored.state_dict() for stored, _ in self.buffer],
             "buffer_rewards": [rewards for _, rewards in self.buffer],
         }
 
@@ -287,5 +312,12 @@ class MTKDRL(BaseAgent):
         self.num_updates = int(state["num_updates"])
         self._epoch = int(state["epoch"])
         self._batch_in_epoch = int(state["batch_in_epoch"])
+        stored_states = [
+            stored if isinstance(stored, torch.Tensor) else CompactStates.from_state_dict(stored) for stored in state["buffer_states"]
+        ]
+        if self.kd_env is not None:
+            for stored in stored_states:  # compact states must rebuild on this env: fail now, not at the epoch end
+                if isinstance(stored, CompactStates):
+                    self.kd_env.expand_states(stored)
         self.buffer.clear()
-        self.buffer.extend(zip(state["buffer_states"], state["buffer_rewards"]))
+        self.buffer.extend(zip(stored_states, state["buffer_rewards"]))

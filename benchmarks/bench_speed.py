@@ -155,17 +155,25 @@ def bench_run(batch_size: int, rounds: int) -> None:
         )
 
 
-# with the env's default reward, which MTKD-RL reads), and the suite's leading agent, the router,
-# with its label_logprob credit against AVER with the cheapest reward mode, as the suite runs rules
+# (label, AVER's run, the agent's run): MTKD-RL against AVER on the per-sample env with MTKD-RL's
+# reward (the same env, loss terms and reward computation, equal weights; the batch-level env's
+# default reward would add a validation probe to AVER's side), and the suite's leading agent, the
+# router, with its label_logprob credit against AVER with the cheapest reward mode, as the suite runs rules
 _AGENT_PAIRS = [
-    ("MTKD-RL per-sample", "aver", "mtkd-rl"),
+    ("MTKD-RL per-sample", "per-sample:aver@neg_loss", "mtkd-rl"),
     ("Router per-sample", "aver@neg_loss", "router@label_logprob"),
 ]
 
 
 def bench_agents(batch_size: int, rounds: int) -> None:
     """Per-sample agents against AVER: one 1-epoch `kd-env train` run each, own processes,
-    rounds alternating between the runs."""
+    rounds alternating between the runs.
+
+    Reported per pair: the median time and the largest peak RSS of each side, and the medians
+    over rounds of the paired ratios (agent / AVER within one round: the runs of a round are
+    minutes apart, so load that drifts over the whole benchmark cancels). Peak RSS varies by
+    +-5% between identical runs (the epoch-end evaluation's transient allocations), hence both.
+    """
     _run_child("construct", 0, batch_size)
     specs = list(dict.fromkeys(spec for _, aver, agent in _AGENT_PAIRS for spec in (aver, agent)))
     results: dict[str, list[dict]] = {spec: [] for spec in specs}
@@ -174,13 +182,21 @@ def bench_agents(batch_size: int, rounds: int) -> None:
             results[spec].append(_run_child(f"agent:{spec}", 0, batch_size, 1))
     seconds = {spec: statistics.median(r["seconds"] for r in runs) for spec, runs in results.items()}
     memory = {spec: max(r["peak_rss_mib"] for r in runs) for spec, runs in results.items()}
-    print(f"[agents] one 1-epoch `kd-env train` run each (Fashion-MNIST, default pool), median of {rounds}")
+    print(f"[agents] one 1-epoch `kd-env train` run each (Fashion-MNIST, default pool), {rounds} rounds")
     for label, aver, agent in _AGENT_PAIRS:
+        paired = {
+            key: statistics.median(mine[key] / theirs[key] for mine, theirs in zip(results[agent], results[aver]))
+            for key in ("seconds", "peak_rss_mib")
+        }
         print(
             f"  {label} ({agent}) {seconds[agent]:.1f} s, {memory[agent]:.0f} MiB | AVER ({aver}) {seconds[aver]:.1f} s, "
-            f"{memory[aver]:.0f} MiB | ratios: time {seconds[agent] / seconds[aver]:.3f}, "
-            f"memory {memory[agent] / memory[aver]:.3f} (goal <= 1.05 each)"
+            f"{memory[aver]:.0f} MiB | ratios: time {seconds[agent] / seconds[aver]:.3f}, memory {memory[agent] / memory[aver]:.3f}; "
+            f"paired medians: time {paired['seconds']:.3f}, memory {paired['peak_rss_mib']:.3f} (goal <= 1.05 each)"
         )
+        for key, unit in (("seconds", "s"), ("peak_rss_mib", "MiB")):
+            print(
+                f"    {key} per round: agent {[round(r[key], 1) for r in results[agent]]}, AVER {[round(r[key], 1) for r in results[aver]]} {unit}"
+            )
 
 
 def bench_imports(rounds: int) -> None:

@@ -110,15 +110,17 @@ def _construct_and_reset(batch_size: int) -> float:
 
 
 def _agent_run(spec: str, epochs: int) -> float:
-    """One ``kd-env train`` run as a user starts it. ``spec`` is ``agent`` or ``agent@reward_mode``
-    (the per-sample env for the per-sample agents)."""
+    """One ``kd-env train`` run as a user starts it. ``spec`` is ``agent``, ``agent@reward_mode``
+    or either with a ``per-sample:`` prefix (the per-sample env for a batch-level rule, to compare
+    a per-sample agent with AVER on the same env; per-sample agents get it anyway)."""
     import tempfile
 
     from kd_env.cli import main as cli_main
     from kd_env.registry import get_policy
 
-    agent, _, reward_mode = spec.partition("@")
-    per_sample = ["--per-sample"] if get_policy(agent).per_sample else []  # as registered
+    forced = spec.startswith("per-sample:")
+    agent, _, reward_mode = spec.removeprefix("per-sample:").partition("@")
+    per_sample = ["--per-sample"] if forced or get_policy(agent).per_sample else []  # as registered, unless asked
     reward = ["--env-arg", f"reward_mode={reward_mode}"] if reward_mode else []
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()

@@ -14,8 +14,10 @@ Features come in two groups, as in the paper's state ablation (Table 6b):
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,24 +133,34 @@ class SampleStateSpec:
             return self.logits
         raise ValueError(f"logits must be 'all', None or an int in [1, {self.num_classes}], got {self.logits!r}")
 
-    @property
-    def names(self) -> list[str]:
-        names: list[str] = []
+    def _columns(self) -> list[tuple[str, bool]]:
+        """(name, depends on the student) of every column, in state order."""
+        columns: list[tuple[str, bool]] = []
         for teacher, dim in zip(self.teacher_names, self.embedding_dims):
             if "gap" in self.state_parts:
                 if self.feature_kd:
-                    names.append(f"{teacher}/feature_cosine")
-                names.append(f"{teacher}/kd_loss")
+                    columns.append((f"{teacher}/feature_cosine", True))
+                columns.append((f"{teacher}/kd_loss", True))
             if "performance" in self.state_parts:
-                names.append(f"{teacher}/teacher_ce")
+                columns.append((f"{teacher}/teacher_ce", False))
                 if self.include_embeddings:
-                    names += [f"{teacher}/embedding{i}" for i in range(dim)]
-                names += [f"{teacher}/logit{i}" for i in range(self._num_logits())]
-        return names
+                    columns += [(f"{teacher}/embedding{i}", False) for i in range(dim)]
+                columns += [(f"{teacher}/logit{i}", False) for i in range(self._num_logits())]
+        return columns
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _ in self._columns()]
 
     @property
     def size(self) -> int:
-        return len(self.names)
+        return len(self._columns())
+
+    @property
+    def student_columns(self) -> list[int]:
+        """Positions of the columns that depend on the student (the ``gap`` group: cosine, KL);
+        the others are the teachers' alone (a function of the sample where no augmentation runs)."""
+        return [position for position, (_, of_student) in enumerate(self._columns()) if of_student]
 
 
 def per_sample_state(batch: StepBatch, spec: SampleStateSpec, clip: float) -> torch.Tensor:
@@ -157,21 +169,83 @@ def per_sample_state(batch: StepBatch, spec: SampleStateSpec, clip: float) -> to
     Raw values, as in the official code (no normalisation), except the clip that gives the
     observation space finite bounds.
     """
+    return sample_state(
+        spec,
+        clip,
+        feature_cosine=batch.feature_cosine,
+        kd_loss=batch.kd_loss.detach(),
+        teacher_ce=batch.teacher_ce,
+        teacher_embeddings=batch.teacher_embeddings,
+        teacher_logits=batch.teacher_logits,
+    )
+
+
+def sample_state(
+    spec: SampleStateSpec,
+    clip: float,
+    *,
+    feature_cosine: torch.Tensor | None,
+    kd_loss: torch.Tensor,
+    teacher_ce: torch.Tensor,
+    teacher_embeddings: Sequence[torch.Tensor],
+    teacher_logits: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`per_sample_state` from its parts: the student-teacher gaps ``feature_cosine`` and
+    ``kd_loss`` ``[B, K]``, the teachers' ``teacher_ce`` ``[B, K]``, embeddings and logits ``[K, B, C]``.
+
+    Every operation is elementwise or per row, so a row depends on that sample's values alone.
+    """
     rows: list[torch.Tensor] = []
     num_logits = spec._num_logits()
     for k in range(len(spec.teacher_names)):
         if "gap" in spec.state_parts:
             if spec.feature_kd:
-                assert batch.feature_cosine is not None
-                rows.append(batch.feature_cosine[:, k : k + 1])
-            rows.append(batch.kd_loss.detach()[:, k : k + 1])
+                assert feature_cosine is not None
+                rows.append(feature_cosine[:, k : k + 1])
+            rows.append(kd_loss[:, k : k + 1])
         if "performance" in spec.state_parts:
-            rows.append(batch.teacher_ce[:, k : k + 1])
+            rows.append(teacher_ce[:, k : k + 1])
             if spec.include_embeddings:
-                rows.append(batch.teacher_embeddings[k])
+                rows.append(teacher_embeddings[k])
             if num_logits == spec.num_classes:
-                rows.append(batch.teacher_logits[k])
+                rows.append(teacher_logits[k])
             elif num_logits:
-                rows.append(batch.teacher_logits[k].topk(num_logits, dim=1).values)
+                rows.append(teacher_logits[k].topk(num_logits, dim=1).values)
     state = torch.cat(rows, dim=1).float()
     return torch.nan_to_num(state, nan=clip, posinf=clip, neginf=-clip).clamp_(-clip, clip)
+
+
+def state_digest(states: np.ndarray) -> int:
+    """CRC-32 of a batch of states' exact float32 bytes: a rebuild that differs in one bit is
+    caught (a check against mix-ups, not against tampering; 4x cheaper than a cryptographic hash,
+    and it runs on every stored batch)."""
+    return zlib.crc32(np.ascontiguousarray(states, dtype=np.float32).data)
+
+
+@dataclass(frozen=True)
+class CompactStates:
+    """A batch of per-sample states, kept as what only the step knew: the samples' rows in the
+    training set and the student-dependent columns (cosine, KL). The teachers' columns are read
+    again from the teacher-output store when the states are rebuilt
+    (:meth:`~kd_env.envs.per_sample_env.PerSampleKDVectorEnv.expand_states`); ``digest`` is the
+    observed states', so a rebuild that differs in one bit is detected.
+
+    Why: MTKD-RL's agent keeps every state of an epoch for its update. Whole, that is
+    ``batches x B x state_dim`` floats (80 MB for a Fashion-MNIST epoch, 340 MB for CIFAR-100);
+    compact, ``B x (1 + 2 K)`` numbers per batch.
+    """
+
+    indices: torch.Tensor  # [B] int64, CPU
+    student_columns: torch.Tensor  # [B, G] float32, CPU: the observed values
+    digest: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.indices.nbytes + self.student_columns.nbytes)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"indices": self.indices, "student_columns": self.student_columns, "digest": self.digest}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> CompactStates:
+        return cls(state["indices"], state["student_columns"], int(state["digest"]))

@@ -26,6 +26,7 @@ from kd_env.agents.mtkd_rl import (
 from kd_env.baselines.rules import camkd_weights
 from kd_env.engine.losses import per_sample_cross_entropy
 from kd_env.envs import PerSampleKDVectorEnv
+from kd_env.observations import CompactStates
 
 TEACHERS = ["random:cnn_w8:1", "random:cnn_w8:2"]
 BATCH = 8
@@ -443,3 +444,80 @@ def test_same_seed_same_run():
         assert torch.equal(parameters_of(second)[name], value)
     other = MTKDRL(make_env(), dynamic=True, seed=8)
     assert not torch.equal(parameters_of(other)["logit_head.weight"], parameters_of(first)["logit_head.weight"])
+
+
+# ------------------------------------------------------------------------------------------------
+# compact buffer: the same update from sample indices and the student's columns
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env_kwargs", [{}, {"teacher_store": False}, {"store_dtype": "float32"}])
+def test_compact_buffer_rebuilds_states_bit_for_bit_and_updates_the_same(env_kwargs):
+    compact_env, whole_env = RecordSteps(make_env(**env_kwargs)), RecordSteps(make_env(**env_kwargs))
+    compact = MTKDRL(compact_env, dynamic=True, seed=0, agent_step=None)
+    whole = MTKDRL(whole_env, dynamic=True, seed=0, agent_step=None, compact_buffer=False)
+    compact.learn(2 * BATCH)
+    whole.learn(2 * BATCH)
+    assert [type(stored) for stored, _ in compact.buffer] == [CompactStates, CompactStates]
+    assert [type(stored) for stored, _ in whole.buffer] == [torch.Tensor, torch.Tensor]
+    for step, (stored, _), (states, _) in zip(compact_env.steps, compact.buffer, whole.buffer, strict=True):
+        rebuilt = compact_env.unwrapped.expand_states(stored)
+        assert torch.equal(rebuilt, states)
+        np.testing.assert_array_equal(rebuilt.numpy(), step["observation"])  # what the agent acted on
+        assert stored.nbytes * 5 < states.nbytes  # 2 teachers x 2 gap columns + the index, of 81 columns
+    compact.learn(4 * BATCH, reset_num_timesteps=False)  # two epoch-end updates, the second on compact states
+    whole.learn(4 * BATCH, reset_num_timesteps=False)
+    assert compact.num_updates == whole.num_updates == 2
+    for name, value in parameters_of(whole).items():
+        assert torch.equal(parameters_of(compact)[name], value), name
+
+
+class ScaleObservation(gym.vector.VectorObservationWrapper):
+    def observations(self, observations):
+        return observations * 2.0
+
+
+def test_compact_states_only_where_the_env_can_rebuild_them():
+    augmented = make_env(augment=True)
+    observation, _ = augmented.reset(seed=0)
+    assert not augmented.engine.teacher_outputs_by_index and augmented.compact_states(observation) is None
+    with pytest.raises(RuntimeError, match="not kept"):
+        augmented.engine.teacher_performance(torch.arange(BATCH))
+    agent = MTKDRL(make_env(augment=True), seed=0, agent_step=None)
+    agent.learn(2 * BATCH)
+    assert all(isinstance(stored, torch.Tensor) for stored, _ in agent.buffer)
+
+    env = make_env()
+    first, _ = env.reset(seed=0)
+    assert env.compact_states(first * 2.0) is None  # not the env's observation
+    assert env.compact_states(first[:, :-1]) is None
+    second, *_ = env.step(np.ones(env.action_space.shape, dtype=np.float32))
+    assert env.compact_states(first) is None  # an older one: its samples are no longer known
+    assert env.compact_states(second) is not None
+    wrapped = MTKDRL(ScaleObservation(make_env()), seed=0, agent_step=None)  # the agent sees changed states
+    wrapped.learn(2 * BATCH)
+    assert all(isinstance(stored, torch.Tensor) for stored, _ in wrapped.buffer)
+
+
+def test_compact_states_from_another_env_are_refused(tmp_path):
+    env = make_env()
+    agent = MTKDRL(env, seed=0, agent_step=None)
+    agent.learn(2 * BATCH)
+    stored = agent.buffer[0][0]
+    assert isinstance(stored, CompactStates)
+    other = make_env(teachers=["random:cnn_w8:5", "random:cnn_w8:6"])  # same shapes, other teachers
+    other.reset(seed=0)
+    with pytest.raises(ValueError, match="do not rebuild"):
+        other.expand_states(stored)
+    path = agent.save(tmp_path / "agent.pt")
+    with pytest.raises(ValueError, match="do not rebuild"):
+        MTKDRL.load(path, env=other)
+    loaded = MTKDRL.load(path, env=make_env())  # the same env arguments: the states rebuild
+    assert [type(stored) for stored, _ in loaded.buffer] == [CompactStates, CompactStates]
+    for (mine, rewards), (theirs, their_rewards) in zip(agent.buffer, loaded.buffer, strict=True):
+        assert torch.equal(agent._states(mine), loaded._states(theirs)) and torch.equal(rewards, their_rewards)
+    predict_only = MTKDRL.load(path)  # no env: no rollout, and compact states cannot be used
+    assert len(predict_only.buffer) == 0
+    predict_only.buffer.append(agent.buffer[0])
+    with pytest.raises(ValueError, match="with its env"):
+        predict_only.train_on_buffer()

@@ -77,6 +77,12 @@ def test_per_sample_state_columns_match_the_networks(options):
     rng = np.random.default_rng(0)
     observation, *_ = envs.step(rng.uniform(-1, 1, envs.action_space.shape).astype(np.float32))
     _check_per_sample_state(envs, observation, clip)  # the next batch, after an update of the student
+    # the compact form keeps the student's columns and rebuilds the rest, to the bit
+    student_columns = [name for name in envs.feature_names if name.endswith(("/kd_loss", "/feature_cosine"))]
+    assert [envs.feature_names[i] for i in envs.state_spec.student_columns] == student_columns
+    compact = envs.compact_states(observation)
+    assert compact is not None and compact.student_columns.shape == (16, len(student_columns))
+    np.testing.assert_array_equal(envs.expand_states(compact).numpy(), observation)
 
 
 def test_mtkd_rl_prior_columns_read_ce_kl_and_cosine():

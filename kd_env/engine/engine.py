@@ -156,13 +156,40 @@ class DistillationEngine:
         ``indices`` whose transformed pixels are ``images``: read from the store or the in-memory
         cache where the outputs were computed once (augmentation off), else one pass of every
         teacher over ``images`` (the engine's batches and MMKD's hard batches alike)."""
-        if self.teacher_store is not None:
-            return self.teacher_store.batch(indices, self.device)
-        if self._teacher_cache is not None:
-            cache = self._teacher_cache
-            feature_maps = [feature_map[indices] for feature_map in cache["feature_maps"]] if self.config.feature_kd else []
-            return cache["logits"][:, indices], [embedding[indices] for embedding in cache["embeddings"]], feature_maps
+        if self.teacher_outputs_by_index:
+            return self._kept_teacher_outputs(indices, feature_maps=self.config.feature_kd)
         return self._teacher_outputs(images)
+
+    def _kept_teacher_outputs(self, indices: torch.Tensor, *, feature_maps: bool) -> TeacherBatch:
+        """Rows ``indices`` of the outputs computed once: the store's, else the in-memory cache's."""
+        if self.teacher_store is not None:
+            return self.teacher_store.batch(indices, self.device, feature_maps=feature_maps)
+        assert self._teacher_cache is not None
+        cache = self._teacher_cache
+        maps = [feature_map[indices] for feature_map in cache["feature_maps"]] if feature_maps else []
+        return cache["logits"][:, indices], [embedding[indices] for embedding in cache["embeddings"]], maps
+
+    @property
+    def teacher_outputs_by_index(self) -> bool:
+        """Whether a training sample's teacher outputs are a function of its index alone: they
+        were computed once (store or in-memory cache), which augmentation rules out."""
+        return self.teacher_store is not None or self._teacher_cache is not None
+
+    def teacher_performance(self, indices: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+        """Logits ``[K, B, C]``, embeddings and per-sample CE ``[B, K]`` of the training samples
+        ``indices``, read again from the store or the in-memory cache: the same values the
+        samples' batch had (the same arrays, the same CE formula), without the feature maps.
+
+        Raises:
+            RuntimeError: the teacher outputs are not kept (augmentation on, or no cache).
+        """
+        if not self.teacher_outputs_by_index:
+            raise RuntimeError("teacher outputs are not kept by sample index (augmentation on, or cache_teacher_outputs=False)")
+        indices = indices.to(self.device)
+        logits, embeddings, _ = self._kept_teacher_outputs(indices, feature_maps=False)
+        with torch.no_grad():
+            teacher_ce = per_sample_cross_entropy(logits, self.data.train_labels[indices])
+        return logits, embeddings, teacher_ce
 
     def _teacher_output_chunks(self) -> Iterator[TeacherBatch]:
         """Teacher outputs over the training set, ``eval_batch_size`` images at a time, in order."""

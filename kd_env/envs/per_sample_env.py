@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
@@ -15,7 +17,7 @@ from kd_env.envs.core import (
     final_metrics,
     supported_render_mode,
 )
-from kd_env.observations import SampleStateSpec, per_sample_state
+from kd_env.observations import CompactStates, SampleStateSpec, per_sample_state, sample_state, state_digest
 
 
 class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
@@ -46,6 +48,9 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
     ``include_embeddings=False`` drops the embeddings; ``logits=k`` keeps the k largest teacher
     logits, ``logits=None`` none. ``state_parts`` selects the ``performance`` / ``gap`` groups.
     ``feature_names`` names every column.
+
+    An agent that keeps states for later (MTKD-RL keeps an epoch's) can hold them as
+    :meth:`compact_states` and rebuild them bit for bit with :meth:`expand_states`.
 
     ## Rewards
 
@@ -138,6 +143,8 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self._needs_reset = True
+        self._observation_indices: torch.Tensor | None = None  # training rows of _last_observation
+        self._exact_rebuild: bool | None = None  # checked on the first compact_states call
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         checkpoint = checkpoint_option(seed, options)
@@ -177,7 +184,66 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
         assert self.engine.current is not None
         state = per_sample_state(self.engine.current, self.state_spec, self.obs_clip)
         self._last_observation = state.cpu().numpy().astype(np.float32)
+        self._observation_indices = self.engine.current.indices.detach().to("cpu", copy=True)
         return self._last_observation.copy()
+
+    # ------------------------------------------------------------------ compact states
+    def compact_states(self, observation: np.ndarray) -> CompactStates | None:
+        """A small stand-in for ``observation``, the observation this env last returned, from
+        which :meth:`expand_states` rebuilds it bit for bit: the samples' training rows and the
+        columns that depend on the student (cosine, KL). The teachers' columns (CE, embedding,
+        logits) are read again from the teacher-output store (or the in-memory cache) then.
+
+        Returns None where that cannot be done: augmentation on (the teachers saw pixels that
+        are gone), ``observation`` not the one this env last returned (a wrapper changed it, or
+        an older one), or a rebuild on this device not bit for bit the same (checked once, on
+        the first call; a warning then).
+        """
+        last = self._last_observation
+        if last is None or self._observation_indices is None or not self.engine.teacher_outputs_by_index:
+            return None
+        observation = np.asarray(observation)
+        if observation.shape != last.shape or observation.dtype != last.dtype or not np.array_equal(observation, last):
+            return None
+        columns = self.state_spec.student_columns
+        compact = CompactStates(
+            self._observation_indices.clone(), torch.from_numpy(observation[:, columns].copy()), state_digest(observation)
+        )
+        if self._exact_rebuild is None:
+            self._exact_rebuild = bool(np.array_equal(self._rebuild(compact).numpy(), observation))
+            if not self._exact_rebuild:
+                gym.logger.warn("rebuilt per-sample states differ from the observed ones on this device: states are kept whole")
+        return compact if self._exact_rebuild else None
+
+    def expand_states(self, compact: CompactStates) -> torch.Tensor:
+        """The states ``compact`` stands for: ``[B, state_dim]`` float32 on the CPU, bit for bit.
+
+        Raises:
+            ValueError: the rebuilt states differ from the observed ones (``compact`` came from an
+                env with other teachers, data or store dtype).
+        """
+        states = self._rebuild(compact)
+        if state_digest(states.numpy()) != compact.digest:
+            raise ValueError(
+                "compact states do not rebuild to the states that were observed: they come from an env with other "
+                "teachers, data or teacher-output store dtype; use them with the env (arguments) they came from"
+            )
+        return states
+
+    def _rebuild(self, compact: CompactStates) -> torch.Tensor:
+        teacher_logits, teacher_embeddings, teacher_ce = self.engine.teacher_performance(compact.indices)
+        placeholder = torch.zeros_like(teacher_ce)  # the student columns are filled in below
+        states = sample_state(
+            self.state_spec,
+            self.obs_clip,
+            feature_cosine=placeholder if self.state_spec.feature_kd else None,
+            kd_loss=placeholder,
+            teacher_ce=teacher_ce,
+            teacher_embeddings=teacher_embeddings,
+            teacher_logits=teacher_logits,
+        ).cpu()
+        states[:, self.state_spec.student_columns] = compact.student_columns
+        return states
 
     def _infos(self, result: Any) -> dict[str, Any]:
         """Vector-env infos: one value per slot, with Gymnasium's ``_key`` masks (all slots)."""
@@ -206,9 +272,12 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
     def close_extras(self, **kwargs: Any) -> None:
         self.engine.current = None
         self._last_observation = None
+        self._observation_indices = None
 
     def _extra_state(self) -> dict[str, Any]:
-        return {"needs_reset": self._needs_reset}
+        return {"needs_reset": self._needs_reset, "observation_indices": self._observation_indices}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self._needs_reset = bool(state["needs_reset"])
+        # absent from checkpoints written before compact states: then none are made until the next observation
+        self._observation_indices = state.get("observation_indices")

@@ -385,8 +385,9 @@ class TeacherOutputStore:
         """Bytes on disk (array files)."""
         return sum(int(entry["bytes"]) for entry in self.manifest["arrays"].values())
 
-    def batch(self, indices: torch.Tensor | np.ndarray, device: str | torch.device = "cpu") -> TeacherBatch:
-        """The rows ``indices`` of every array, as float32 tensors on ``device``."""
+    def batch(self, indices: torch.Tensor | np.ndarray, device: str | torch.device = "cpu", *, feature_maps: bool = True) -> TeacherBatch:
+        """The rows ``indices`` of every array, as float32 tensors on ``device`` (without the
+        feature maps, the largest arrays, where ``feature_maps`` is False)."""
         rows = indices.detach().to("cpu").numpy() if isinstance(indices, torch.Tensor) else np.asarray(indices)
         rows = rows.astype(np.int64, copy=False)
 
@@ -395,8 +396,8 @@ class TeacherOutputStore:
 
         logits = gather("logits").transpose(0, 1)
         embeddings = [gather(f"embedding.{k}") for k in range(self.num_teachers)]
-        feature_maps = [gather(f"feature_map.{k}") for k in range(self.num_teachers)] if self.has_feature_maps else []
-        return logits, embeddings, feature_maps
+        maps = [gather(f"feature_map.{k}") for k in range(self.num_teachers)] if feature_maps and self.has_feature_maps else []
+        return logits, embeddings, maps
 
     def _read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
         """Rows of one array, read with one ``preadv`` per row (a gather from the mapping where
