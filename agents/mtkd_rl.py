@@ -14,7 +14,7 @@ terms and the z-scored, clipped reward are the environment's (``reward_mode="neg
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -281,8 +281,8 @@ class MTKDRL(BaseAgent):
             return None
         self.policy.train()
         total, steps = 0.0, 0
-        for stored, rewards in self.buffer:  # sequential: each step starts from the previous one's result
-            loss = reward_weighted_log_loss(self.policy(self._states(stored)), rewards)
+        for states, rewards in self._buffer_in_order():  # sequential: each step starts from the previous one's result
+            loss = reward_weighted_log_loss(self.policy(states), rewards)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -293,6 +293,20 @@ class MTKDRL(BaseAgent):
         self.policy.eval()
         self.num_updates += 1
         return {"agent_loss": total / steps, "agent_steps": float(steps)}
+
+    def _buffer_in_order(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The stored states and rewards, in order; compact states rebuilt by the env several
+        batches per read (:meth:`~kd_env.envs.per_sample_env.PerSampleKDVectorEnv.expand_states_many`)."""
+        entries = list(self.buffer)
+        compacts = [stored for stored, _ in entries if isinstance(stored, CompactStates)]
+        if not compacts:
+            yield from ((self._states(stored), rewards) for stored, rewards in entries)
+            return
+        if self.kd_env is None:
+            raise ValueError("the buffer holds compact states, which only their env can rebuild: load the agent with its env")
+        rebuilt = self.kd_env.expand_states_many(compacts)
+        for stored, rewards in entries:
+            yield (next(rebuilt) if isinstance(stored, CompactStates) else stored), rewards
 
     def _states(self, stored: StoredStates) -> torch.Tensor:
         if isinstance(stored, torch.Tensor):
@@ -322,9 +336,9 @@ class MTKDRL(BaseAgent):
         stored_states = [
             stored if isinstance(stored, torch.Tensor) else CompactStates.from_state_dict(stored) for stored in state["buffer_states"]
         ]
-        if self.kd_env is not None:
-            for stored in stored_states:  # compact states must rebuild on this env: fail now, not at the epoch end
-                if isinstance(stored, CompactStates):
-                    self.kd_env.expand_states(stored)
+        compacts = [stored for stored in stored_states if isinstance(stored, CompactStates)]
+        if self.kd_env is not None and compacts:  # they must rebuild on this env: fail now, not at the epoch end
+            for _ in self.kd_env.expand_states_many(compacts):
+                pass
         self.buffer.clear()
         self.buffer.extend(zip(stored_states, state["buffer_rewards"]))

@@ -359,3 +359,29 @@ def test_a_store_dropped_without_close_releases_its_descriptors(make_engine, cac
         assert store.batch(torch.arange(4))[0].shape[1] == 4  # logits [K, B, C], read through the descriptors
         del store
     assert open_descriptors() <= before + 2, "dropped stores kept their descriptors open"
+
+
+@pytest.mark.parametrize("block_bytes", [1024, 4096, 1 << 20])
+def test_block_reads_give_the_rows_a_read_per_row_gives(make_engine, cache, monkeypatch, block_bytes):
+    engine = make_engine(cache_dir=str(cache))
+    store = engine.teacher_store
+    arrays = _store_files(engine)
+    rng = np.random.default_rng(0)
+    num = store.num_samples
+    # unsorted, with repeats, the last row (a short last block) and the first
+    rows = np.concatenate([rng.integers(0, num, 3 * num), [num - 1, 0, num - 1]])
+    monkeypatch.setattr(store_module, "READ_BLOCK_BYTES", block_bytes)
+    block_reads = []
+    original = TeacherOutputStore._read_blocks
+    monkeypatch.setattr(TeacherOutputStore, "_read_blocks", lambda self, *args: block_reads.append(1) or original(self, *args))
+    for name, expected in arrays.items():
+        np.testing.assert_array_equal(store._read_rows(name, rows), expected[rows], err_msg=name)
+    if block_bytes == 1 << 20:  # one block holds each array: dense, every array read in blocks
+        assert len(block_reads) == len(arrays)
+    block_reads.clear()
+    few = rng.integers(0, num, 3)
+    for name, expected in arrays.items():
+        np.testing.assert_array_equal(store._read_rows(name, few), expected[few], err_msg=name)
+    assert not block_reads  # sparse: a read per row
+    with pytest.raises(IndexError, match="outside"):
+        store._read_rows("logits", np.append(rows, num))

@@ -12,7 +12,7 @@ weights, :meth:`DistillationEngine.step` applies them to that same batch and pre
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -183,13 +183,27 @@ class DistillationEngine:
         Raises:
             RuntimeError: the teacher outputs are not kept (augmentation on, or no cache).
         """
+        return next(self.teacher_performance_batches([indices]))
+
+    def teacher_performance_batches(
+        self, batches: Sequence[torch.Tensor]
+    ) -> Iterator[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]]:
+        """:meth:`teacher_performance` of each batch of ``batches``, in order, with the rows of
+        all of them read at once (the store reads rows that are dense in its files as blocks);
+        the CE is computed per batch, as the batch's step did."""
         if not self.teacher_outputs_by_index:
             raise RuntimeError("teacher outputs are not kept by sample index (augmentation on, or cache_teacher_outputs=False)")
-        indices = indices.to(self.device)
+        indices = torch.cat([batch.to(self.device) for batch in batches])
         logits, embeddings, _ = self._kept_teacher_outputs(indices, feature_maps=False)
-        with torch.no_grad():
-            teacher_ce = per_sample_cross_entropy(logits, self.data.train_labels[indices])
-        return logits, embeddings, teacher_ce
+        labels = self.data.train_labels[indices]
+        start = 0
+        for batch in batches:
+            stop = start + len(batch)
+            batch_logits = logits[:, start:stop]
+            with torch.no_grad():
+                teacher_ce = per_sample_cross_entropy(batch_logits, labels[start:stop])
+            yield batch_logits, [embedding[start:stop] for embedding in embeddings], teacher_ce
+            start = stop
 
     def _teacher_output_chunks(self) -> Iterator[TeacherBatch]:
         """Teacher outputs over the training set, ``eval_batch_size`` images at a time, in order."""

@@ -119,6 +119,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+READ_BLOCK_BYTES = 256 * 1024
+"""Size of the block reads that serve many rows at once (:meth:`TeacherOutputStore._read_blocks`)."""
+DENSE_ROWS_PER_BLOCK = 16
+"""Read whole blocks when the rows ask for at least this many per block touched: a block read
+costs about as much as 16 reads of one row (a system call each) on our machines."""
+
+
 def _write_bytes(file: IO[bytes], data: memoryview) -> None:
     """The one place that writes store data (tests replace it to simulate a full disk)."""
     file.write(data)
@@ -415,16 +422,48 @@ class TeacherOutputStore:
         descriptor = self._descriptors.get(name)
         if descriptor is None:
             return np.take(self.arrays[name], rows, axis=0)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.num_samples):
+            bad = int(rows[(rows < 0) | (rows >= self.num_samples)][0])
+            raise IndexError(f"row {bad} is outside the store's {self.num_samples} samples")
         entry = self.manifest["arrays"][name]
         out = np.empty((len(rows), *entry["shape"][1:]), dtype=entry["dtype"])
         row_bytes = out.itemsize * int(np.prod(entry["shape"][1:]))
-        buffer, header = memoryview(out).cast("B"), int(entry["header_bytes"])  # type: ignore[arg-type]  # numpy's stubs omit ndarray's buffer protocol
+        header = int(entry["header_bytes"])
+        rows_per_block = max(1, READ_BLOCK_BYTES // row_bytes)
+        blocks = np.unique(rows // rows_per_block)
+        if len(rows) >= DENSE_ROWS_PER_BLOCK * len(blocks):
+            return self._read_blocks(descriptor, entry, rows, blocks, rows_per_block, out)
+        buffer = memoryview(out).cast("B")  # type: ignore[arg-type]  # numpy's stubs omit ndarray's buffer protocol
         for position, row in enumerate(rows.tolist()):
-            if not 0 <= row < self.num_samples:
-                raise IndexError(f"row {row} is outside the store's {self.num_samples} samples")
             target = buffer[position * row_bytes : (position + 1) * row_bytes]
             if os.preadv(descriptor, [target], header + row * row_bytes) != row_bytes:
                 raise TeacherStoreError(f"{entry['file']}: short read at row {row} (the file shrank?)")
+        return out
+
+    def _read_blocks(
+        self, descriptor: int, entry: dict[str, Any], rows: np.ndarray, blocks: np.ndarray, rows_per_block: int, out: np.ndarray
+    ) -> np.ndarray:
+        """Many rows of one array at once: each block of the file that holds one of them read
+        whole, in one ``preadv``, into one reused buffer, and the rows copied out.
+
+        Why: a read per row costs a system call (about 2 us here), so rows that are dense in the
+        file (MTKD-RL's update re-reads a sixteenth of the training set at a time) are cheaper
+        read as blocks; the buffer is one block, so RSS does not grow.
+        """
+        row_shape = tuple(entry["shape"][1:])
+        block = np.empty((rows_per_block, *row_shape), dtype=entry["dtype"])
+        block_bytes = memoryview(block).cast("B")  # type: ignore[arg-type]  # numpy's stubs omit ndarray's buffer protocol
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        row_bytes = block.itemsize * int(np.prod(row_shape))
+        for block_index in blocks.tolist():
+            first = block_index * rows_per_block
+            count = min(rows_per_block, self.num_samples - first)
+            wanted = count * row_bytes
+            if os.preadv(descriptor, [block_bytes[:wanted]], int(entry["header_bytes"]) + first * row_bytes) != wanted:
+                raise TeacherStoreError(f"{entry['file']}: short read at row {first} (the file shrank?)")
+            start, stop = np.searchsorted(sorted_rows, [first, first + count])
+            out[order[start:stop]] = block[sorted_rows[start:stop] - first]
         return out
 
     def close(self) -> None:
