@@ -299,21 +299,11 @@ class MTKDRL(BaseAgent):
         batches per read (:meth:`~kd_env.envs.per_sample_env.PerSampleKDVectorEnv.expand_states_many`)."""
         entries = list(self.buffer)
         compacts = [stored for stored, _ in entries if isinstance(stored, CompactStates)]
-        if not compacts:
-            yield from ((self._states(stored), rewards) for stored, rewards in entries)
-            return
-        if self.kd_env is None:
+        if compacts and self.kd_env is None:
             raise ValueError("the buffer holds compact states, which only their env can rebuild: load the agent with its env")
-        rebuilt = self.kd_env.expand_states_many(compacts)
+        rebuilt = self.kd_env.expand_states_many(compacts) if self.kd_env is not None and compacts else iter(())
         for stored, rewards in entries:
             yield (next(rebuilt) if isinstance(stored, CompactStates) else stored), rewards
-
-    def _states(self, stored: StoredStates) -> torch.Tensor:
-        if isinstance(stored, torch.Tensor):
-            return stored
-        if self.kd_env is None:
-            raise ValueError("the buffer holds compact states, which only their env can rebuild: load the agent with its env")
-        return self.kd_env.expand_states(stored)
 
     # ------------------------------------------------------------------ checkpoints
     def _state_dict(self) -> dict[str, Any]:

@@ -515,7 +515,7 @@ def test_compact_states_from_another_env_are_refused(tmp_path):
     loaded = MTKDRL.load(path, env=make_env())  # the same env arguments: the states rebuild
     assert [type(stored) for stored, _ in loaded.buffer] == [CompactStates, CompactStates]
     for (mine, rewards), (theirs, their_rewards) in zip(agent.buffer, loaded.buffer, strict=True):
-        assert torch.equal(agent._states(mine), loaded._states(theirs)) and torch.equal(rewards, their_rewards)
+        assert torch.equal(env.expand_states(mine), loaded.kd_env.expand_states(theirs)) and torch.equal(rewards, their_rewards)
     predict_only = MTKDRL.load(path)  # no env: no rollout, and compact states cannot be used
     assert len(predict_only.buffer) == 0
     predict_only.buffer.append(agent.buffer[0])

@@ -22,6 +22,7 @@ from kd_env.teacher_outputs import (
     TeacherStoreError,
     TeacherStoreUnavailable,
     list_stores,
+    reading,
     store_key,
     store_key_inputs,
 )
@@ -370,10 +371,10 @@ def test_block_reads_give_the_rows_a_read_per_row_gives(make_engine, cache, monk
     num = store.num_samples
     # unsorted, with repeats, the last row (a short last block) and the first
     rows = np.concatenate([rng.integers(0, num, 3 * num), [num - 1, 0, num - 1]])
-    monkeypatch.setattr(store_module, "READ_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(reading, "READ_BLOCK_BYTES", block_bytes)
     block_reads = []
-    original = TeacherOutputStore._read_blocks
-    monkeypatch.setattr(TeacherOutputStore, "_read_blocks", lambda self, *args: block_reads.append(1) or original(self, *args))
+    original = reading.read_blocks
+    monkeypatch.setattr(reading, "read_blocks", lambda *args: block_reads.append(1) or original(*args))
     for name, expected in arrays.items():
         np.testing.assert_array_equal(store._read_rows(name, rows), expected[rows], err_msg=name)
     if block_bytes == 1 << 20:  # one block holds each array: dense, every array read in blocks

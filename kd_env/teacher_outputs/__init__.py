@@ -4,7 +4,7 @@ When augmentation is off, every training image looks the same to the teachers in
 so their logits, embeddings and feature maps can be computed once. This module writes them to
 the kd-env cache and opens them in every later run, process and test (memory-mapped, see
 :attr:`TeacherOutputStore.arrays`; batches are read row by row with ``preadv``, which keeps the
-pages out of the process's RSS, see :meth:`TeacherOutputStore._read_rows`); runs that go in
+pages out of the process's RSS, see :mod:`~kd_env.teacher_outputs.reading`); runs that go in
 parallel share the file pages through the OS page cache. The store is a cache, never a source of
 truth: deleting it only costs the time of one teacher pass.
 
@@ -94,6 +94,7 @@ from kd_env.teacher_outputs.key import (
     teacher_checksum,
 )
 from kd_env.teacher_outputs.maintenance import clear_stores, list_stores
+from kd_env.teacher_outputs.reading import read_rows
 
 try:  # POSIX only; without it two builders may both build (the loser discards its copy)
     import fcntl
@@ -117,13 +118,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-READ_BLOCK_BYTES = 256 * 1024
-"""Size of the block reads that serve many rows at once (:meth:`TeacherOutputStore._read_blocks`)."""
-DENSE_ROWS_PER_BLOCK = 16
-"""Read whole blocks when the rows ask for at least this many per block touched: a block read
-costs about as much as 16 reads of one row (a system call each) on our machines."""
 
 
 def _write_bytes(file: IO[bytes], data: memoryview) -> None:
@@ -407,64 +401,12 @@ class TeacherOutputStore:
         return logits, embeddings, maps
 
     def _read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """Rows of one array, read with one ``preadv`` per row (a gather from the mapping where
-        ``preadv`` is missing).
-
-        Why not gather from the mapping: file pages a process has mapped count in its resident
-        memory (RSS, and its peak, VmHWM) until unmapped, and over an epoch of random batches
-        that is the whole store. Measured on the float16 Fashion-MNIST store (885 MiB, batch
-        128, a loaded 2-core machine): gathering from the mapping took 1.2-1.8 ms per batch but
-        RSS grew by the whole 885 MiB; ``MADV_DONTNEED`` after every batch kept RSS flat but
-        cost 9.8 ms per batch (the kernel's fault-around maps 16 pages per fault, again each
-        batch); ``preadv`` per row took 4.3 ms per batch with RSS flat, the data coming from the
-        same shared page cache.
-        """
+        """Rows of one array: :func:`~kd_env.teacher_outputs.reading.read_rows` from its file
+        (a gather from the mapping where ``preadv`` is missing)."""
         descriptor = self._descriptors.get(name)
         if descriptor is None:
             return np.take(self.arrays[name], rows, axis=0)
-        if len(rows) and (rows.min() < 0 or rows.max() >= self.num_samples):
-            bad = int(rows[(rows < 0) | (rows >= self.num_samples)][0])
-            raise IndexError(f"row {bad} is outside the store's {self.num_samples} samples")
-        entry = self.manifest["arrays"][name]
-        out = np.empty((len(rows), *entry["shape"][1:]), dtype=entry["dtype"])
-        row_bytes = out.itemsize * int(np.prod(entry["shape"][1:]))
-        header = int(entry["header_bytes"])
-        rows_per_block = max(1, READ_BLOCK_BYTES // row_bytes)
-        blocks = np.unique(rows // rows_per_block)
-        if len(rows) >= DENSE_ROWS_PER_BLOCK * len(blocks):
-            return self._read_blocks(descriptor, entry, rows, blocks, rows_per_block, out)
-        buffer = memoryview(out).cast("B")  # type: ignore[arg-type]  # numpy's stubs omit ndarray's buffer protocol
-        for position, row in enumerate(rows.tolist()):
-            target = buffer[position * row_bytes : (position + 1) * row_bytes]
-            if os.preadv(descriptor, [target], header + row * row_bytes) != row_bytes:
-                raise TeacherStoreError(f"{entry['file']}: short read at row {row} (the file shrank?)")
-        return out
-
-    def _read_blocks(
-        self, descriptor: int, entry: dict[str, Any], rows: np.ndarray, blocks: np.ndarray, rows_per_block: int, out: np.ndarray
-    ) -> np.ndarray:
-        """Many rows of one array at once: each block of the file that holds one of them read
-        whole, in one ``preadv``, into one reused buffer, and the rows copied out.
-
-        Why: a read per row costs a system call (about 2 us here), so rows that are dense in the
-        file (MTKD-RL's update re-reads a sixteenth of the training set at a time) are cheaper
-        read as blocks; the buffer is one block, so RSS does not grow.
-        """
-        row_shape = tuple(entry["shape"][1:])
-        block = np.empty((rows_per_block, *row_shape), dtype=entry["dtype"])
-        block_bytes = memoryview(block).cast("B")  # type: ignore[arg-type]  # numpy's stubs omit ndarray's buffer protocol
-        order = np.argsort(rows, kind="stable")
-        sorted_rows = rows[order]
-        row_bytes = block.itemsize * int(np.prod(row_shape))
-        for block_index in blocks.tolist():
-            first = block_index * rows_per_block
-            count = min(rows_per_block, self.num_samples - first)
-            wanted = count * row_bytes
-            if os.preadv(descriptor, [block_bytes[:wanted]], int(entry["header_bytes"]) + first * row_bytes) != wanted:
-                raise TeacherStoreError(f"{entry['file']}: short read at row {first} (the file shrank?)")
-            start, stop = np.searchsorted(sorted_rows, [first, first + count])
-            out[order[start:stop]] = block[sorted_rows[start:stop] - first]
-        return out
+        return read_rows(descriptor, self.manifest["arrays"][name], rows, self.num_samples)
 
     def close(self) -> None:
         """Drop the mappings (arrays handed out by :attr:`arrays` must not be used afterwards)."""
