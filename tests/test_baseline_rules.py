@@ -146,8 +146,11 @@ def test_ebkd_matches_formula(num_teachers: int) -> None:
 def test_ebkd_prefers_low_entropy() -> None:
     sharp = torch.tensor([[8.0, 0.0, 0.0]])
     flat = torch.tensor([[0.1, 0.0, 0.0]])
-    weights = rules.ebkd_weights(torch.stack([flat, sharp]))
+    teacher = torch.stack([flat, sharp])
+    weights = rules.ebkd_weights(teacher)
     assert weights[0, 1] > weights[0, 0]
+    np.testing.assert_allclose(weights.double().numpy(), ref_ebkd(teacher.double().numpy()), atol=1e-6)
+    assert weights[0, 1] > 0.9  # the flat teacher's entropy is near log 3, the sharp one's near 0
 
 
 @pytest.mark.parametrize("num_teachers", [1, 2, 3, 5])
@@ -236,11 +239,13 @@ def _bisection_projection(values: np.ndarray, cap: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize("num", [2, 3, 5, 8])
-@pytest.mark.parametrize("cap", [0.5, 0.6, 1.0, 3.0])
-def test_projection_matches_bisection(num: int, cap: float) -> None:
-    if cap * num < 1:
-        pytest.skip("empty set")
+@pytest.mark.parametrize("cap", [0.3, 0.5, 0.6, 1.0, 3.0])
+def test_projection_matches_bisection_and_refuses_an_empty_set(num: int, cap: float) -> None:
     values = _logits(num, (20, num), scale=1.5).double()
+    if cap * num < 1:  # cap 0.3 with K = 2 or 3: no point of the simplex respects the cap
+        with pytest.raises(ValueError, match="the capped simplex is empty"):
+            rules.project_capped_simplex(values, cap)
+        return
     projected = rules.project_capped_simplex(values, cap)
     for row, out in zip(values.numpy(), projected.numpy(), strict=True):
         np.testing.assert_allclose(out, _bisection_projection(row, min(cap, 1.0)), atol=1e-12)

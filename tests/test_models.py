@@ -122,14 +122,47 @@ def test_mlp_other_image_size() -> None:
     check_output(model, torch.randn(2, 3, 16, 16), 10)
 
 
+# Parameters whose gradient is exactly zero in train mode, by construction: the BatchNorm shift
+# after these blocks' projection is a per-channel constant (the map is 1x1 at a 16x16 input), which
+# the next block's 1x1 expansion conv carries to its BatchNorm, and batch statistics remove it.
+ZERO_GRADIENT_IN_TRAIN_MODE = {"mobile_half": {f"blocks.{i}.body.2.1.bias" for i in range(13, 17)}}
+
+
 @pytest.mark.parametrize("name", ["resnet8", "mobile_half", "ShuffleV2", "cnn_w8", "mlp"])
-def test_train_mode_backward(name: str) -> None:
-    """A train-mode step on batch 2 runs and reaches every parameter."""
+def test_train_mode_backward_reaches_every_parameter_with_the_finite_difference_gradient(name: str) -> None:
+    """A train-mode backward on batch 2 gives every parameter a finite gradient, nonzero except
+    where batch statistics make the loss invariant to it, and the gradient is the loss's: its
+    directional derivative along a random direction equals a central finite difference (float64)."""
     in_ch, size = (1, 28) if name in SMALL_MODELS else (3, 16)
-    model = create_model(name, num_classes=10, in_channels=in_ch).train()
-    out = model.forward_all(torch.randn(2, in_ch, size, size))
-    (out.logits.sum() + out.feature_map.mean()).backward()
-    assert all(p.grad is not None for p in model.parameters())
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, in_channels=in_ch).double().train()
+    images = torch.randn(2, in_ch, size, size, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def loss() -> torch.Tensor:
+        # random weights on every output, so no symmetry (BN's zero-mean outputs) cancels a term
+        out = model.forward_all(images)
+        r_logits = torch.randn(out.logits.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+        r_map = torch.randn(out.feature_map.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        return (out.logits * r_logits).sum() + (out.feature_map * r_map).mean()
+
+    loss().backward()
+    named = list(model.named_parameters())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for _, p in named)
+    assert {n for n, p in named if not p.grad.abs().max() > 0} == ZERO_GRADIENT_IN_TRAIN_MODE.get(name, set())
+    directions = [
+        torch.randn(p.shape, generator=torch.Generator().manual_seed(10 + i), dtype=torch.float64) for i, (_, p) in enumerate(named)
+    ]
+    analytic = float(sum((p.grad * d).sum() for (_, p), d in zip(named, directions)))
+    eps = 1e-8  # these untrained BN nets are very curved: a larger step is off by percents
+    with torch.no_grad():
+        for (_, p), d in zip(named, directions):
+            p.add_(eps * d)
+        plus = float(loss())
+        for (_, p), d in zip(named, directions):
+            p.sub_(2 * eps * d)
+        minus = float(loss())
+    assert abs(analytic) > 1.0
+    assert (plus - minus) / (2 * eps) == pytest.approx(analytic, rel=1e-3)
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED_M))
