@@ -7,7 +7,7 @@ import contextlib
 import os
 import secrets
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -114,17 +114,36 @@ def threads_per_run(jobs: int = 1) -> int:
 
 
 def set_threads(threads: int) -> int:
-    """Use ``threads`` CPU threads in this process and in the processes it starts; returns it.
+    """Use ``threads`` torch CPU threads in this process; returns it.
 
-    Call it before torch does any work: the inter-op pool can only be sized before its first use
-    (later calls keep its size), and child processes read ``OMP_NUM_THREADS`` when they start.
+    Only this process's torch pools change: ``os.environ`` is left alone, so a library call
+    leaks no thread setting into the caller's later child processes (a child gets its count
+    from :func:`thread_environment`). Call it before torch does any work: the inter-op pool can
+    only be sized before its first use (later calls keep its size).
     """
-    threads = int(threads)
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[variable] = str(threads)
+    threads = _checked_threads(threads)
     torch.set_num_threads(threads)
     with contextlib.suppress(RuntimeError):  # raised once inter-op work has started
         torch.set_num_interop_threads(threads)
+    return threads
+
+
+#: The variables a child process's math libraries read for their thread counts at start-up:
+#: OpenMP's (torch's intra-op pool is sized from it) and MKL's (torch's CPU build links MKL,
+#: which otherwise takes its own count: a child that inherits another MKL setting sums in
+#: another order and differs in the last bits).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def thread_environment(threads: int, environment: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A child process's environment: ``environment`` (default: this process's) with every
+    :data:`THREAD_VARIABLES` set to ``threads``. A copy; ``os.environ`` is not changed."""
+    threads = _checked_threads(threads)
+    return {**(os.environ if environment is None else environment), **{name: str(threads) for name in THREAD_VARIABLES}}
+
+
+def _checked_threads(threads: int) -> int:
+    threads = int(threads)
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     return threads

@@ -36,12 +36,18 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Every test starts with one torch thread, whatever an earlier one set (``--threads`` of an
-    in-process ``kd-env`` command, a runner's thread setting), and leaves it so."""
+def isolated_process_state():
+    """Every test starts with one torch thread and this session's environment variables, whatever
+    an earlier test set (``--threads`` of an in-process ``kd-env`` command, a runner's thread
+    setting, a variable a library call wrote), and leaves them so: tests pass in any order."""
+    environment = dict(os.environ)
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(1)
+    if dict(os.environ) != environment:
+        for name in set(os.environ) - set(environment):
+            del os.environ[name]
+        os.environ.update(environment)
 
 
 @pytest.fixture(scope="session")

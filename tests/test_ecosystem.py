@@ -19,6 +19,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pytest
+from processes import child_environment
 from stable_baselines3.common.env_util import make_vec_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -64,7 +65,7 @@ def _run_child(script: str, *args: str, cwd: Path | None = None) -> subprocess.C
             timeout=CHILD_TIMEOUT_S,
             cwd=cwd,
             check=False,  # the caller asserts on the return code, showing stderr
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env=child_environment(PYTHONPATH=str(REPO)),
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"the child process hung (no result in {CHILD_TIMEOUT_S} s); its output: {exc.stdout!r} {exc.stderr!r}")
@@ -79,7 +80,7 @@ def _run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
             timeout=CHILD_TIMEOUT_S,
             cwd=cwd,
             check=False,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            env=child_environment(),
         )
     except subprocess.TimeoutExpired as exc:
         pytest.fail(f"{args[0]} did not finish in {CHILD_TIMEOUT_S} s: {exc.stdout!r} {exc.stderr!r}")

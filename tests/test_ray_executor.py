@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from processes import child_environment
 
 from kd_env.cli import main
 from kd_env.comparison import Method, Preset, run_benchmark, sweep
@@ -173,7 +174,7 @@ def test_ray_driver_killed_mid_sweep_continues_with_the_same_command(tmp_path: P
         f"run_benchmark(preset, Path(sys.argv[1]), progress=False, executor=RayExecutor(address={address!r}))\n"
     )
     # the driver SIGKILLs itself when its first run has finished, the second one still going
-    environment = {**os.environ, "KD_ENV_CRASH_AT": "sweep:ray-run-finished", "OMP_NUM_THREADS": "1"}
+    environment = child_environment(KD_ENV_CRASH_AT="sweep:ray-run-finished")
     killed = subprocess.run(
         [sys.executable, "-c", driver, str(tmp_path)], env=environment, cwd=REPO, timeout=600, check=False, capture_output=True, text=True
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from processes import child_environment
 
 import kd_env
 from kd_env import cli, registry
@@ -164,7 +164,7 @@ def test_kd_env_train_imports_the_users_module(tmp_path):
         "--no-progress",
         "--no-tensorboard",
     ]
-    environment = {**os.environ, "PYTHONPATH": str(module_dir), "OMP_NUM_THREADS": "1"}
+    environment = child_environment(PYTHONPATH=str(module_dir))
     completed = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     result = json.loads((run_dir / "result.json").read_text())

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from processes import PIN_TORCH, child_environment
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from kd_env.run import CheckpointError, RunConfig, RunFolderBusyError, RunResult, train
@@ -48,10 +49,10 @@ def _config(run_dir: Path, agent: str = "reinforce", **overrides: Any) -> dict[s
 
 def _run_killed(config: dict[str, Any], crash_at: str, resume: bool = False) -> subprocess.CompletedProcess[str]:
     """Run ``train`` in a child process that SIGKILLs itself at ``crash_at``; it must die there."""
-    script = (
+    script = PIN_TORCH + (
         "import json, sys\nfrom kd_env.run import RunConfig, train\ntrain(RunConfig(**json.loads(sys.argv[1])), resume=sys.argv[2] == '1')"
     )
-    environment = {**os.environ, "KD_ENV_CRASH_AT": crash_at, "OMP_NUM_THREADS": "1"}
+    environment = child_environment(KD_ENV_CRASH_AT=crash_at)
     process = subprocess.run(
         [sys.executable, "-c", script, json.dumps(config), "1" if resume else "0"],
         env=environment,
@@ -139,6 +140,27 @@ def test_kill_between_checkpoints_duplicates_no_logged_point(tmp_path, straight_
     _same_run(resumed, straight_runs["reinforce"])
     points = _scalars(tmp_path / "run", "reward/mean")
     assert [step for step, _ in points] == list(range(1, 11))
+
+
+def test_resume_on_another_thread_count_warns_once_naming_both(tmp_path):
+    import warnings
+
+    from kd_env.run import ThreadCountWarning
+
+    config = _config(tmp_path / "run")
+    train(RunConfig(**{**config, "total_steps": 6}))  # conftest: one torch thread
+    assert json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())["torch_threads"] == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(RunConfig(**{**config, "total_steps": 8}), resume=True)  # same count: silent
+    assert [w for w in caught if issubclass(w.category, ThreadCountWarning)] == []
+    torch.set_num_threads(2)  # conftest puts it back after the test
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(RunConfig(**{**config, "total_steps": 10}), resume=True)
+    messages = [str(w.message) for w in caught if issubclass(w.category, ThreadCountWarning)]
+    assert len(messages) == 1 and "written with 1 torch thread(s) on 2" in messages[0] and "--threads 1" in messages[0]
+    assert json.loads((tmp_path / "run" / "checkpoints" / "state.json").read_text())["torch_threads"] == 2
 
 
 def test_full_disk_during_a_checkpoint_keeps_the_last_one(tmp_path, straight_runs, monkeypatch):
@@ -247,25 +269,40 @@ def _processes_running(marker: str) -> list[int]:
     return pids
 
 
+def _wait_for_exit(pids: list[int], timeout_s: float) -> None:
+    """Block until each of ``pids`` has ended (a process of ours or not); fail after ``timeout_s``."""
+    import select
+
+    for pid in pids:
+        try:
+            descriptor = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue  # already gone
+        try:
+            readable, _, _ = select.select([descriptor], [], [], timeout_s)
+            assert readable, f"process {pid} still runs {timeout_s} s after its parent was killed"
+        finally:
+            os.close(descriptor)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_killed_sweep_takes_its_child_down_and_the_rerun_finishes_once(tmp_path, straight_runs):
     from kd_env.comparison import sweep
 
     runs = _sweep_runs(tmp_path)
-    script = (
+    script = PIN_TORCH + (
         "import sys\nfrom pathlib import Path\nfrom kd_env.comparison import Method, Preset, sweep\n"
         f"preset = Preset(env_id={ENV!r}, methods=[Method('REINFORCE', 'reinforce', agent_kwargs={{'n_steps': 4}})], "
         f"seeds=[0], env_kwargs={SHORT!r}, train_teachers=False)\n"
         "sweep.LocalExecutor(1, 1).run(sweep.plan(preset, Path(sys.argv[1]), checkpoint_every=3), progress=False)"
     )
-    environment = {**os.environ, "KD_ENV_CRASH_AT": "sweep:child-started", "OMP_NUM_THREADS": "1"}
+    environment = child_environment(KD_ENV_CRASH_AT="sweep:child-started")
     parent = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=environment, cwd=REPO, timeout=600)
     assert parent.returncode == -signal.SIGKILL  # the sweep was killed right after starting its child
     marker = f"--run-one {runs[0].run_dir}"
-    for _ in range(300):  # the child gets SIGTERM from the kernel; wait (bounded) for it to be gone
-        if not _processes_running(marker):
-            break
-        subprocess.run(["sleep", "0.1"])
+    # the child gets SIGTERM from the kernel when its parent dies: wait for its exit itself (a
+    # pidfd becomes readable when the process ends), not for a guessed number of polls
+    _wait_for_exit(_processes_running(marker), timeout_s=120)
     assert _processes_running(marker) == []
     assert sweep.LocalExecutor(1, 1).run(runs, progress=False) == []
     result = json.loads((runs[0].run_dir / "result.json").read_text())

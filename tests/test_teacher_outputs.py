@@ -9,11 +9,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from processes import child_environment
 
 from kd_env import teacher_outputs as store_module
 from kd_env.engine import per_sample_kd_loss
@@ -184,11 +186,35 @@ def test_damaged_store_is_detected_and_rebuilt_with_one_warning(make_engine, cac
     TeacherOutputStore.open(folder, full=True).close()
 
 
-def test_copy_with_new_mtimes_is_hashed_in_full_and_accepted(make_engine, cache):
+def test_copy_with_new_mtimes_is_hashed_in_full_and_accepted(make_engine, cache, monkeypatch):
+    from kd_env.teacher_outputs import format as store_format
+
+    # 4 KiB blocks: every array file spans several, so "all blocks" and "a sample" differ
+    for module in (store_module, store_format):
+        monkeypatch.setattr(module, "BLOCK_SIZE", 4096)
     folder = make_engine(cache_dir=str(cache)).teacher_store.path
+    expected = {path.name: np.load(path) for path in folder.glob("*.npy")}
+    manifest = json.loads((folder / "manifest.json").read_text())
+    blocks = {entry["file"]: len(entry["block_sha256"]) for entry in manifest["arrays"].values()}
+    assert min(blocks.values()) > 3
+    hashed: dict[str, set[int]] = {}
+    real_hash_block = store_format._hash_block
+
+    def spy(file, index, block_size):
+        hashed.setdefault(Path(file.name).name, set()).add(index)
+        return real_hash_block(file, index, block_size)
+
+    monkeypatch.setattr(store_format, "_hash_block", spy)
+    TeacherOutputStore.open(folder).close()
+    assert set(hashed) == set(blocks) and all(len(indices) <= 3 for indices in hashed.values())  # untouched: a sample
     for path in folder.glob("*.npy"):
         os.utime(path, ns=(1, 1))
-    TeacherOutputStore.open(folder).close()
+    hashed.clear()
+    with TeacherOutputStore.open(folder) as store:  # accepted: the content is the built one
+        assert store.path == folder
+    assert hashed == {name: set(range(count)) for name, count in blocks.items()}  # every block of every file
+    for path in folder.glob("*.npy"):
+        np.testing.assert_array_equal(np.load(path), expected[path.name])
 
 
 def _read_only_open(monkeypatch) -> None:
@@ -260,15 +286,17 @@ _BUILDER = textwrap.dedent(
     from kd_env.teacher_outputs import TeacherOutputStore
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    cache, marker = Path(sys.argv[1]), Path(sys.argv[2])
+    cache, marker, go = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     key_inputs = {"format_version": 1, "teachers": [{"class": "Fake", "sha256": "0"}], "data_sha256": "0",
                   "num_samples": 40, "mean": [0.5], "std": [0.5], "arrays": ["logits", "embeddings"], "dtype": "float16"}
 
     def compute():
         with open(marker, "a") as file:
             file.write("built\\n")
+        deadline = time.monotonic() + 120  # a fail-safe only: the test creates `go` once the other process waits
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
         for start in range(0, 40, 10):
-            time.sleep(0.3)  # a slow teacher pass: the other process arrives while it runs
             rows = torch.arange(start, start + 10, dtype=torch.float32)
             yield rows.view(1, 10, 1).expand(1, 10, 3), [rows.view(10, 1).expand(10, 4)], []
 
@@ -279,21 +307,31 @@ _BUILDER = textwrap.dedent(
 
 
 def test_two_processes_building_at_once_build_once(tmp_path):
+    """The second process arrives while the first builds (ordered by events, not by sleeps): it
+    waits for the first, then opens the store the first built."""
     script = tmp_path / "builder.py"
     script.write_text(_BUILDER)
-    marker = tmp_path / "builds.txt"
-    processes = [
-        subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path / "cache"), str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        for _ in range(2)
-    ]
-    outputs = [process.communicate(timeout=120) for process in processes]
-    assert [process.returncode for process in processes] == [0, 0], outputs
+    marker, go = tmp_path / "builds.txt", tmp_path / "go"
+
+    def start() -> subprocess.Popen[str]:
+        argv = [sys.executable, str(script), str(tmp_path / "cache"), str(marker), str(go)]
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_environment())
+
+    builder = start()
+    deadline = time.monotonic() + 120  # fail-safe: the builder writes the marker once it holds the lock
+    while not marker.exists() and builder.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert marker.exists(), builder.communicate()
+    waiter = start()
+    assert waiter.stderr is not None
+    first_line = waiter.stderr.readline()  # blocks until the waiter logs that it waits on the lock
+    go.touch()
+    outputs = [process.communicate(timeout=120) for process in (builder, waiter)]
+    assert [process.returncode for process in (builder, waiter)] == [0, 0], outputs
     assert marker.read_text().count("built") == 1
     assert [out.strip() for out, _ in outputs] == [str(float(4 * sum(range(40))))] * 2
-    waited = [err for _, err in outputs if "waiting" in err]
-    assert len(waited) == 1 and "another process is building" in waited[0]
+    assert "another process is building" in first_line and "waiting" in first_line
+    assert "waiting" not in outputs[0][1]  # the builder never waited
 
 
 def test_open_or_build_raises_unavailable_without_a_writable_cache(tmp_path, monkeypatch):
@@ -324,20 +362,23 @@ def test_cli_store_list_verify_clear(make_engine, cache, capsys):
     assert list_stores(cache) == []
 
 
-def test_threads_helpers(monkeypatch):
-    from kd_env.utils import available_cores, set_threads, threads_per_run
+def test_threads_helpers_change_no_environment_variable():
+    from kd_env.utils import THREAD_VARIABLES, available_cores, set_threads, thread_environment, threads_per_run
 
     cores = available_cores()
     assert threads_per_run(1) == cores and threads_per_run(cores * 4) == 1
-    previous = torch.get_num_threads()
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # restored after the test
-        monkeypatch.setenv(variable, os.environ.get(variable, "1"))
-    try:
-        assert set_threads(1) == 1 and torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
-        with pytest.raises(ValueError):
-            set_threads(0)
-    finally:
-        torch.set_num_threads(previous)
+    before = dict(os.environ)
+    assert set_threads(2) == 2 and torch.get_num_threads() == 2  # conftest puts one thread back
+    child = thread_environment(3, {"PATH": "/bin", "OMP_NUM_THREADS": "8"})
+    assert child == {"PATH": "/bin", **{name: "3" for name in THREAD_VARIABLES}}
+    assert thread_environment(1)["MKL_NUM_THREADS"] == "1"
+    assert dict(os.environ) == before  # a library call leaks no setting into later child processes
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="threads must be >= 1"):
+            set_threads(bad)
+        with pytest.raises(ValueError, match="threads must be >= 1"):
+            thread_environment(bad)
+    assert torch.get_num_threads() == 2  # a refused call changed nothing
 
 
 def test_a_store_dropped_without_close_releases_its_descriptors(make_engine, cache):

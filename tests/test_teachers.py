@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from processes import child_environment
 
 from kd_env import teachers as T
 from kd_env.cli import main as cli_main
@@ -345,7 +346,6 @@ def test_gym_make_refuses_a_damaged_cached_teacher_naming_the_file(tmp_path, how
 
 def test_kd_env_train_exits_non_zero_naming_a_damaged_cached_teacher(tmp_path):
     """The installed ``kd-env`` command in a child process, with the cache given by $KD_ENV_CACHE."""
-    import os
     import shutil
     import subprocess
     import sys
@@ -354,7 +354,7 @@ def test_kd_env_train_exits_non_zero_naming_a_damaged_cached_teacher(tmp_path):
     assert command is not None, f"kd-env is not installed next to {sys.executable}: run `make install`"
     damaged = _pool_with_a_damaged_member(tmp_path / "cache", "truncated")
     argv = [command, "train", "--env", SYNTHETIC_ID, "--agent", "aver", "--run-dir", str(tmp_path / "run"), "--no-progress"]
-    environment = {**os.environ, "KD_ENV_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    environment = child_environment(KD_ENV_CACHE=str(tmp_path / "cache"))
     completed = subprocess.run(argv, env=environment, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 1, (completed.returncode, completed.stdout[-2000:], completed.stderr[-2000:])
     assert completed.stderr.startswith("error: ") and "Traceback" not in completed.stderr, completed.stderr[-2000:]

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from processes import child_environment
 
 from kd_env.data import DatasetNotFoundError, find_data_root
 
@@ -41,7 +41,7 @@ from kd_env.data import load_dataset
 splits = load_dataset("fashion_mnist")
 print(splits.train_labels.numel() + splits.val_labels.numel(), splits.test_labels.numel())
 """
-    environment = {k: v for k, v in os.environ.items() if k not in ("KD_ENV_CACHE", "KD_ENV_DATA")}
+    environment = {k: v for k, v in child_environment().items() if k not in ("KD_ENV_CACHE", "KD_ENV_DATA")}
     environment["XDG_CACHE_HOME"] = str(user_cache)
     completed = subprocess.run([sys.executable, "-c", script], env=environment, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]

@@ -46,7 +46,8 @@ def _add_threads_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _apply_threads(threads: int | None, jobs: int = 1) -> int:
-    """Set the thread count before any torch work (children inherit it through OMP_NUM_THREADS)."""
+    """Set this process's torch thread count before any torch work; returns it. Child processes
+    (a sweep's runs) get theirs in their own environment, from the executor."""
     from kd_env.utils import set_threads, threads_per_run
 
     return set_threads(threads if threads is not None else threads_per_run(jobs))

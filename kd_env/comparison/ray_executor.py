@@ -68,6 +68,7 @@ def run_in_worker(run_dir: str, threads: int, environment: dict[str, str]) -> di
     is not visible on this node (the sweep's output folder must be on a shared filesystem).
     """
     from kd_env.comparison.sweep import _die_with_parent
+    from kd_env.utils import thread_environment
 
     folder = Path(run_dir)
     node = socket.gethostname()
@@ -76,7 +77,7 @@ def run_in_worker(run_dir: str, threads: int, environment: dict[str, str]) -> di
             f"{folder / 'bench_config.json'} is not visible on node {node}: the sweep's --out must be a folder "
             "that every node of the Ray cluster mounts at the same path (a shared filesystem)"
         )
-    child_environment = {**os.environ, **environment, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    child_environment = thread_environment(threads, {**os.environ, **environment})
     command = [sys.executable, "-m", "kd_env.comparison", "--run-one", str(folder), "--threads", str(threads)]
     with (folder / "log.txt").open("ab") as log:
         log.write(f"[ray] node {node}, worker pid {os.getpid()}\n".encode())

@@ -264,9 +264,11 @@ class LocalExecutor:
         self.retry = RetryPolicy(retries)
 
     def _start(self, run: PlannedRun) -> subprocess.Popen[bytes]:
+        from kd_env.utils import thread_environment
+
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / "bench_config.json").write_text(json.dumps(asdict(run.config), indent=1))
-        environment = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        environment = thread_environment(self.threads)
         log = (run.run_dir / "log.txt").open("ab")
         command = [sys.executable, "-m", "kd_env.comparison", "--run-one", str(run.run_dir), "--threads", str(self.threads)]
         try:

@@ -33,6 +33,7 @@ import json
 import resource
 import shutil
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ __all__ = [
     "RunContext",
     "RunLogger",
     "RunResult",
+    "ThreadCountWarning",
     "make_env",
     "peak_rss_mib",
     "policy_names",
@@ -130,6 +132,7 @@ def _train_locked(config: RunConfig, resume: bool) -> RunResult:
     teacher_names = list(kd.teacher_names)
     total_steps = config.total_steps or kd.engine.total_steps * config.student_runs
     state = _initial_state(config, resume)
+    _warn_if_threads_changed(state)
     if state["env_steps"] == 0 and (run_dir / "tb").exists():
         # events of an attempt killed before its first checkpoint: a fresh start replaces them
         shutil.rmtree(run_dir / "tb")
@@ -145,6 +148,7 @@ def _train_locked(config: RunConfig, resume: bool) -> RunResult:
 
     def save_checkpoint(save_policy: SavePolicy) -> None:
         state["env_steps"] = logger.step
+        state["torch_threads"] = torch.get_num_threads()
         account_time()
         logger.flush()  # the points up to the checkpoint reach the disk with it: a kill loses none
 
@@ -183,6 +187,29 @@ def _train_locked(config: RunConfig, resume: bool) -> RunResult:
     )
     _write_json(Path(config.run_dir) / "result.json", asdict(result))
     return result
+
+
+class ThreadCountWarning(UserWarning):
+    """A run resumed with another torch thread count than the one its checkpoint was written with."""
+
+
+def _warn_if_threads_changed(state: dict[str, Any]) -> None:
+    """Warn (once, at resume) when the checkpoint was written with another torch thread count.
+
+    A float sum split over another number of threads is added in another order: the resumed
+    run then differs from the uninterrupted one in the last bits, and the logged weights may
+    flip a rounded digit. Not an error: the run is as valid, only not bit-identical.
+    """
+    saved = state.get("torch_threads")  # absent in checkpoints written before it was recorded
+    current = torch.get_num_threads()
+    if saved is not None and int(saved) != current:
+        warnings.warn(
+            f"resuming a run whose checkpoint was written with {saved} torch thread(s) on {current}: "
+            f"the resumed run is not bit-identical to an uninterrupted one (resume on {saved}: `kd-env train --resume --threads {saved}`, "
+            f"or torch.set_num_threads({saved}) before train(..., resume=True))",
+            ThreadCountWarning,
+            stacklevel=3,
+        )
 
 
 def _peak_memory_mib(kd: Any) -> float:
