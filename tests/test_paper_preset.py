@@ -16,6 +16,7 @@ data are files in the real on-disk format with random pixels, written here.
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import pickle
 import sys
@@ -237,10 +238,15 @@ def test_camkd_first_epoch_has_no_feature_term() -> None:
         _, _, _, _, info = env.step(np.concatenate([weights.numpy(), weights.numpy()]).astype(np.float32))
         assert info["loss"] == pytest.approx(expected, rel=1e-5)
         env.step(np.full(6, 1 / 3, np.float32))  # closes epoch 0
+        assert engine.epoch == 1
         batch = engine.current
         without = float((batch.student_ce + 0.25 * (batch.kd_loss * weights).sum(1)).mean().detach())
+        v, with_feature_term, _ = _independent_camkd(engine, weights.expand(batch.batch_size, 3))
         _, _, _, _, info = env.step(np.full(6, 1 / 3, np.float32))
-        assert engine.epoch == 1 and info["loss"] > without  # epoch 1: the feature term counts
+        # epoch 1: the feature term counts, with CA-MKD's own weights v, as the authors' loss has it
+        assert info["loss"] == pytest.approx(float(with_feature_term), rel=1e-5)
+        assert info["loss"] - without > 1e-3
+        np.testing.assert_allclose(info["feature_weights"], v.mean(0).numpy(), rtol=1e-5, atol=1e-6)
     finally:
         env.close()
 
@@ -420,10 +426,26 @@ def test_gpu_smoke_runs_every_method_of_the_preset_on_cpu(tmp_path: Path) -> Non
     ])  # fmt: skip
     methods = [m.label for m in PRESETS["cifar100-paper"].methods]
     assert [t["method"] for t in report["timings"]] == methods
+    ms = {}
     for timing in report["timings"]:
-        assert timing["updates_timed"] == 2 and math.isfinite(timing["ms_per_update"]) and timing["ms_per_update"] > 0
-        assert math.isfinite(timing["ms_per_update_mean"]) and timing["ms_per_update_mean"] > 0
+        assert timing["student"] == "resnet56" and timing["updates_timed"] == 2
+        assert math.isfinite(timing["ms_per_update"]) and timing["ms_per_update"] > 0
+        # two timed updates: their median is their mean
+        assert timing["ms_per_update"] == pytest.approx(timing["ms_per_update_mean"], rel=1e-9)
+        # the timed updates are a part of the run (which also built the env and ran 2 more updates)
+        assert timing["updates_timed"] * timing["ms_per_update"] / 1000 < timing["run_wall_s"]
+        assert math.isnan(timing["peak_gpu_mib"])  # no GPU: no figure, rather than a made-up 0
+        ms[timing["method"]] = timing["ms_per_update"]
     assert "MMKD" in methods  # the learned baseline runs too (its meta step in the timed updates)
     per_sample = [m.label for m in PRESETS["cifar100-paper"].methods if m.per_sample]
-    assert set(report["overheads"]) == {f"{label} / {ref}" for label in per_sample for ref in ("AVER (MTKD-RL)", "AVER")}
-    assert out.is_file()
+    assert report["overheads"] == {
+        f"{label} / {ref}": {"resnet56": pytest.approx(ms[label] / ms[ref], rel=1e-12)}
+        for label in per_sample
+        for ref in ("AVER (MTKD-RL)", "AVER")
+    }
+    assert report["median_ms_per_update"] == ms  # one student: the median over students is its figure
+    saved = json.loads(out.read_text())
+    assert saved["median_ms_per_update"] == ms and saved["overheads"] == report["overheads"]
+    assert [{k: v for k, v in t.items() if k != "peak_gpu_mib"} for t in saved["timings"]] == [
+        {k: v for k, v in t.items() if k != "peak_gpu_mib"} for t in report["timings"]
+    ]
