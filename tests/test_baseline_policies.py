@@ -149,30 +149,65 @@ def test_without_feature_kd_the_action_has_one_head():
     assert "feature_weights" not in info
 
 
+def _record_expected_weights(policy: BaselinePolicy, rule) -> list[np.ndarray]:
+    """Wrap ``policy.predict`` so that each call first records ``rule()``: the weights the rule
+    gives on the batch that the action is for (prepared before the step that trains on it)."""
+    expected: list[np.ndarray] = []
+    predict = policy.predict
+
+    def recording_predict(observation, *args, **kwargs):
+        expected.append(rule().numpy())
+        return predict(observation, *args, **kwargs)
+
+    policy.predict = recording_predict  # type: ignore[method-assign]
+    return expected
+
+
 def test_sb3_evaluate_policy_on_the_batch_env():
     env = Monitor(gym.make(SYNTHETIC, **FAST))
     policy = CAMKD(env)  # built on the wrapped env; evaluate_policy adds a DummyVecEnv around it
+    engine = env.unwrapped.engine
     k = env.unwrapped.num_teachers
+    expected = _record_expected_weights(policy, lambda: rules.camkd_weights(engine.current.teacher_logits, engine.current.labels).mean(0))
     seen_actions: list[np.ndarray] = []
+    step_rewards: list[float] = []
 
     def record(locals_, globals_):
         seen_actions.append(np.asarray(locals_["actions"]))
-        weights = locals_["infos"][0]["weights"]
-        np.testing.assert_allclose(weights.sum(), 1.0, atol=1e-6)
+        step_rewards.append(float(locals_["rewards"][0]))
+        # the applied weights are CA-MKD's on the batch the action was chosen for
+        np.testing.assert_allclose(locals_["infos"][0]["weights"], expected[len(seen_actions) - 1], atol=1e-6)
 
     rewards, lengths = evaluate_policy(policy, env, n_eval_episodes=2, return_episode_rewards=True, callback=record)
     assert lengths == [3, 3]
+    assert len(expected) == 6 and all(np.isclose(weights.sum(), 1.0, atol=1e-6) for weights in expected)
+    # the episode returns are the sums of the step rewards (Monitor rounds them to 6 decimals)
+    np.testing.assert_allclose(rewards, [sum(step_rewards[:3]), sum(step_rewards[3:])], atol=1e-5)
+    assert len(set(step_rewards)) == 6  # real, varying rewards, not a constant
     assert CAMKD(DummyVecEnv([lambda: env])).env is env.unwrapped  # SB3's one-copy VecEnv resolves too
-    assert all(np.isfinite(rewards))
     assert len(seen_actions) == 6 and all(action.shape == (1, 2 * k) for action in seen_actions)
     env.close()
 
 
 def test_sb3_evaluate_policy_on_the_per_sample_adapter():
-    venv = SB3VecEnvAdapter(PerSampleKDVectorEnv(num_envs=SLOTS, dataset="synthetic", **FAST))
+    inner = PerSampleKDVectorEnv(num_envs=SLOTS, dataset="synthetic", **FAST)
+    venv = SB3VecEnvAdapter(inner)
     policy = make_baseline("ebkd", venv)
-    rewards, lengths = evaluate_policy(policy, VecMonitor(venv), n_eval_episodes=SLOTS, return_episode_rewards=True)
-    assert lengths == [3] * SLOTS and len(rewards) == SLOTS
+    expected = _record_expected_weights(policy, lambda: rules.ebkd_weights(inner.engine.current.teacher_logits))
+    step_rewards: list[np.ndarray] = []
+
+    def record(locals_, globals_):
+        if locals_["i"] != 0:  # SB3 calls back once per slot and step: check the step's slots at the first
+            return
+        step_rewards.append(np.asarray(locals_["rewards"], dtype=np.float64).copy())
+        infos = locals_["infos"]
+        np.testing.assert_allclose(np.stack([info["weights"] for info in infos]), expected[len(step_rewards) - 1], atol=1e-6)
+
+    rewards, lengths = evaluate_policy(policy, VecMonitor(venv), n_eval_episodes=SLOTS, return_episode_rewards=True, callback=record)
+    assert lengths == [3] * SLOTS and len(expected) == 3
+    assert all(np.ptp(weights, axis=0).max() > 1e-4 for weights in expected)  # per-sample weights, not one row
+    # every slot's episode return is the sum of its step rewards (all slots end together, in slot order)
+    np.testing.assert_allclose(rewards, np.sum(step_rewards, axis=0), atol=1e-5)
     venv.close()
 
 
