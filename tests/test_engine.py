@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kd_reference import normalise, per_sample_loss, reference_batch
+from kd_reference import evaluate, normalise, per_sample_loss, reference_batch
 
 
 def _params(engine):
@@ -102,14 +102,28 @@ def test_cached_teacher_outputs_change_nothing(make_engine):
 def test_epochs_end_with_evaluation_and_the_budget_terminates(make_engine):
     engine = make_engine(epochs=2, max_steps_per_epoch=3)
     engine.reset(seed=0)
-    results = [engine.step(torch.tensor([0.5, 0.5])) for _ in range(6)]
+    results, evaluated = [], []
+    for _ in range(6):
+        results.append(engine.step(torch.tensor([0.5, 0.5])))
+        if results[-1].epoch_end:
+            # the student as the epoch end left it: after the first epoch, the next batch's
+            # train-mode forward has since moved BatchNorm's running statistics, so the copy the
+            # engine kept (the first evaluation is the best so far); after the last, the student
+            state = engine.best_student_state if engine.current is not None else None
+            evaluated.append((evaluate(engine, "val", state=state)[0], evaluate(engine, "test", state=state)[0]))
     assert [r.epoch_end for r in results] == [False, False, True, False, False, True]
-    assert results[2].val_acc is not None and results[2].test_acc is not None
+    assert [r.val_acc for r in results] == [None, None, evaluated[0][0], None, None, evaluated[1][0]]
+    assert [r.test_acc for r in results] == [None, None, evaluated[0][1], None, None, evaluated[1][1]]
     assert results[-1].done and engine.done and engine.current is None
-    assert engine.best_student_state is not None
+    assert [r.done for r in results[:-1]] == [False] * 5
+    # the kept student is the first epoch with the best validation accuracy, and it scores it
+    best = 0 if evaluated[0][0] >= evaluated[1][0] else 1
+    assert engine.best_epoch == best and engine.best_score == evaluated[best][0]
+    assert evaluate(engine, "val", state=engine.best_student_state)[0] == evaluated[best][0]
     with pytest.raises(RuntimeError, match="budget"):
         engine.step(torch.tensor([0.5, 0.5]))
-    assert engine.lr < engine.config.lr  # the schedule decayed
+    # the schedule: 10x decays at round(0.625 * 2) = 1 and round(0.75 * 2) = round(0.875 * 2) = 2 epochs
+    assert engine.lr == pytest.approx(engine.config.lr * 0.01)
 
 
 def test_resume_mid_epoch_matches_an_uninterrupted_run(make_engine, tmp_path):
