@@ -181,7 +181,10 @@ def test_ppo_and_off_policy_algorithms_update_on_the_per_sample_env_through_the_
     assert model.n_envs == params["n_envs"] == 32  # one slot per sample of the student's batch
     assert isinstance(model.get_env().unwrapped, SB3VecEnvAdapter)
     assert model.num_timesteps >= steps
-    assert model._n_updates > 0
+    if algo == "ppo":  # exactly two rollouts, each trained on for n_epochs passes
+        assert model.num_timesteps == steps and model._n_updates == 2 * model.n_epochs
+    else:
+        assert model._n_updates > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, _parameters(model)))
     if algo in OFF_POLICY:
         # one transition per sample slot and env step, all of them kept
@@ -194,8 +197,11 @@ def test_a_per_sample_env_instance_selects_the_per_sample_section():
     model = make_sb3_agent("a2c", envs, seed=0)
     assert model.n_envs == 8
     assert model.n_steps == load_hyperparams("a2c", SYNTHETIC, per_sample=True)["n_steps"]
+    before = _parameters(model)
     model.learn(64)
-    assert model._n_updates > 0
+    # 64 transitions are 64 / (n_steps * n_envs) = 2 rollouts of the 8 slots, one A2C update each
+    assert model.num_timesteps == 64 and model._n_updates == 64 // (model.n_steps * model.n_envs) == 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, _parameters(model)))
 
 
 @pytest.mark.slow

@@ -75,8 +75,19 @@ def test_trained_checkpoint_metadata_and_test_acc(trained, splits):
 
 def test_mlp_teacher_rebuilds_with_image_size(splits, tmp_path):
     path = _train(splits, tmp_path, arch="mlp", epochs=1)
+    meta = T.read_teacher_metadata(path)
+    assert meta["model_kwargs"]["image_size"] == splits.test_images.shape[-1] == 8
     model = T.load_teacher(path)
-    assert model(torch.zeros(2, 1, 8, 8)).shape == (2, 4)
+    assert model.image_size == 8 and model.hidden[1].in_features == 8 * 8  # built for 8x8 images, not the default 28x28
+    # the rebuilt network is the trained one: its outputs are the saved weights' and it scores the
+    # test accuracy recorded at training time
+    rebuilt = create_model("mlp", num_classes=4, in_channels=1, image_size=8)
+    rebuilt.load_state_dict(_state(path))
+    images = BatchTransform(splits.mean, splits.std)(splits.test_images[:16], train=False)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), rebuilt.eval()(images))
+    acc = T.evaluate_accuracy(model, splits.test_images, splits.test_labels, BatchTransform(splits.mean, splits.std))
+    assert acc == pytest.approx(meta["test_acc"]) and acc > 0.5  # trained (0.99 measured), chance is 0.25
 
 
 def test_same_seed_same_weights(splits, tmp_path, trained):
