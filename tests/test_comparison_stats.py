@@ -46,6 +46,8 @@ def test_dominating_method_has_probability_of_improvement_one_and_a_positive_dif
     assert (improvement.point, improvement.low, improvement.high) == (1.0, 1.0, 1.0)
     for key, metric in stats.METRICS.items():
         difference = stats.paired_difference_ci(x, y, metric, reps=REPS)
+        # the point estimate is the metric's difference on the data themselves, not a bootstrap's
+        assert difference.point == pytest.approx(float(metric(x) - metric(y)), rel=1e-12)
         assert difference.low <= difference.point <= difference.high
         if key == "optimality_gap":  # lower is better
             assert difference.high < 0
