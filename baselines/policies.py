@@ -1,7 +1,7 @@
 """The classic multi-teacher KD baselines as policies with SB3's ``predict`` protocol.
 
-Each baseline (AVER, EBKD, CA-MKD, AEKD, best single teacher, random Dirichlet weights) is a
-policy object with ``predict(observation, state=None, episode_start=None, deterministic=False)
+Each baseline (AVER, EBKD, CA-MKD, the label-confidence rules ``ce-softmax`` and ``ce-route``,
+AEKD, best single teacher, random Dirichlet weights) is a policy object with ``predict(observation, state=None, episode_start=None, deterministic=False)
 -> (action, state)``, ``learn`` (a no-op), ``save`` and ``load``, so SB3's ``evaluate_policy`` and
 the benchmark runner drive them exactly like the RL agents, through the same environments.
 
@@ -46,6 +46,8 @@ from .rules import (
     aver_weights,
     best_teacher_weights,
     camkd_weights,
+    ce_route_weights,
+    ce_softmax_weights,
     class_accuracies,
     ebkd_weights,
     kd_scale_for,
@@ -60,6 +62,8 @@ __all__ = [
     "BASELINES",
     "CAMKD",
     "CHECKPOINT_FORMAT",
+    "CERoute",
+    "CESoftmax",
     "EBKD",
     "BaselinePolicy",
     "BestTeacher",
@@ -99,6 +103,54 @@ class CAMKD(BaselinePolicy):
 
     def teacher_weights(self, batch: StepBatch) -> torch.Tensor:
         return camkd_weights(batch.teacher_logits, batch.labels)
+
+
+class _LabelConfidenceRule(BaselinePolicy):
+    """A rule on the teachers' cross-entropy with the training label (:attr:`StepBatch.teacher_ce`).
+
+    On the per-sample env each sample gets its own row; on the batch env the rule is applied to
+    the batch's mean cross-entropy per teacher, one vector for the batch (not the mean of the
+    rows, which would be another rule).
+    """
+
+    needs_training_labels = True
+
+    def _batch_ce(self, batch: StepBatch) -> torch.Tensor:
+        return batch.teacher_ce if self.per_sample_env else batch.teacher_ce.mean(dim=0)
+
+
+class CESoftmax(_LabelConfidenceRule):
+    """``softmax(-CE / tau)`` over the teachers' cross-entropy on the label (:func:`rules.ce_softmax_weights`).
+
+    The bar for every method where labels are available: it reads only the label and the
+    teachers' outputs, learns nothing, and matches the oracle on the suite's structured pools.
+
+    Args:
+        env: the environment (``action_mode="simplex"``).
+        tau: temperature (> 0; default 1: weights proportional to the probability each teacher
+            gives the label).
+    """
+
+    name = "ce-softmax"
+
+    def __init__(self, env: Any, tau: float = 1.0) -> None:
+        super().__init__(env)
+        ce_softmax_weights(torch.zeros(1), tau)  # refuses a bad tau before any step
+        self.tau = float(tau)
+        self.config = {"tau": self.tau}
+
+    def teacher_weights(self, batch: StepBatch) -> torch.Tensor:
+        return ce_softmax_weights(self._batch_ce(batch), self.tau)
+
+
+class CERoute(_LabelConfidenceRule):
+    """Hard routing to the teacher with the lowest cross-entropy on the label, ties shared
+    (:func:`rules.ce_route_weights`)."""
+
+    name = "ce-route"
+
+    def teacher_weights(self, batch: StepBatch) -> torch.Tensor:
+        return ce_route_weights(self._batch_ce(batch))
 
 
 class AEKD(BaselinePolicy):
@@ -255,6 +307,8 @@ BASELINES: dict[str, type[BaselinePolicy]] = {
     "aver": AVER,
     "ebkd": EBKD,
     "camkd": CAMKD,
+    "ce-softmax": CESoftmax,
+    "ce-route": CERoute,
     "aekd": AEKD,
     "best": BestTeacher,
     "random": RandomDirichlet,
@@ -264,8 +318,8 @@ BASELINES: dict[str, type[BaselinePolicy]] = {
 
 
 def make_baseline(name: str, env: Any, seed: int = 0, **kwargs: Any) -> BaselinePolicy:
-    """Build a baseline by name (``"aver"``, ``"ebkd"``, ``"camkd"``, ``"aekd"``, ``"best"``,
-    ``"random"``, ``"oracle"``, ``"no-kd"``; class names and ``"CA-MKD"``-style spellings work too).
+    """Build a baseline by name (``"aver"``, ``"ebkd"``, ``"camkd"``, ``"ce-softmax"``, ``"ce-route"``,
+    ``"aekd"``, ``"best"``, ``"random"``, ``"oracle"``, ``"no-kd"``; class names and ``"CA-MKD"``-style spellings work too).
 
     ``seed`` goes to the baselines that draw random numbers and is ignored by the deterministic
     rules, so a runner can call every baseline alike. ``kwargs`` go to the constructor
@@ -285,7 +339,14 @@ def load_baseline(path: str | Path, env: Any) -> BaselinePolicy:
 def registry_key(name: str) -> str:
     """``"CA-MKD"``, ``"CAMKD"``, ``"ca_mkd"`` -> ``"camkd"``; class names map to their registry name."""
     key = name.lower().replace("-", "").replace("_", "").replace(" ", "")
-    aliases = {"bestteacher": "best", "randomdirichlet": "random", "nokd": "no-kd", "labeloracle": "oracle"}
+    aliases = {
+        "bestteacher": "best",
+        "randomdirichlet": "random",
+        "nokd": "no-kd",
+        "labeloracle": "oracle",
+        "cesoftmax": "ce-softmax",
+        "ceroute": "ce-route",
+    }
     key = aliases.get(key, key)
     if key not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")

@@ -30,6 +30,8 @@ __all__ = [
     "best_teacher_weights",
     "camkd_weights",
     "capped_simplex_min_norm",
+    "ce_route_weights",
+    "ce_softmax_weights",
     "class_accuracies",
     "ebkd_weights",
     "kd_scale_for",
@@ -130,6 +132,51 @@ def camkd_weights_from_ce(teacher_ce: torch.Tensor) -> torch.Tensor:
     if num_teachers == 1:
         return torch.ones_like(teacher_ce)
     return (1.0 - torch.softmax(teacher_ce, dim=-1)) / (num_teachers - 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Label-confidence rules: the strongest simple rules wherever the training labels can be read
+# ------------------------------------------------------------------------------------------------
+#
+# With the label in hand, the teacher that is right on a sample is the one with the lowest
+# cross-entropy on it. These two rules say so in one line each; no published MTKD method uses
+# them as such (CA-MKD's ``1 - softmax(CE)`` is a far flatter cousin), but they are the bar that a
+# learned weighting which reads the same columns (the CE on the label) must clear: a reward
+# that is a function of the observation (``label_logprob``) is maximised by them greedily.
+
+
+def ce_softmax_weights(teacher_ce: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
+    """``softmax_k(-CE_k / tau)``: teachers with a lower cross-entropy on the label weigh more.
+
+    ``tau -> 0`` tends to :func:`ce_route_weights`; ``tau -> inf`` to equal weights. At ``tau = 1``
+    the weight of teacher ``k`` is proportional to the probability it gives the true label.
+
+    Args:
+        teacher_ce: ``[B, K]`` per sample (one row per sample) or ``[K]`` (one vector, e.g. the
+            batch's mean cross-entropy per teacher).
+        tau: temperature, a finite number > 0.
+
+    Returns:
+        the weights, shaped like ``teacher_ce``, on the simplex along the last dimension.
+    """
+    if not tau > 0 or not math.isfinite(tau):
+        raise ValueError(f"tau must be a finite number > 0, got {tau}")
+    return torch.softmax(-teacher_ce / tau, dim=-1)
+
+
+def ce_route_weights(teacher_ce: torch.Tensor) -> torch.Tensor:
+    """Hard routing: all weight on the teacher with the lowest cross-entropy on the label; teachers
+    tied at the minimum share it equally.
+
+    Args:
+        teacher_ce: ``[B, K]`` or ``[K]`` (see :func:`ce_softmax_weights`).
+
+    Returns:
+        the weights, shaped like ``teacher_ce``, on the simplex along the last dimension.
+    """
+    lowest = teacher_ce.min(dim=-1, keepdim=True).values
+    chosen = (teacher_ce == lowest).to(teacher_ce.dtype)
+    return chosen / chosen.sum(dim=-1, keepdim=True)
 
 
 # ------------------------------------------------------------------------------------------------

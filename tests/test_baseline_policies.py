@@ -51,10 +51,22 @@ def sample_env():
     env.close()
 
 
-def _rule_weights(name: str, engine) -> torch.Tensor:
+def _label_ce(batch) -> torch.Tensor:
+    """``[B, K]``: each teacher's cross-entropy on the label, written out (not the engine's)."""
+    log_probs = torch.log_softmax(batch.teacher_logits.double(), dim=-1)  # [K, B, C]
+    return -log_probs[:, torch.arange(batch.labels.numel()), batch.labels].T.float()
+
+
+def _rule_weights(name: str, engine, per_sample: bool = True) -> torch.Tensor:
     """The rule computed directly from the prepared batch, independently of the policy classes."""
     batch = engine.current
     k = engine.num_teachers
+    if name in ("ce-softmax", "ce-route"):
+        # per sample: a row each; on the batch env: the rule on the batch's mean CE per teacher
+        ce = _label_ce(batch) if per_sample else _label_ce(batch).mean(0)
+        if name == "ce-softmax":
+            return torch.exp(-ce) / torch.exp(-ce).sum(-1, keepdim=True)
+        return (ce == ce.min(-1, keepdim=True).values).float() / (ce == ce.min(-1, keepdim=True).values).float().sum(-1, keepdim=True)
     if name == "aver":
         return rules.aver_weights(k)
     if name == "ebkd":
@@ -68,11 +80,11 @@ def _rule_weights(name: str, engine) -> torch.Tensor:
     raise AssertionError(name)
 
 
-def _expected_and_reference(name: str, engine, generator: torch.Generator | None) -> torch.Tensor:
+def _expected_and_reference(name: str, engine, generator: torch.Generator | None, per_sample: bool = True) -> torch.Tensor:
     if name == "random":
         assert generator is not None
         return rules.random_dirichlet_weights(engine.num_teachers, generator)
-    return _rule_weights(name, engine)
+    return _rule_weights(name, engine, per_sample)
 
 
 @pytest.mark.parametrize("name", RULES)
@@ -85,7 +97,7 @@ def test_batch_env_applies_the_rule(batch_env, name):
     steps = 0
     terminated = False
     while not terminated:
-        expected = _expected_and_reference(name, engine, reference_generator)
+        expected = _expected_and_reference(name, engine, reference_generator, per_sample=False)
         if expected.dim() == 2:  # a per-sample rule on the batch env: averaged over the batch
             expected = expected.mean(0)
         action, state = policy.predict(observation, deterministic=True)
@@ -117,7 +129,7 @@ def test_per_sample_env_applies_the_rule(sample_env, name):
         saw_per_sample_difference |= bool(np.ptp(infos["weights"], axis=0).max() > 1e-4)
     assert terminated.all()
     # per-sample rules really vary across the batch here; per-batch rules are broadcast
-    assert saw_per_sample_difference == (name in ("ebkd", "camkd"))
+    assert saw_per_sample_difference == (name in ("ebkd", "camkd", "ce-softmax", "ce-route"))
     # the episode is over (no prepared batch): a valid action is still returned, and the
     # autoreset step that ignores it starts the next episode
     assert engine.current is None
@@ -454,3 +466,17 @@ def test_no_kd_trains_on_cross_entropy_alone(per_sample):
     with pytest.raises(ValueError, match='action_mode="raw"'):
         NoKD(gym.make(SYNTHETIC, **FAST))  # simplex renormalisation would refuse the all-zero head
     env.close()
+
+
+def test_ce_softmax_policy_keeps_its_tau_and_refuses_a_bad_one(batch_env, tmp_path):
+    policy = make_baseline("CE-Softmax", batch_env, tau=0.25)
+    path = policy.save(tmp_path / "ce.pt")
+    loaded = load_baseline(path, batch_env)
+    assert type(loaded).__name__ == "CESoftmax" and loaded.tau == 0.25 and loaded.needs_training_labels
+    observation, _ = batch_env.reset(seed=3)
+    ce = _label_ce(batch_env.unwrapped.engine.current).mean(0)
+    action, _ = loaded.predict(observation)
+    k = batch_env.unwrapped.engine.num_teachers
+    np.testing.assert_allclose(action[:k], torch.softmax(-ce / 0.25, 0).numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match="tau must be a finite number > 0, got 0"):
+        make_baseline("ce-softmax", batch_env, tau=0)

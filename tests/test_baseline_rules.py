@@ -428,3 +428,34 @@ def test_one_teacher_everywhere() -> None:
 
 def test_exports() -> None:
     assert set(rules.__all__) <= set(dir(rules))
+
+
+# ------------------------------------------------------------------------------------ label-confidence rules
+def test_ce_softmax_is_the_softmax_of_minus_ce_over_tau():
+    ce = torch.tensor([[0.1, 2.0, 0.5], [3.0, 3.0, 0.0]])
+    for tau in (0.5, 1.0, 4.0):
+        expected = torch.exp(-ce / tau) / torch.exp(-ce / tau).sum(dim=1, keepdim=True)
+        torch.testing.assert_close(rules.ce_softmax_weights(ce, tau), expected)
+    # at tau = 1 the weights are proportional to the probability each teacher gives the label
+    probabilities = torch.exp(-ce)
+    torch.testing.assert_close(rules.ce_softmax_weights(ce), probabilities / probabilities.sum(1, keepdim=True))
+    # a [K] vector (the batch's mean CE) gives one [K] vector
+    torch.testing.assert_close(rules.ce_softmax_weights(ce.mean(0)), torch.softmax(-ce.mean(0), 0))
+    # the limits: tau -> 0 routes, tau -> inf is equal weights; saturated CE stays finite
+    torch.testing.assert_close(rules.ce_softmax_weights(ce[:1], 1e-4), torch.tensor([[1.0, 0.0, 0.0]]))
+    torch.testing.assert_close(rules.ce_softmax_weights(ce, 1e6), torch.full((2, 3), 1 / 3), atol=1e-5, rtol=0)
+    huge = rules.ce_softmax_weights(torch.tensor([[1e4, 0.0, 1e4]]))
+    assert torch.isfinite(huge).all() and huge.tolist() == [[0.0, 1.0, 0.0]]
+
+
+@pytest.mark.parametrize("tau", [0.0, -1.0, float("nan"), float("inf")])
+def test_ce_softmax_refuses_a_bad_tau(tau):
+    with pytest.raises(ValueError, match="tau must be a finite number > 0"):
+        rules.ce_softmax_weights(torch.zeros(2, 3), tau)
+
+
+def test_ce_route_puts_all_weight_on_the_lowest_ce_and_shares_ties():
+    ce = torch.tensor([[0.3, 0.1, 0.2], [0.5, 0.5, 0.9], [1.0, 1.0, 1.0]])
+    expected = torch.tensor([[0.0, 1.0, 0.0], [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3]])
+    torch.testing.assert_close(rules.ce_route_weights(ce), expected)
+    torch.testing.assert_close(rules.ce_route_weights(torch.tensor([2.0, 0.5, 0.5])), torch.tensor([0.0, 0.5, 0.5]))
