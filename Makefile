@@ -34,8 +34,10 @@ data: install
 demo: install data
 	$(BIN)/kd-env demo
 
+# on every core (pytest-xdist; one torch thread per worker, tests/conftest.py), in a random order
+# (pytest-randomly prints its seed; `--randomly-seed=N` replays an order, `-p no:randomly` keeps the file order)
 test: install data
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n auto
 
 # ruff (lint and format) and mypy, configured in pyproject.toml; CI runs this before the tests
 lint: install
