@@ -230,6 +230,33 @@ def test_pools_and_recipes():
     assert T.teacher_path("mlp", "fashion_mnist", 3, "/c") == Path("/c/teachers/fashion_mnist/mlp-s3.pt")
 
 
+@pytest.mark.parametrize("num_classes", [4, 10, 100])
+def test_overlap_and_mixed_pools_have_the_structure_they_claim(num_classes):
+    from kd_env.teachers.pools import mixed_recipes, overlap_groups, overlap_recipes
+
+    groups = overlap_groups(num_classes)
+    half = -(-num_classes // 2)
+    assert len(groups) == 3 and all(len(group) == half for group in groups)
+    coverage = [sum(cls in group for group in groups) for cls in range(num_classes)]
+    assert min(coverage) >= 1 and max(coverage) == 2  # every class has a competent teacher; some have two
+    assert [recipe.classes for recipe in overlap_recipes("fashion_mnist", num_classes)] == groups
+    mixed = mixed_recipes("fashion_mnist", num_classes)
+    kinds = [(recipe.classes is None, recipe.relabel is not None) for recipe in mixed]
+    assert kinds == [(True, False), (False, False), (False, False), (True, True), (True, True)]  # generalist, 2 specialists, 2 relabelled
+    assert set(mixed[1].classes) | set(mixed[2].classes) == set(range(num_classes)) and not set(mixed[1].classes) & set(mixed[2].classes)
+    assert len({(recipe.name, recipe.seed) for recipe in mixed}) == 5  # five distinct checkpoint files
+    for name, k in (("overlap", 3), ("mixed", 5)):
+        members = T.pool_members(name, "fashion_mnist", num_classes)
+        assert len(members) == k and len({member for member, _, _ in members}) == k
+
+
+def test_overlap_pool_refuses_too_few_classes():
+    from kd_env.teachers.pools import overlap_groups
+
+    with pytest.raises(ValueError, match="3 overlapping teachers need at least 3 classes"):
+        overlap_groups(2)
+
+
 def test_ensure_teacher_pool(tmp_path):
     with pytest.raises(T.TeacherNotFoundError) as info:
         T.ensure_teacher_pool("synthetic", cache_dir=tmp_path)

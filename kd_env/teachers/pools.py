@@ -9,6 +9,15 @@ Built-in pools (the benchmark's *scenarios*; every one exists for every dataset)
 * ``specialists``: four teachers, each trained only on its own quarter of the classes
   (Fashion-MNIST: {0,1,2} {3,4,5} {6,7} {8,9}): accurate there, confidently wrong elsewhere. The
   best weighting routes each sample to its class's specialist.
+* ``overlap``: three teachers, each trained on a window of half the classes, the windows
+  overlapping (Fashion-MNIST: {0-4} {3-7} {7-9,0,1}): some classes have two competent teachers,
+  some one. The best weighting routes, sharing where two are right.
+* ``mixed``: five teachers of three kinds: one generalist, two specialists on the two halves of
+  the classes, two relabelled (confidently wrong). The best weighting trusts the generalist and
+  the specialist of the sample's half, never the relabelled ones.
+
+The last two differ from the first three in K (3 and 5) and in structure, so that a policy
+trained on some pools can be evaluated on one it never saw (issue #22).
 
 Users add their own pools with :func:`register_pool` (checkpoint paths, or recipes that are
 trained and cached like the built-in ones).
@@ -76,6 +85,40 @@ def specialists_recipes(dataset: str, num_classes: int) -> list[TeacherRecipe]:
     return [TeacherRecipe(arch, epochs=epochs, seed=k, classes=group) for k, group in enumerate(specialist_groups(num_classes))]
 
 
+NUM_OVERLAP_TEACHERS = 3
+
+
+def overlap_groups(num_classes: int, groups: int = NUM_OVERLAP_TEACHERS) -> list[tuple[int, ...]]:
+    """``groups`` windows of ``ceil(C / 2)`` consecutive classes (wrapping around), starting at
+    evenly spaced classes: 10 classes -> (0-4) (3-7) (7-9, 0, 1). Every class is in at least one
+    window; with ``groups >= 3`` some are in two."""
+    if num_classes < groups:
+        raise ValueError(f"{groups} overlapping teachers need at least {groups} classes, the dataset has {num_classes}")
+    size = -(-num_classes // 2)  # ceil
+    starts = [round(index * num_classes / groups) for index in range(groups)]
+    return [tuple(sorted((start + offset) % num_classes for offset in range(size))) for start in starts]
+
+
+def overlap_recipes(dataset: str, num_classes: int) -> list[TeacherRecipe]:
+    """Three teachers, each trained on its window of half the classes, the windows overlapping."""
+    arch, epochs = _scenario_teacher(dataset)
+    return [TeacherRecipe(arch, epochs=epochs, seed=k, classes=group) for k, group in enumerate(overlap_groups(num_classes))]
+
+
+def mixed_recipes(dataset: str, num_classes: int) -> list[TeacherRecipe]:
+    """Five teachers: a generalist (seed 0), specialists on the lower and upper half of the
+    classes (seeds 1, 2), and two relabelled by derangements (seeds 3, 4)."""
+    arch, epochs = _scenario_teacher(dataset)
+    half = num_classes // 2
+    return [
+        TeacherRecipe(arch, epochs=epochs, seed=0),
+        TeacherRecipe(arch, epochs=epochs, seed=1, classes=tuple(range(half))),
+        TeacherRecipe(arch, epochs=epochs, seed=2, classes=tuple(range(half, num_classes))),
+        TeacherRecipe(arch, epochs=epochs, seed=3, relabel=3),
+        TeacherRecipe(arch, epochs=epochs, seed=4, relabel=4),
+    ]
+
+
 @dataclass(frozen=True)
 class PoolSpec:
     """A named teacher pool: recipes (trained and cached on first use) or checkpoint paths.
@@ -101,6 +144,10 @@ POOLS: dict[str, PoolSpec] = {
     "capacity": PoolSpec("capacity", "the dataset's default pool: teachers of different capacity (the control)", capacity_recipes),
     "noisy": PoolSpec("noisy", "one good teacher + three trained on label derangements (confidently wrong)", noisy_recipes),
     "specialists": PoolSpec("specialists", "four teachers, each trained only on its quarter of the classes", specialists_recipes),
+    "overlap": PoolSpec(
+        "overlap", "three teachers on overlapping windows of half the classes (one or two competent per class)", overlap_recipes
+    ),
+    "mixed": PoolSpec("mixed", "a generalist, two half-class specialists and two relabelled teachers (K = 5)", mixed_recipes),
 }
 
 
