@@ -69,7 +69,7 @@ from torch import nn
 
 from .base import BaseAgent, EnvLike
 from .mtkd_rl_network import MTKDRLNetwork, PriorColumns
-from .per_sample import per_sample_env, resolve_state_layout, routing_layout_of
+from .per_sample import per_sample_env, refuse_label_free, resolve_state_layout, routing_layout_of
 from .reinforce import RunningMeanStd
 from .routing_networks import TeacherScorer, TeacherSlices, logistic_normal_log_prob
 
@@ -203,6 +203,8 @@ class MTKDRLPG(BaseAgent):
         self.tie_heads = bool(tie_heads)
         self.learning = bool(learn)
         self.policy_path = None if policy_path is None else str(policy_path)
+        if env is not None and network == "mtkd":
+            refuse_label_free(per_sample_env(env, "MTKDRLPG"), "MTKDRLPG with network='mtkd'", "each teacher's CE on the training label")
         layout = resolve_state_layout(None if env is None else routing_layout_of(per_sample_env(env, "MTKDRLPG")), state_layout, "MTKDRLPG")
         super().__init__(env, seed, observation_space, action_space)
         self.state_layout = layout

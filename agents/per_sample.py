@@ -14,7 +14,18 @@ from kd_env.envs.per_sample_env import PerSampleKDVectorEnv
 
 from .mtkd_rl_network import PriorColumns
 
-__all__ = ["per_sample_env", "resolve_state_layout", "routing_layout_of", "state_layout_of"]
+__all__ = ["per_sample_env", "refuse_label_free", "resolve_state_layout", "routing_layout_of", "state_layout_of"]
+
+
+def refuse_label_free(env: PerSampleKDVectorEnv, agent_name: str, reads: str) -> None:
+    """Raise ``ValueError`` where ``env`` withholds the training labels (``labels="none"``) and
+    the agent's network reads ``reads``, a column computed from them."""
+    if env.settings.labels == "none":
+        raise ValueError(
+            f"{agent_name} reads {reads}, which the env's labels='none' withholds (the per-sample state has no teacher_ce "
+            "column then); run it with labels='full' or 'noisy', or use the router (network='scorer'), which reads the "
+            "state it is given"
+        )
 
 
 def per_sample_env(env: Any, agent_name: str) -> PerSampleKDVectorEnv:
@@ -68,7 +79,13 @@ def _common_layout(env: PerSampleKDVectorEnv) -> dict[str, Any]:
 
 def state_layout_of(env: PerSampleKDVectorEnv) -> dict[str, Any]:
     """What :class:`~kd_env.agents.mtkd_rl.MTKDRL`'s network depends on in the env's state: the
-    common entries and the prior columns (JSON-able; checked on load)."""
+    common entries and the prior columns (JSON-able; checked on load).
+
+    Raises:
+        ValueError: the env is label-free (MTKD-RL's confidence prior is CA-MKD's rule on the
+            teachers' CE with the training label).
+    """
+    refuse_label_free(env, "MTKD-RL", "each teacher's CE on the training label (its confidence prior)")
     columns = PriorColumns.from_feature_names(env.feature_names, env.teacher_names, env.heads == 2)
     return {**_common_layout(env), "columns": columns.to_dict()}
 

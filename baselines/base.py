@@ -60,7 +60,7 @@ from kd_env.envs.sb3_vec import SB3VecEnvAdapter
 
 from .rules import aver_weights, kd_scale_for
 
-__all__ = ["CHECKPOINT_FORMAT", "BaselinePolicy", "KDEnv", "resolve_env"]
+__all__ = ["CHECKPOINT_FORMAT", "BaselinePolicy", "KDEnv", "label_free_baselines", "resolve_env"]
 
 CHECKPOINT_FORMAT = "kd_env.baseline/1"
 
@@ -88,6 +88,13 @@ def resolve_env(env: Any) -> KDEnv:
     return candidate
 
 
+def label_free_baselines() -> list[str]:
+    """The registered baselines that run under ``labels="none"`` (they do not read training labels)."""
+    from .policies import BASELINES  # the registry lists the subclasses, so it lives with them
+
+    return [name for name, cls in BASELINES.items() if not cls.needs_training_labels]
+
+
 class BaselinePolicy:
     """A teacher-weighting rule driven through a kd-env environment (see the module docstring).
 
@@ -106,9 +113,22 @@ class BaselinePolicy:
     """The env ``action_mode`` the weights are meant for; the runner creates the env in it."""
     reference: ClassVar[bool] = False
     """A reference point (oracle, no-KD), not a competing method."""
+    needs_training_labels: ClassVar[bool] = False
+    """Whether the rule reads the training labels the student is given (``batch.labels``,
+    ``batch.teacher_ce``, ``batch.teacher_correct``, ``batch.student_ce``): CA-MKD, the
+    label-confidence rules, MMKD. Such a policy is refused at construction on an env with
+    ``labels="none"``, which withholds them. The rules on teacher outputs alone (AVER, EBKD,
+    AEKD, random), on the validation split (best teacher) and no-KD do not. The oracle is the
+    documented exception: a reference that reads the *true* labels by definition, in every
+    regime (see :class:`~kd_env.baselines.policies.Oracle`)."""
 
     def __init__(self, env: Any) -> None:
         self.env = resolve_env(env)
+        if type(self).needs_training_labels and self.env.settings.labels == "none":
+            raise ValueError(
+                f"policy {self.name or type(self).__name__!r} reads the training labels, which the env's labels='none' withholds; "
+                f"run it with labels='full' or 'noisy', or use a policy that does not read them ({', '.join(label_free_baselines())})"
+            )
         mode = type(self).action_mode
         if self.env.settings.action_mode != mode:
             raise ValueError(

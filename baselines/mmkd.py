@@ -120,6 +120,8 @@ class MMKD(BaselinePolicy):
 
     name = "mmkd"
     uses_seed: ClassVar[bool] = True
+    # the hard buffer keeps the samples the student gets wrong, and the meta step's CE reads their labels
+    needs_training_labels: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -100,6 +100,7 @@ class CAMKD(BaselinePolicy):
     :func:`rules.camkd_weights`; logit-level weights only, see the module docstring)."""
 
     name = "camkd"
+    needs_training_labels = True
 
     def teacher_weights(self, batch: StepBatch) -> torch.Tensor:
         return camkd_weights(batch.teacher_logits, batch.labels)
@@ -249,6 +250,12 @@ class Oracle(BaselinePolicy):
     batch env the rows are averaged over the batch (one vector per update, the class mix of the
     batch), which is no longer a routing of samples.
 
+    Label regimes: the oracle reads each sample's *true* label in every regime, from the
+    dataset (``engine.data.true_train_labels``), not the labels the student is given: under
+    ``labels="noisy"`` the clean ones, under ``labels="none"`` the withheld ones. It is the
+    reference for what knowing the answer is worth, so it runs (and is not refused) where the
+    competing rules that read labels are (``needs_training_labels`` stays False).
+
     Args:
         env: the environment (``action_mode="simplex"``) with a validation split (``val_fraction > 0``).
         tolerance: how far below the best class accuracy a teacher still shares the weight.
@@ -284,7 +291,9 @@ class Oracle(BaselinePolicy):
         return class_accuracies(torch.cat(predictions, dim=1).cpu(), labels.cpu(), engine.num_classes)
 
     def teacher_weights(self, batch: StepBatch) -> torch.Tensor:
-        return oracle_weights(self.class_accuracy, batch.labels.cpu(), self.tolerance)
+        # the true labels, whatever the env's label regime (see the class docstring)
+        labels = self.engine.data.true_train_labels[batch.indices]
+        return oracle_weights(self.class_accuracy, labels.cpu(), self.tolerance)
 
 
 class NoKD(BaselinePolicy):

@@ -9,6 +9,11 @@ Features come in two groups, as in the paper's state ablation (Table 6b):
   accuracy, entropy (batch level); CE, pooled embedding, logits (per sample).
 * ``"gap"``: how far the student is from each teacher: KL(teacher || student) at T, and the
   cosine similarity of the adapted student feature to the teacher embedding.
+
+In the label-free regime (``label_free=True`` in the specs, the envs' ``labels="none"``) every
+column that reads a training label is absent, not zeroed: teacher CE and accuracy and the
+student's CE (batch level), teacher CE (per sample). The names and the observation space shrink
+with them, so a policy that looks a column up by name fails at construction, not later.
 """
 
 from __future__ import annotations
@@ -49,52 +54,62 @@ class BatchFeatureSpec:
         num_classes: classes of the task (bounds the entropy).
         feature_kd: whether the cosine feature exists (it needs the feature adapters).
         state_parts: which groups to include.
+        label_free: drop the columns that read a training label (``teacher_ce``,
+            ``teacher_acc``, ``student_ce``).
     """
 
     teacher_names: tuple[str, ...]
     num_classes: int
     feature_kd: bool
     state_parts: tuple[str, ...] = STATE_PARTS
+    label_free: bool = False
 
     def per_teacher(self) -> list[tuple[str, float, float]]:
         """(name, low, high) of each per-teacher feature, in observation order."""
         columns: list[tuple[str, float, float]] = []
         if "performance" in self.state_parts:
-            columns += [
-                ("teacher_ce", 0.0, MAX_LOSS),
-                ("teacher_acc", 0.0, 1.0),
-                ("teacher_entropy", 0.0, math.log(self.num_classes)),
-            ]
+            if not self.label_free:
+                columns += [("teacher_ce", 0.0, MAX_LOSS), ("teacher_acc", 0.0, 1.0)]
+            columns.append(("teacher_entropy", 0.0, math.log(self.num_classes)))
         if "gap" in self.state_parts:
             columns.append(("kd_loss", 0.0, MAX_KD))
             if self.feature_kd:
                 columns.append(("feature_cosine", -1.0, 1.0))
         return columns
 
+    def _extra(self, max_lr: float) -> list[tuple[str, float, float]]:
+        """(name, low, high) of the training-state features after the per-teacher ones."""
+        extra = [("progress", 0.0, 1.0), ("lr", 0.0, max_lr)]
+        return extra if self.label_free else [*extra, ("student_ce", 0.0, MAX_LOSS)]
+
     @property
     def names(self) -> list[str]:
         names = [f"{teacher}/{column}" for teacher in self.teacher_names for column, _, _ in self.per_teacher()]
-        return names + ["progress", "lr", "student_ce"]
+        return names + [name for name, _, _ in self._extra(1.0)]
 
     def bounds(self, max_lr: float) -> tuple[np.ndarray, np.ndarray]:
         per_teacher = self.per_teacher()
-        low = [low for _ in self.teacher_names for _, low, _ in per_teacher] + [0.0, 0.0, 0.0]
-        high = [high for _ in self.teacher_names for _, _, high in per_teacher] + [1.0, max_lr, MAX_LOSS]
+        low = [low for _ in self.teacher_names for _, low, _ in per_teacher] + [low for _, low, _ in self._extra(max_lr)]
+        high = [high for _ in self.teacher_names for _, _, high in per_teacher] + [high for _, _, high in self._extra(max_lr)]
         return np.asarray(low, dtype=np.float32), np.asarray(high, dtype=np.float32)
 
 
 def batch_features(batch: StepBatch, spec: BatchFeatureSpec, *, progress: float, lr: float, max_lr: float) -> np.ndarray:
-    """The batch-level observation: per-teacher batch means, then progress, LR and student CE."""
+    """The batch-level observation: per-teacher batch means, then progress, LR and student CE
+    (the label-based columns only where ``spec`` has them: not ``label_free``)."""
     columns: list[torch.Tensor] = []
     if "performance" in spec.state_parts:
-        columns += [batch.teacher_ce.mean(0), batch.teacher_correct.mean(0), batch.teacher_entropy.mean(0)]
+        if not spec.label_free:
+            columns += [batch.teacher_ce.mean(0), batch.teacher_correct.mean(0)]
+        columns.append(batch.teacher_entropy.mean(0))
     if "gap" in spec.state_parts:
         columns.append(batch.kd_loss.detach().mean(0))
         if spec.feature_kd:
             assert batch.feature_cosine is not None
             columns.append(batch.feature_cosine.mean(0))
     per_teacher = torch.stack(columns, dim=1).flatten()  # teacher-major, as in spec.names
-    extra = torch.tensor([progress, lr, float(batch.student_ce.detach().mean())], dtype=per_teacher.dtype, device=per_teacher.device)
+    extra_values = [progress, lr] if spec.label_free else [progress, lr, float(batch.student_ce.detach().mean())]
+    extra = torch.tensor(extra_values, dtype=per_teacher.dtype, device=per_teacher.device)
     observation = torch.cat([per_teacher, extra]).float().cpu().numpy()
     low, high = spec.bounds(max_lr)
     # per-column replacement values: numpy broadcasts array nan/posinf/neginf, its stubs only take floats
@@ -114,6 +129,7 @@ class SampleStateSpec:
         logits: ``"all"`` for the raw logits, an int ``k`` for the k largest (sorted), or
             ``None`` to drop them.
         state_parts: which groups to include.
+        label_free: drop the teacher CE columns (they read the training labels).
     """
 
     teacher_names: tuple[str, ...]
@@ -123,6 +139,7 @@ class SampleStateSpec:
     include_embeddings: bool = True
     logits: str | int | None = "all"
     state_parts: tuple[str, ...] = STATE_PARTS
+    label_free: bool = False
 
     def _num_logits(self) -> int:
         if self.logits is None:
@@ -142,7 +159,8 @@ class SampleStateSpec:
                     columns.append((f"{teacher}/feature_cosine", True))
                 columns.append((f"{teacher}/kd_loss", True))
             if "performance" in self.state_parts:
-                columns.append((f"{teacher}/teacher_ce", False))
+                if not self.label_free:
+                    columns.append((f"{teacher}/teacher_ce", False))
                 if self.include_embeddings:
                     columns += [(f"{teacher}/embedding{i}", False) for i in range(dim)]
                 columns += [(f"{teacher}/logit{i}", False) for i in range(self._num_logits())]
@@ -174,7 +192,7 @@ def per_sample_state(batch: StepBatch, spec: SampleStateSpec, clip: float) -> to
         clip,
         feature_cosine=batch.feature_cosine,
         kd_loss=batch.kd_loss.detach(),
-        teacher_ce=batch.teacher_ce,
+        teacher_ce=None if spec.label_free else batch.teacher_ce,
         teacher_embeddings=batch.teacher_embeddings,
         teacher_logits=batch.teacher_logits,
     )
@@ -186,12 +204,13 @@ def sample_state(
     *,
     feature_cosine: torch.Tensor | None,
     kd_loss: torch.Tensor,
-    teacher_ce: torch.Tensor,
+    teacher_ce: torch.Tensor | None,
     teacher_embeddings: Sequence[torch.Tensor],
     teacher_logits: torch.Tensor,
 ) -> torch.Tensor:
     """:func:`per_sample_state` from its parts: the student-teacher gaps ``feature_cosine`` and
-    ``kd_loss`` ``[B, K]``, the teachers' ``teacher_ce`` ``[B, K]``, embeddings and logits ``[K, B, C]``.
+    ``kd_loss`` ``[B, K]``, the teachers' ``teacher_ce`` ``[B, K]`` (``None`` where
+    ``spec.label_free``), embeddings and logits ``[K, B, C]``.
 
     Every operation is elementwise or per row, so a row depends on that sample's values alone.
     """
@@ -204,7 +223,9 @@ def sample_state(
                 rows.append(feature_cosine[:, k : k + 1])
             rows.append(kd_loss[:, k : k + 1])
         if "performance" in spec.state_parts:
-            rows.append(teacher_ce[:, k : k + 1])
+            if not spec.label_free:
+                assert teacher_ce is not None
+                rows.append(teacher_ce[:, k : k + 1])
             if spec.include_embeddings:
                 rows.append(teacher_embeddings[k])
             if num_logits == spec.num_classes:

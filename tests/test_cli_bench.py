@@ -65,7 +65,10 @@ def _assert_rows_match_run_folders(rows: list[dict], runs: list[sweep.PlannedRun
         per_seed = [round(100 * result["episodes"][-1]["final_test_acc"], 2) for result in results]
         assert row["seeds"] == len(members) and row["test_acc_per_seed"] == per_seed, (row, per_seed)
         assert row["test_acc_mean"] == pytest.approx(np.mean(per_seed), abs=0.011)
-        assert row["test_acc_std"] == pytest.approx(np.std(per_seed, ddof=1) if len(per_seed) > 1 else 0.0, abs=0.011)
+        if len(per_seed) > 1:
+            assert row["test_acc_std"] == pytest.approx(np.std(per_seed, ddof=1), abs=0.011)
+        else:  # one seed defines no standard deviation (the tables say n/a)
+            assert np.isnan(row["test_acc_std"])
 
 
 def _assert_tables_agree(out: Path, rows: list[dict]) -> None:
@@ -74,7 +77,8 @@ def _assert_tables_agree(out: Path, rows: list[dict]) -> None:
     assert_csv_matches_json(out / "results.csv", rows, left_out=["test_acc_per_seed"])
     markdown = (out / "results.md").read_text()
     for row in rows:
-        assert f"| {row['method']} |" in markdown and f"{row['test_acc_mean']:.2f} +- {row['test_acc_std']:.2f}" in markdown
+        std = "n/a" if np.isnan(row["test_acc_std"]) else f"{row['test_acc_std']:.2f}"
+        assert f"| {row['method']} |" in markdown and f"{row['test_acc_mean']:.2f} +- {std}" in markdown
 
 
 @pytest.mark.slow

@@ -47,9 +47,10 @@ def test_accuracy(result: dict[str, Any]) -> float:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation; NaN where not defined (no value; one value's std)."""
     if not values:
         return float("nan"), float("nan")
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
 
 
 def _mean_ci(values: list[float]) -> tuple[float, float]:
@@ -102,13 +103,27 @@ def summarise(runs: Sequence[PlannedRun], baseline: str | None = None) -> list[d
     return rows
 
 
+#: A statistic the number of seeds does not define (one seed's std, CI or paired difference).
+NOT_DEFINED = "n/a"
+
+
 def _fmt(value: float) -> str:
-    return "-" if not np.isfinite(value) else f"{value:.2f}"
+    return NOT_DEFINED if not np.isfinite(value) else f"{value:.2f}"
+
+
+def _ci(low: float, high: float) -> str:
+    return f"[{_fmt(low)}, {_fmt(high)}]" if np.isfinite(low) and np.isfinite(high) else NOT_DEFINED
+
+
+def preset_line(preset_name: str, preset: Preset) -> str:
+    """``Preset `name`: description.`` (no description: ``Preset `name`.``)."""
+    description = preset.description.strip().rstrip(".")
+    return f"Preset `{preset_name}`: {description}." if description else f"Preset `{preset_name}`."
 
 
 def results_markdown(rows: list[dict[str, Any]], preset_name: str, preset: Preset) -> str:
     lines = [
-        f"Preset `{preset_name}`: {preset.description}.",
+        preset_line(preset_name, preset),
         "Test accuracy (%) of the best-validation student: mean +- std over seeds [95% bootstrap CI of the mean]; "
         f"the mean paired (same seed) difference to {preset.baseline} in points [95% bootstrap CI].",
     ]
@@ -125,9 +140,9 @@ def results_markdown(rows: list[dict[str, Any]], preset_name: str, preset: Prese
         for row in sorted(in_scenario, key=lambda r: (not r["reference"], r["student"], -r["test_acc_mean"])):
             lines.append(
                 f"| {row['method']} | {'reference' if row['reference'] else 'method'} | {row['student'] or '-'} | {row['seeds']} "
-                f"| {row['test_acc_mean']:.2f} +- {row['test_acc_std']:.2f} | [{_fmt(row['test_acc_ci_low'])}, {_fmt(row['test_acc_ci_high'])}] "
-                f"| {_fmt(row['vs_baseline_mean'])} | [{_fmt(row['vs_baseline_ci_low'])}, {_fmt(row['vs_baseline_ci_high'])}] "
-                f"| {row['best_val_acc_mean']:.2f} +- {row['best_val_acc_std']:.2f} | {row['wall_time_s_mean']:.0f} | {row['peak_memory_mib_max']:.0f} |"
+                f"| {_fmt(row['test_acc_mean'])} +- {_fmt(row['test_acc_std'])} | {_ci(row['test_acc_ci_low'], row['test_acc_ci_high'])} "
+                f"| {_fmt(row['vs_baseline_mean'])} | {_ci(row['vs_baseline_ci_low'], row['vs_baseline_ci_high'])} "
+                f"| {_fmt(row['best_val_acc_mean'])} +- {_fmt(row['best_val_acc_std'])} | {row['wall_time_s_mean']:.0f} | {row['peak_memory_mib_max']:.0f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -344,7 +359,7 @@ def write_report_with_failures(
         plot(done, out)
         markdown = (out / "results.md").read_text()
     else:
-        markdown = f"Preset `{preset_name}`: {preset.description}.\nNo run finished.\n"
+        markdown = f"{preset_line(preset_name, preset)}\nNo run finished.\n"
     failed = [failed_row(run, error) for run, error in failures]
     lines = [
         "",

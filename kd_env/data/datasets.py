@@ -61,6 +61,10 @@ class DatasetSplits:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: list[str] | None = None
+    clean_train_labels: torch.Tensor | None = None
+    """The true training labels where ``train_labels`` hold corrupted ones (the noisy label
+    regime, :func:`kd_env.data.labels.with_noisy_train_labels`); ``None`` when ``train_labels``
+    are the true labels. Read through :attr:`true_train_labels`."""
 
     _TENSOR_FIELDS = (
         "train_images",
@@ -84,6 +88,14 @@ class DatasetSplits:
                 raise ValueError(f"{part}_images shape {tuple(images.shape[1:])} differs from the train images")
         if len(self.mean) != self.image_shape[0] or len(self.std) != self.image_shape[0]:
             raise ValueError(f"mean/std need one value per channel ({self.image_shape[0]})")
+        clean = self.clean_train_labels
+        if clean is not None and (clean.dtype != torch.int64 or clean.shape != self.train_labels.shape):
+            raise ValueError(f"clean_train_labels must be int64 {tuple(self.train_labels.shape)}, got {clean.dtype} {tuple(clean.shape)}")
+
+    @property
+    def true_train_labels(self) -> torch.Tensor:
+        """The true training labels: ``clean_train_labels`` where the labels were corrupted, else ``train_labels``."""
+        return self.train_labels if self.clean_train_labels is None else self.clean_train_labels
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -99,7 +111,8 @@ class DatasetSplits:
     def to(self, device: str | torch.device) -> DatasetSplits:
         """Return a copy with every tensor on ``device`` (the same object's tensors if already there)."""
         moved = {f: getattr(self, f).to(device) for f in self._TENSOR_FIELDS}
-        return dataclasses.replace(self, **moved)
+        clean = None if self.clean_train_labels is None else self.clean_train_labels.to(device)
+        return dataclasses.replace(self, **moved, clean_train_labels=clean)
 
     def __repr__(self) -> str:
         # The default dataclass repr would print six tensors.

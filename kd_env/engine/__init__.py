@@ -11,7 +11,7 @@
 """
 
 from kd_env.engine.adapters import FeatureAdapter, build_adapters
-from kd_env.engine.batch import StepBatch, StepResult
+from kd_env.engine.batch import LABEL_FIELDS, StepBatch, StepResult, TrainingLabelsHidden
 from kd_env.engine.config import EngineConfig
 from kd_env.engine.engine import DistillationEngine
 from kd_env.engine.losses import (
@@ -27,9 +27,11 @@ from kd_env.engine.losses import (
 __all__ = [
     "DistillationEngine",
     "EngineConfig",
+    "LABEL_FIELDS",
     "FeatureAdapter",
     "StepBatch",
     "StepResult",
+    "TrainingLabelsHidden",
     "build_adapters",
     "feature_cosine",
     "per_sample_cross_entropy",

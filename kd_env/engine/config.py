@@ -67,6 +67,12 @@ class EngineConfig:
     """Which split picks the reported student at epoch ends: ``"val"`` (the best-validation
     student; the test set is only reported) or ``"test"`` (the official MTKD-RL / RepDistiller
     protocol: the best test accuracy over epochs, no validation split)."""
+    label_free: bool = False
+    """The label-free regime (the envs' ``labels="none"``): the engine never reads a training
+    label. The loss has no CE term (``alpha * kd_scale * KD (+ beta * feature term)``), and the
+    prepared batch withholds the labels and what is computed from them (teacher CE, teacher
+    correctness, the student's CE: reading one raises :class:`~kd_env.engine.batch.TrainingLabelsHidden`).
+    Validation and test keep their labels (evaluation, model selection, the validation probe)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,5 +85,9 @@ class EngineConfig:
             raise ValueError(f"select_on must be 'val' or 'test', got {self.select_on!r}")
         if self.select_on == "test" and not self.evaluate_test:
             raise ValueError("select_on='test' needs evaluate_test=True (the test accuracy picks the student)")
+        if self.feature_term == "camkd" and self.label_free:
+            raise ValueError(
+                "feature_term='camkd' reads the training labels (its weights are the heads' CE on them): not with label_free=True"
+            )
         if self.feature_term == "camkd" and num_teachers < 2:
             raise ValueError("feature_term='camkd' needs at least 2 teachers (its weights divide by K - 1)")

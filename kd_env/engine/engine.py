@@ -175,10 +175,11 @@ class DistillationEngine:
         were computed once (store or in-memory cache), which augmentation rules out."""
         return self.teacher_store is not None or self._teacher_cache is not None
 
-    def teacher_performance(self, indices: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
+    def teacher_performance(self, indices: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
         """Logits ``[K, B, C]``, embeddings and per-sample CE ``[B, K]`` of the training samples
         ``indices``, read again from the store or the in-memory cache: the same values the
         samples' batch had (the same arrays, the same CE formula), without the feature maps.
+        The CE is ``None`` in the label-free regime (it reads the training labels).
 
         Raises:
             RuntimeError: the teacher outputs are not kept (augmentation on, or no cache).
@@ -187,7 +188,7 @@ class DistillationEngine:
 
     def teacher_performance_batches(
         self, batches: Sequence[torch.Tensor]
-    ) -> Iterator[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]]:
+    ) -> Iterator[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]]:
         """:meth:`teacher_performance` of each batch of ``batches``, in order, with the rows of
         all of them read at once (the store reads rows that are dense in its files as blocks);
         the CE is computed per batch, as the batch's step did."""
@@ -195,13 +196,15 @@ class DistillationEngine:
             raise RuntimeError("teacher outputs are not kept by sample index (augmentation on, or cache_teacher_outputs=False)")
         indices = torch.cat([batch.to(self.device) for batch in batches])
         logits, embeddings, _ = self._kept_teacher_outputs(indices, feature_maps=False)
-        labels = self.data.train_labels[indices]
+        labels = None if self.config.label_free else self.data.train_labels[indices]
         start = 0
         for batch in batches:
             stop = start + len(batch)
             batch_logits = logits[:, start:stop]
-            with torch.no_grad():
-                teacher_ce = per_sample_cross_entropy(batch_logits, labels[start:stop])
+            teacher_ce = None
+            if labels is not None:
+                with torch.no_grad():
+                    teacher_ce = per_sample_cross_entropy(batch_logits, labels[start:stop])
             yield batch_logits, [embedding[start:stop] for embedding in embeddings], teacher_ce
             start = stop
 
@@ -263,16 +266,21 @@ class DistillationEngine:
         """Forward passes and per-sample quantities for the next batch (before its update)."""
         self._generator_state_at_prepare = self.generator.get_state()
         indices = self._epoch_batches[self.step_in_epoch]
-        labels = self.data.train_labels[indices]
+        # label-free: no training label is read, nor anything computed from one (see EngineConfig.label_free)
+        labels = None if self.config.label_free else self.data.train_labels[indices]
         images = self.train_transform(self.data.train_images[indices], self.generator, train=True)
         teacher_logits, teacher_embeddings, teacher_maps = self.teacher_outputs_for(indices, images)
         assert self.student is not None and self.adapters is not None
         student_output = self.student.forward_all(images.contiguous(memory_format=self.student_format))
         temperature = self.config.temperature
+        teacher_ce = teacher_correct = student_ce = None
         with torch.no_grad():
-            teacher_ce = per_sample_cross_entropy(teacher_logits, labels)
+            if labels is not None:
+                teacher_ce = per_sample_cross_entropy(teacher_logits, labels)
+                teacher_correct = (teacher_logits.argmax(-1) == labels).transpose(0, 1).float()
             teacher_entropy = per_sample_entropy(teacher_logits)
-            teacher_correct = (teacher_logits.argmax(-1) == labels).transpose(0, 1).float()
+        if labels is not None:
+            student_ce = per_sample_cross_entropy(student_output.logits, labels)
         feature_mse = cosine = head_weights = None
         if self.config.feature_kd:
             adapted = [adapter(student_output.feature_map) for adapter in self.adapters]
@@ -281,17 +289,18 @@ class DistillationEngine:
             with torch.no_grad():
                 cosine = torch.stack([feature_cosine(a.mean(dim=(2, 3)), e) for a, e in zip(adapted, teacher_embeddings)], dim=1)
             if self.config.feature_term == "camkd":
+                assert labels is not None  # EngineConfig.check refuses camkd with label_free
                 head_weights = self._camkd_feature_weights(adapted, labels)
         return StepBatch(
             indices=indices,
-            labels=labels,
+            _labels=labels,
             teacher_logits=teacher_logits,
             teacher_embeddings=teacher_embeddings,
-            teacher_ce=teacher_ce,
+            _teacher_ce=teacher_ce,
             teacher_entropy=teacher_entropy,
-            teacher_correct=teacher_correct,
+            _teacher_correct=teacher_correct,
             student_logits=student_output.logits,
-            student_ce=per_sample_cross_entropy(student_output.logits, labels),
+            _student_ce=student_ce,
             kd_loss=per_sample_kd_loss(student_output.logits, teacher_logits, temperature),
             feature_mse=feature_mse,
             feature_cosine=cosine,
@@ -338,8 +347,9 @@ class DistillationEngine:
         feature_weights = feature_weights.expand(size, teachers)
 
         config = self.config
-        kd_term = weighted_teacher_sum(batch.kd_loss, logit_weights)
-        per_sample_loss = batch.student_ce + config.alpha * config.kd_scale * kd_term
+        kd_term = config.alpha * config.kd_scale * weighted_teacher_sum(batch.kd_loss, logit_weights)
+        # label-free: the teachers are the only teaching signal, no CE term
+        per_sample_loss = kd_term if config.label_free else batch.student_ce + kd_term
         if batch.feature_head_weights is not None:
             feature_weights = batch.feature_head_weights  # CA-MKD's own feature weights, with their graph
         if batch.feature_mse is not None and self.epoch >= config.feature_kd_from_epoch:
@@ -348,7 +358,7 @@ class DistillationEngine:
         diverged = not bool(torch.isfinite(loss))
         result = StepResult(
             loss=float(loss.detach()),
-            student_ce=batch.student_ce.detach(),
+            student_ce=None if config.label_free else batch.student_ce.detach(),
             kd_loss=batch.kd_loss.detach(),
             feature_mse=None if batch.feature_mse is None else batch.feature_mse.detach(),
             per_sample_loss=per_sample_loss.detach(),
@@ -516,6 +526,9 @@ class DistillationEngine:
         for key in ("batch_size", "epochs", "feature_kd", "max_steps_per_epoch"):
             if state["config"].get(key) != getattr(self.config, key):
                 raise ValueError(f"checkpoint has {key}={state['config'].get(key)!r}, this engine has {getattr(self.config, key)!r}")
+        saved_label_free = state["config"].get("label_free", False)  # absent from checkpoints before the label regimes
+        if saved_label_free != self.config.label_free:
+            raise ValueError(f"checkpoint has label_free={saved_label_free!r}, this engine has {self.config.label_free!r}")
         self.reset(seed=0)  # builds student, adapters, optimizer, schedule of the right shapes
         assert self.student is not None and self.adapters is not None
         self.student.load_state_dict(state["student"])

@@ -46,7 +46,7 @@ def open_teacher_store(
     key_inputs = store_key_inputs(
         teachers,
         data.train_images,
-        data.train_labels,
+        data.true_train_labels,  # the outputs do not depend on labels: one store whatever the label noise
         data.mean,
         data.std,
         feature_maps=config.feature_kd,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from kd_env.data import DatasetSplits, load_dataset
+from kd_env.data import DatasetSplits, load_dataset, with_noisy_train_labels
+from kd_env.data.labels import derived_noise_seed
 from kd_env.engine import DistillationEngine, EngineConfig
 from kd_env.envs.settings import KDEnvSettings
 from kd_env.models import KDModel, create_model
@@ -105,6 +106,18 @@ def _training_subset(data: DatasetSplits, size: int | None, seed: int) -> Datase
     return replace(data, train_images=data.train_images[order], train_labels=data.train_labels[order])
 
 
+def apply_label_noise(data: DatasetSplits, settings: KDEnvSettings) -> DatasetSplits:
+    """The student's training labels under ``labels="noisy"`` (corrupted once, from the seed);
+    ``data`` as it is in the other regimes. After the teachers are resolved (they are given, trained
+    on the true labels) and after ``train_size`` (exactly ``round(rate * N)`` of the N training
+    images the student sees are wrong)."""
+    if settings.labels != "noisy":
+        return data
+    assert settings.label_noise is not None  # validated: required with labels="noisy"
+    seed = derived_noise_seed(settings.split_seed) if settings.label_noise_seed is None else settings.label_noise_seed
+    return with_noisy_train_labels(data, settings.label_noise, settings.label_noise_kind, seed)
+
+
 def build_engine(settings: KDEnvSettings) -> DistillationEngine:
     """Data, teachers, student factory and engine, from the environment's settings."""
     data = load_dataset(
@@ -117,8 +130,9 @@ def build_engine(settings: KDEnvSettings) -> DistillationEngine:
         device=settings.device,
         **settings.synthetic,
     )
-    teachers, names = resolve_teachers(settings, data)  # pool teachers train on the full split
+    teachers, names = resolve_teachers(settings, data)  # pool teachers train on the full split, true labels
     data = _training_subset(data, settings.train_size, settings.split_seed)
+    data = apply_label_noise(data, settings)
     student_name = settings.resolved("student")
     channels, num_classes = data.image_shape[0], data.num_classes
 
@@ -140,6 +154,7 @@ def build_engine(settings: KDEnvSettings) -> DistillationEngine:
         teacher_store=settings.teacher_store,
         store_dtype=settings.store_dtype,
         cache_dir=settings.cache_dir,
+        label_free=settings.labels == "none",
     )
     return DistillationEngine(
         StudentFactory(student_name, num_classes, channels, data.image_shape[-1]),

@@ -54,6 +54,9 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
     with feature KD); then training progress in [0, 1], the current learning rate and the
     student's CE. ``env.unwrapped.feature_names`` names every entry and
     ``env.unwrapped.teacher_names`` the teachers. ``state_parts`` selects the groups.
+    With ``labels="none"`` the entries that read a training label are absent (teacher CE,
+    teacher accuracy, the student's CE): ``3K + 2`` entries instead of ``5K + 3`` (with feature
+    KD), and the names say which.
 
     ## Rewards
 
@@ -67,6 +70,8 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
       epoch end (from chance for the first), so the return is the final accuracy above chance.
     * ``"label_logprob"``: the batch mean of the per-sample log-probability that the weighted
       teacher mixture gives the true label (see the per-sample env), divided by ``log(C)``.
+      It reads the training labels: refused with ``labels="none"``, the noisy labels with
+      ``labels="noisy"``.
 
     ``reward_scale`` multiplies every reward. A diverging student gets ``divergence_penalty``.
 
@@ -100,7 +105,14 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
     ``download``, ``cache_dir``, ``train_teachers``, ``feature_kd``, ``reward_mode``,
     ``action_mode``, ``scale``, ``temperature``, ``alpha``, ``beta``, ``kd_scale``, ``augment``,
     ``max_steps_per_epoch``, ``val_fraction``, ``reward_scale``, ``divergence_penalty``,
-    ``probe_size``, ``state_parts``, ``synthetic``; plus ``steps_per_action`` (updates per
+    ``probe_size``, ``state_parts``, ``synthetic``; the label regime of the training split:
+    ``labels`` (``"full"``, the default: true labels; ``"none"``: no training labels, the loss is
+    the distillation terms alone, the label-based observation entries are absent, and a reward,
+    feature term or policy that reads training labels is refused at construction; ``"noisy"``:
+    ``label_noise`` (a rate in ``[0, 1)``, required) of the training labels corrupted once,
+    ``label_noise_kind`` ``"symmetric"`` or ``"pairs"`` (``c -> c + 1 mod C``), from
+    ``label_noise_seed`` (default: derived from ``split_seed``)); validation and test keep their
+    true labels in every regime. Plus ``steps_per_action`` (updates per
     action, rewards summed) and ``render_mode``: ``"ansi"`` (``render()`` returns a one-line text
     summary), ``"human"`` (that line is printed at every reset and step) or None; other modes
     (SB3's ``make_vec_env`` asks for ``"rgb_array"``) warn and turn rendering off.
@@ -115,7 +127,14 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
     ## Version History
 
     * v0: initial release (``reward_mode="label_logprob"`` added within v0: new option, the
-      other modes unchanged).
+      other modes unchanged; the label regimes ``labels``, ``label_noise``,
+      ``label_noise_kind``, ``label_noise_seed`` added within v0: the default ``labels="full"``
+      is the earlier behaviour bit for bit).
+    * v0, issue #21 (no change to any run that worked before): the env runs in its own torch
+      modes (grad on, inference mode off, autocast off, eager under ``torch.compile``), so a
+      caller's ``no_grad`` / ``inference_mode`` / ``autocast`` no longer breaks or changes a run;
+      unknown arguments raise ``TypeError`` in Python's wording ("got an unexpected keyword
+      argument"); float64 and torch-tensor actions are applied as their float32 rounding.
     """
 
     metadata = {"render_modes": ["ansi", "human"], "render_fps": 1}
@@ -131,6 +150,7 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
             self.engine.num_classes,
             self.settings.feature_kd,
             tuple(self.settings.state_parts),
+            label_free=self.settings.labels == "none",
         )
         self.feature_names = self.feature_spec.names
         self.max_lr = max(1.0, float(self.engine.config.lr))

@@ -29,7 +29,8 @@ def step_info(engine: DistillationEngine, result: StepResult) -> dict[str, Any]:
     info: dict[str, Any] = {
         "weights": result.logit_weights.mean(0).cpu().numpy().astype(np.float32),
         "kd_loss": result.kd_loss.mean(0).cpu().numpy().astype(np.float32),
-        "ce": float(result.student_ce.mean()),
+        # absent in the label-free regime: the student's training CE reads the labels
+        **({} if result.student_ce is None else {"ce": float(result.student_ce.mean())}),
         "loss": float(result.loss),
         "epoch": int(engine.epoch),
         "step": int(engine.global_step),
@@ -130,6 +131,8 @@ CHECKPOINT_FORMAT = "kd_env.env/1"
 PICKLE_FORMAT = "kd_env.pickle/1"
 # settings that must match between a checkpoint and the env that loads it
 _COMPAT_KEYS = ("dataset", "student", "epochs", "batch_size", "feature_kd", "reward_mode", "max_steps_per_epoch")
+# label-regime settings that must match too: the values checkpoints written before them stand for
+_COMPAT_DEFAULTS: dict[str, Any] = {"labels": "full", "label_noise": None, "label_noise_kind": "symmetric", "label_noise_seed": None}
 
 
 class KDEnvCore:
@@ -212,7 +215,7 @@ class KDEnvCore:
         pass
 
     def _compat_settings(self) -> dict[str, Any]:
-        values = {key: getattr(self.settings, key) for key in _COMPAT_KEYS}
+        values = {key: getattr(self.settings, key) for key in (*_COMPAT_KEYS, *_COMPAT_DEFAULTS)}
         values["teacher_names"] = list(self.teacher_names)
         return values
 
@@ -263,7 +266,8 @@ class KDEnvCore:
             required={"settings": dict},
         )
         expected = self._compat_settings()
-        mismatched = {k: (state["settings"].get(k), v) for k, v in expected.items() if state["settings"].get(k) != v}
+        saved = {**_COMPAT_DEFAULTS, **state["settings"]}
+        mismatched = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
         if mismatched:
             details = ", ".join(f"{k}: checkpoint {a!r} vs env {b!r}" for k, (a, b) in mismatched.items())
             raise ValueError(f"checkpoint {path} was made by a different environment ({details}); build the env with the same arguments")

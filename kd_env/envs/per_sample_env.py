@@ -48,7 +48,9 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
     official code, clipped to ``[-obs_clip, obs_clip]`` for finite bounds.
     ``include_embeddings=False`` drops the embeddings; ``logits=k`` keeps the k largest teacher
     logits, ``logits=None`` none. ``state_parts`` selects the ``performance`` / ``gap`` groups.
-    ``feature_names`` names every column.
+    ``feature_names`` names every column. With ``labels="none"`` the teacher CE columns are absent
+    (they read the training labels), and MTKD-RL's agent, whose confidence prior reads them, is
+    refused.
 
     An agent that keeps states for later (MTKD-RL keeps an epoch's) can hold them as
     :meth:`compact_states` and rebuild them bit for bit with :meth:`expand_states`.
@@ -60,7 +62,8 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
     * ``"label_logprob"`` (the router's): each sample's log-probability that the weighted teacher
       mixture gives its true label, ``log sum_k w_ik softmax(z_ik / T)[y_i]``, divided by
       ``log(C)``; it credits each teacher for being right on that sample and never reads the
-      student (:class:`~kd_env.envs.rewards.RewardTracker` says why that matters).
+      student (:class:`~kd_env.envs.rewards.RewardTracker` says why that matters). It reads the
+      training labels: refused with ``labels="none"``, the noisy labels with ``labels="noisy"``.
     * ``"val_loss_delta"`` and ``"val_acc"``: as in the batch env; every slot gets the update's
       reward (they measure the whole update, not one sample).
 
@@ -86,15 +89,23 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
 
     ``num_envs`` > 1 sets the batch size (``num_envs=1``, ``gym.make_vec``'s default, keeps the
     ``batch_size`` argument or the dataset default). ``include_embeddings``, ``logits``,
-    ``obs_clip``, and every argument of the batch-level env except ``steps_per_action``. There is
-    no render mode: any ``render_mode`` warns and rendering stays off.
+    ``obs_clip``, and every argument of the batch-level env except ``steps_per_action``, the
+    label regime (``labels``, ``label_noise``, ``label_noise_kind``, ``label_noise_seed``)
+    included. There is no render mode: any ``render_mode`` warns and rendering stays off.
 
     ``pickle`` / ``copy.deepcopy`` give a faithful copy, as for the batch env.
 
     ## Version History
 
     * v0: initial release (``reward_mode="label_logprob"`` added within v0: new option, the
-      other modes unchanged).
+      other modes unchanged; the label regimes added within v0, the default ``labels="full"``
+      the earlier behaviour bit for bit).
+    * v0, issue #21 (no change to any run that worked before): the env runs in its own torch
+      modes (grad on, inference mode off, autocast off, eager under ``torch.compile``), so a
+      caller's ``no_grad`` / ``inference_mode`` / ``autocast`` no longer breaks or changes a run;
+      unknown arguments raise ``TypeError`` in Python's wording ("got an unexpected keyword
+      argument"); float64 and torch-tensor actions are applied as their float32 rounding; the
+      vector env carries ``autoreset_mode`` as an attribute, as Gymnasium's do.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
@@ -137,7 +148,14 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
             include_embeddings,
             logits,
             tuple(self.settings.state_parts),
+            label_free=self.settings.labels == "none",
         )
+        if self.state_spec.size == 0:
+            raise ValueError(
+                f"the per-sample state would have no column: state_parts={list(self.settings.state_parts)!r}, "
+                f"include_embeddings={include_embeddings!r}, logits={logits!r}, labels={self.settings.labels!r} "
+                "(which withholds teacher_ce); keep the 'gap' part, the embeddings or some logits"
+            )
         self.feature_names = self.state_spec.names
         self.single_observation_space = spaces.Box(-self.obs_clip, self.obs_clip, (self.state_spec.size,), dtype=np.float32)
         self.single_action_space = self._single_action_space()
@@ -258,9 +276,14 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
         return self._states_from(compact, *self.engine.teacher_performance(compact.indices))
 
     def _states_from(
-        self, compact: CompactStates, teacher_logits: torch.Tensor, teacher_embeddings: list[torch.Tensor], teacher_ce: torch.Tensor
+        self,
+        compact: CompactStates,
+        teacher_logits: torch.Tensor,
+        teacher_embeddings: list[torch.Tensor],
+        teacher_ce: torch.Tensor | None,
     ) -> torch.Tensor:
-        placeholder = torch.zeros_like(teacher_ce)  # the student columns are filled in below
+        # [B, K] zeros: the student columns are filled in below
+        placeholder = teacher_logits.new_zeros(teacher_logits.shape[1], teacher_logits.shape[0])
         states = sample_state(
             self.state_spec,
             self.obs_clip,
@@ -278,7 +301,8 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
         per_slot: dict[str, Any] = {
             "weights": result.logit_weights.cpu().numpy().astype(np.float32),
             "kd_loss": result.kd_loss.cpu().numpy().astype(np.float32),
-            "ce": result.student_ce.cpu().numpy().astype(np.float64),
+            # absent in the label-free regime: the student's training CE reads the labels
+            **({} if result.student_ce is None else {"ce": result.student_ce.cpu().numpy().astype(np.float64)}),
             "loss": np.full(self.num_envs, result.loss),
             "epoch": np.full(self.num_envs, self.engine.epoch),
             "step": np.full(self.num_envs, self.engine.global_step),

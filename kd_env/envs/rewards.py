@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from kd_env.engine import DistillationEngine, StepBatch, StepResult
+from kd_env.envs.settings import TRAINING_LABEL_REWARDS
 
 
 class RewardTracker:
@@ -37,9 +38,17 @@ class RewardTracker:
     it rewards correct targets, not what the student gains from them (a teacher that is right
     but unlearnable is still trusted); the training labels it reads are the ones the student's
     own CE term uses, never the validation or test labels.
+
+    Label regimes: ``"label_logprob"`` reads the training labels (:data:`TRAINING_LABEL_REWARDS`),
+    so it is refused under ``labels="none"`` and, under ``labels="noisy"``, pays for the noisy
+    labels the student is given. ``"neg_loss"`` has no CE term without labels (it is then the
+    negative weighted distillation loss); the validation rewards read the validation split,
+    which keeps its true labels in every regime.
     """
 
     def __init__(self, engine: DistillationEngine, mode: str, probe_size: int, scale: float) -> None:
+        if engine.config.label_free and mode in TRAINING_LABEL_REWARDS:
+            raise ValueError(f"reward_mode={mode!r} reads the training labels, which the label-free regime (labels='none') withholds")
         self.engine = engine
         self.mode = mode
         self.probe_size = probe_size

@@ -13,6 +13,12 @@ STATE_PARTS = ("performance", "gap")
 STORE_DTYPES = ("float16", "float32")
 PROTOCOLS = ("default", "official")
 FEATURE_TERMS = ("mse", "camkd")
+LABEL_REGIMES = ("full", "none", "noisy")  # = kd_env.data.labels.LABEL_REGIMES (kept importable without torch)
+LABEL_NOISE_KINDS = ("symmetric", "pairs")
+TRAINING_LABEL_REWARDS = ("label_logprob",)
+"""Reward modes that read the training labels: refused under ``labels="none"``. The others do not:
+``neg_loss`` is the weighted training loss, which has no CE term without labels; ``val_loss_delta``
+and ``val_acc`` read the validation split, which keeps its labels in every regime."""
 
 # Per-dataset defaults: the CIFAR ones are MTKD-RL's recipe; the CPU ones are sized for 2 cores.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -94,6 +100,23 @@ class KDEnvSettings:
     store_dtype: str = "float16"
     synthetic: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the synthetic dataset (``num_classes``, ``image_size``, ...)."""
+    labels: str = "full"
+    """The label regime of the *training* split (validation and test keep their true labels in
+    every regime: model selection, validation rewards and reported numbers read them).
+    ``"full"``: the true labels. ``"none"``: no training labels: the student learns from the
+    teachers alone (no CE term), every observation column that reads a training label is absent
+    (teacher CE and accuracy, the student's CE), and a reward, feature term or policy that needs
+    them is refused at construction. ``"noisy"``: ``label_noise`` of the training labels are
+    corrupted once, from ``label_noise_seed``; the CE term and every label-based column see the
+    noisy labels, as a user with noisy data would."""
+    label_noise: float | None = None
+    """``labels="noisy"`` only (and required there): the fraction of training labels made wrong,
+    in ``[0, 1)``; exactly ``round(label_noise * N)`` labels change."""
+    label_noise_kind: str = "symmetric"
+    """``labels="noisy"`` only: ``"symmetric"`` (a wrong label is another class, uniformly) or
+    ``"pairs"`` (class ``c`` becomes ``(c + 1) mod C``)."""
+    label_noise_seed: int | None = None
+    """``labels="noisy"`` only: the seed of the corruption; ``None`` derives one from ``split_seed``."""
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> KDEnvSettings:
@@ -143,6 +166,40 @@ class KDEnvSettings:
             )
         if self.feature_term == "camkd" and not self.feature_kd:
             raise ValueError("feature_term='camkd' is a feature-KD term: set feature_kd=True (or feature_term='mse')")
+        self._check_label_regime()
+
+    def _check_label_regime(self) -> None:
+        """The label regime and its noise arguments, and what the label-free regime refuses."""
+        if self.labels not in LABEL_REGIMES:
+            raise ValueError(f"labels must be one of {LABEL_REGIMES}, got {self.labels!r}")
+        if self.labels == "noisy":
+            rate = self.label_noise
+            if rate is None:
+                raise ValueError("labels='noisy' needs label_noise, the fraction of training labels made wrong, in [0, 1)")
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate < 1:  # NaN fails too
+                raise ValueError(f"label_noise must be a number in [0, 1), got {rate!r}")
+            if self.label_noise_kind not in LABEL_NOISE_KINDS:
+                raise ValueError(f"label_noise_kind must be one of {LABEL_NOISE_KINDS}, got {self.label_noise_kind!r}")
+        else:
+            # a noise argument that would be ignored runs another experiment than the one asked for
+            for name, value, default in (
+                ("label_noise", self.label_noise, None),
+                ("label_noise_kind", self.label_noise_kind, "symmetric"),
+                ("label_noise_seed", self.label_noise_seed, None),
+            ):
+                if value != default:
+                    raise ValueError(f"{name}={value!r} applies to labels='noisy' only, got labels={self.labels!r}")
+        if self.labels == "none":
+            if self.reward_mode in TRAINING_LABEL_REWARDS:
+                raise ValueError(
+                    f"reward_mode={self.reward_mode!r} reads the training labels, which labels='none' withholds; "
+                    f"allowed with labels='none': {[mode for mode in REWARD_MODES if mode not in TRAINING_LABEL_REWARDS]}"
+                )
+            if self.feature_term == "camkd":
+                raise ValueError(
+                    "feature_term='camkd' weights each teacher by its head's CE on the training label, which labels='none' "
+                    "withholds; use feature_term='mse' with labels='none'"
+                )
 
     @property
     def effective_val_fraction(self) -> float:
@@ -205,6 +262,7 @@ _OPTIONAL = {
     "augment",
     "max_steps_per_epoch",
     "train_size",
+    "label_noise_seed",
 }
 _BOOL_FIELDS = ("download", "verify_checksums", "train_teachers", "feature_kd", "augment", "teacher_store")
 _STR_FIELDS = (
@@ -219,6 +277,8 @@ _STR_FIELDS = (
     "store_dtype",
     "protocol",
     "feature_term",
+    "labels",
+    "label_noise_kind",
 )
 _INT_MINIMUM = {
     "epochs": 1,
@@ -229,6 +289,7 @@ _INT_MINIMUM = {
     "split_seed": 0,
     "train_size": 2,
     "feature_kd_from_epoch": 0,
+    "label_noise_seed": 0,
 }
 # name -> (minimum or None, strictly greater)
 _FLOAT_MINIMUM: dict[str, tuple[float | None, bool]] = {

@@ -53,7 +53,7 @@ class RunLogger:
             self._scalar(f"loss/kd/{name}", value)
         self._scalar("reward/mean", reward_mean)
         self._scalar("loss/total", info["loss"])
-        self._scalar("loss/ce", info["ce"])
+        self._scalar("loss/ce", info.get("ce", float("nan")))  # absent in the label-free regime
         self._scalar("train/lr", info["lr"])
         self._scalar("train/epoch", info["epoch"])
         if self.step % self.stride == 0:

@@ -77,6 +77,15 @@ def summary_table(
     return rows
 
 
+def _estimate(point: float, low: float, high: float, digits: int) -> str:
+    """``point [low, high]``; ``n/a`` for what the number of runs does not define."""
+
+    def number(value: float) -> str:
+        return f"{value:.{digits}f}" if np.isfinite(value) else "n/a"
+
+    return f"{number(point)} [{number(low)}, {number(high)}]" if np.isfinite(low) and np.isfinite(high) else f"{number(point)} [n/a]"
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]], digits: int = 3) -> str:
     """A markdown table of :func:`summary_table` rows: ``point [low, high]`` per estimate."""
     if not rows:
@@ -88,7 +97,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], digits: int = 3) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["method"], row["group"], f"{row['runs']} x {row['tasks']}"]
-        cells += [f"{row[k]:.{digits}f} [{row[k + '_ci_low']:.{digits}f}, {row[k + '_ci_high']:.{digits}f}]" for k in estimates]
+        cells += [_estimate(row[k], row[k + "_ci_low"], row[k + "_ci_high"], digits) for k in estimates]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
