@@ -254,10 +254,22 @@ def policy_names() -> list[str]:
 def import_policy_modules(modules: Iterable[str]) -> None:
     """Import ``modules`` (so that their :func:`register_policy` calls run).
 
+    An entry is a module name (importable: installed, or on ``PYTHONPATH``), a ``.py`` file (loaded
+    as the module named after the file, once per process), or an experiment file (``.yaml`` /
+    ``.yml``, :mod:`kd_env.comparison.spec`: its inline teacher pools are registered).
+
     Raises:
-        ValueError: a module cannot be found (an error *inside* a module propagates as is).
+        ValueError: a module or file cannot be found (an error *inside* a module propagates as is).
     """
     for module in modules:
+        if module.endswith((".yaml", ".yml")):
+            from kd_env.comparison.spec import import_spec_pools  # lazily: the benchmark is not the registry's business
+
+            import_spec_pools(module)
+            continue
+        if module.endswith(".py"):
+            _import_file(Path(module))
+            continue
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
@@ -265,8 +277,35 @@ def import_policy_modules(modules: Iterable[str]) -> None:
                 raise  # the module exists but something it imports is missing: its own error
             raise ValueError(
                 f"cannot import {module!r} (--import / RunConfig.imports): {exc}. The module must be importable "
-                "by name: install it, or put its folder on PYTHONPATH (e.g. PYTHONPATH=. kd-env train ...)"
+                "by name: install it, or put its folder on PYTHONPATH (e.g. PYTHONPATH=. kd-env train ...), "
+                "or give the path of its .py file"
             ) from exc
+
+
+def _import_file(path: Path) -> None:
+    """Run a ``.py`` file as the module named after it (``my_policies.py``: ``my_policies``), so that
+    its classes pickle under that name; a second import of the same file does nothing."""
+    import importlib.util
+    import sys
+
+    path = path.resolve()
+    if not path.is_file():
+        raise ValueError(f"cannot import {str(path)!r} (--import / RunConfig.imports): no such file")
+    name = path.stem
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        if Path(getattr(loaded, "__file__", "") or "").resolve() == path:
+            return
+        raise ValueError(f"cannot import {str(path)!r}: a module named {name!r} is loaded already ({loaded!r}); rename the file")
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
 
 
 # ------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Commands:
     kd-env demo                                   # the main job (see README)
     kd-env train --env ID --agent NAME [--per-sample] [--env-arg k=v ...] [--import MODULE] [--resume]
     kd-env bench --preset quick|suite|fmnist|cifar100-paper [--out DIR] [--jobs N]
+    kd-env bench --spec my_experiment.yaml [--out DIR]  # an experiment file; --show-preset NAME prints one
     kd-env data check|fetch DATASET
     kd-env teachers train --dataset fashion_mnist [--arch mlp --arch cnn_w16 ...] [--epochs N]
     kd-env teachers list [--dataset NAME] [--json]

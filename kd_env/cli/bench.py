@@ -18,10 +18,21 @@ def add_bench_parser(subparsers: Any) -> None:
     bench = subparsers.add_parser(
         "bench",
         help="run methods x scenarios x seeds through the same runner; tables, statistics and plots",
-        description="Presets: " + "; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items()),
+        description="Runs a built-in preset (--preset) or an experiment file (--spec FILE: a YAML file that says what a preset "
+        "says; `--show-preset suite > mine.yaml` prints one to start from). Presets: "
+        + "; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items()),
     )
-    bench.add_argument("--preset", default="quick", choices=sorted(PRESETS))
-    bench.add_argument("--out", default=None, help="output folder (default: results/<preset>)")
+    what = bench.add_mutually_exclusive_group()
+    what.add_argument("--preset", default=None, choices=list(PRESETS), help="a built-in preset (default: quick)")
+    what.add_argument("--spec", default=None, metavar="FILE", help="an experiment file (YAML): env, scenarios, methods, seeds, ...")
+    what.add_argument(
+        "--show-preset",
+        default=None,
+        choices=list(PRESETS),
+        metavar="NAME",
+        help="print a built-in preset's file (to copy and edit) and exit",
+    )
+    bench.add_argument("--out", default=None, help="output folder (default: results/<preset or file name>)")
     bench.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help="override an env argument of every run")
     bench.add_argument("--jobs", type=int, default=1, help="runs at once on this machine (the cores are divided among them)")
     bench.add_argument(
@@ -71,6 +82,11 @@ def _add_executor_args(bench: argparse.ArgumentParser) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     from kd_env.comparison.sweep import DEFAULT_RETRIES, SweepFailedError
 
+    if getattr(args, "show_preset", None):
+        from kd_env.comparison.spec import preset_text
+
+        print(preset_text(args.show_preset), end="")
+        return 0
     jobs = getattr(args, "jobs", 1)
     retries = DEFAULT_RETRIES if getattr(args, "retries", None) is None else args.retries
     if jobs < 1 or retries < 0:
@@ -84,10 +100,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     threads = _apply_threads(getattr(args, "threads", None), jobs=jobs) if executor == "local" else None
     from kd_env.comparison import run_benchmark
 
-    out = args.out or f"results/{args.preset}"
+    preset: Any = getattr(args, "preset", None) or "quick"
+    if getattr(args, "spec", None):
+        from kd_env.comparison.spec import load_spec
+
+        # read and checked before anything runs: a bad file is one line naming the key and its line
+        preset = load_spec(args.spec)
+    out = args.out or f"results/{preset if isinstance(preset, str) else preset.name}"
     try:
         run_benchmark(
-            args.preset,
+            preset,
             out,
             _key_values(args.env_arg, "--env-arg"),
             progress=not args.no_progress,

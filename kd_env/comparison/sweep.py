@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -70,6 +70,15 @@ def run_name(method: Method, scenario: str | None, student: str | None, seed: in
     return "__".join(part for part in parts if part)
 
 
+def _imports(preset: Preset, out: Path, imports: list[str] | None) -> list[str]:
+    """What every run imports: the preset's modules, the caller's, and the sweep's ``spec.yaml``
+    when the preset declares pools of its own (the run's process registers them from it)."""
+    from kd_env.comparison.spec import SPEC_FILE
+
+    spec_file = [str((out / SPEC_FILE).resolve())] if preset.pools else []
+    return list(dict.fromkeys([*preset.imports, *(imports or []), *spec_file]))
+
+
 def _env_kwargs(
     preset: Preset, method: Method, scenario: str | None, student: str | None, overrides: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -111,7 +120,7 @@ def pretraining_run(
         student_runs=pretrain.student_runs,
         checkpoint_every=checkpoint_every,
         progress=False,
-        imports=list(imports or []),
+        imports=_imports(preset, out, imports),
     )
     return PlannedRun(method, scenario, student, config)
 
@@ -146,7 +155,7 @@ def plan(
                         seed=seed,
                         checkpoint_every=checkpoint_every,
                         progress=False,
-                        imports=list(imports or []),
+                        imports=_imports(preset, out, imports),
                     )
                     runs.append(PlannedRun(method, scenario, student, config))
     return runs
@@ -342,7 +351,7 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 def resolve_preset(preset: str | Preset) -> tuple[str, Preset]:
     """``(name, preset)`` for a preset name of :data:`PRESETS` or a :class:`Preset`."""
     if isinstance(preset, Preset):
-        return "custom", preset
+        return preset.name or "custom", preset
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     return preset, PRESETS[preset]
@@ -370,14 +379,23 @@ def run_benchmark(
             (the others are kept; rerunning the command continues where it stopped).
     """
     from kd_env.comparison.report import write_report, write_report_with_failures
+    from kd_env.comparison.spec import check_spec, fold_overrides, record_spec
 
     preset_name, preset = resolve_preset(preset)
+    # what runs, in one place: the overrides and imports folded into the preset, which is checked
+    # (nothing runs on a bad one) and kept in the output folder (a resume of another is refused)
+    preset = fold_overrides(preset, overrides)
+    # a .py file by its absolute path: the runs may start in another folder (a Ray node)
+    files = [str(Path(entry).resolve()) if entry.endswith((".py", ".yaml", ".yml")) else entry for entry in imports or []]
+    preset = replace(preset, name=preset_name, imports=list(dict.fromkeys([*preset.imports, *files])))
+    check_spec(preset, f"preset {preset_name}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = plan(preset, out, overrides, imports)
-    pretraining = plan_pretraining(preset, out, overrides, imports)
+    record_spec(preset, out)
+    runs = plan(preset, out)
+    pretraining = plan_pretraining(preset, out)
     if not all(run.done for run in runs + pretraining):
-        prepare_teachers(preset, overrides)
+        prepare_teachers(preset)
     if executor == "local":
         executor = LocalExecutor(jobs, threads, retries)
     elif executor == "ray":
