@@ -33,6 +33,7 @@ from torch.func import functional_call
 
 from kd_env.checkpoint_io import read_checkpoint, write_checkpoint
 from kd_env.engine import StepBatch
+from kd_env.engine.modes import entry_point
 
 from .mmkd_meta import (
     HardBatch,
@@ -259,6 +260,7 @@ class MMKD(BaselinePolicy):
 
         return forward
 
+    @entry_point  # second-order gradients, even when predict is called under no_grad
     def meta_step(self) -> None:
         """The authors' meta step on a hard-buffer batch (:func:`meta_update`); the student is untouched."""
         engine = self.engine

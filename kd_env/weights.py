@@ -88,11 +88,25 @@ def action_to_weights(
 
 
 def validate_action(action: Any, shape: tuple[int, ...], action_mode: str, num_teachers: int) -> np.ndarray:
-    """Check an action (ValueError naming the problem) and return it as a float32 array."""
+    """Check an action (ValueError naming the problem) and return it as a float32 array.
+
+    Any real dtype is taken (NumPy's float64 default, a torch tensor, one that still requires
+    grad, on any device) and applied as the float32 the action space holds, so a float64
+    action equals its float32 rounding to the bit. Values beyond float32's range are checked on
+    that rounding too: softmax logits become +-inf and are clipped to the Box like any other
+    out-of-bounds logit; simplex and raw weights would become inf or a zero head, an error here
+    rather than NaN weights in the engine.
+    """
+    if isinstance(action, torch.Tensor):
+        action = action.detach().cpu()  # a policy's output may still carry its graph
     array = np.asarray(action)
     check_action(array, shape, mode=action_mode)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: handled below
+        cast = array.astype(np.float32)
+    if action_mode != "softmax" and not np.all(np.isfinite(cast)):
+        raise ValueError(f"action_mode={action_mode!r} weights beyond float32's range (max {float(array.max()):.3g}); rescale them")
     if action_mode == "simplex":
-        head_sums = array.reshape(*array.shape[:-1], -1, num_teachers).sum(-1)
+        head_sums = cast.reshape(*cast.shape[:-1], -1, num_teachers).sum(-1)
         if np.any(head_sums <= 0):
-            raise ValueError("action_mode='simplex' weights of a head sum to zero; give at least one teacher weight > 0")
-    return array.astype(np.float32)
+            raise ValueError("action_mode='simplex' weights of a head sum to zero (in float32); give at least one teacher weight > 0")
+    return cast

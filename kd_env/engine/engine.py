@@ -31,6 +31,7 @@ from kd_env.engine.losses import (
     per_sample_kd_loss,
     weighted_teacher_sum,
 )
+from kd_env.engine.modes import entry_point, student_autograd
 from kd_env.engine.state import (
     all_finite,
     frozen_batchnorm,
@@ -59,6 +60,7 @@ class DistillationEngine:
         teacher_names: names used in logs and observations.
     """
 
+    @student_autograd()  # tensors kept from here (teacher outputs in memory) must not be inference tensors
     def __init__(
         self,
         student_factory: Callable[[], KDModel],
@@ -224,6 +226,9 @@ class DistillationEngine:
         return gather_teacher_outputs(self._teacher_output_chunks(), self.config.feature_kd)
 
     # ------------------------------------------------------------------ episode
+    # reset, step, rollback and load_state_dict build, train or prepare the student: entry
+    # points, run in the engine's own torch modes whatever the caller's context (see modes)
+    @entry_point
     def reset(self, seed: int) -> StepBatch:
         """Start a fresh student: new init, optimizer, schedule and data order, all from ``seed``."""
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
@@ -321,6 +326,7 @@ class DistillationEngine:
         return (1.0 - torch.softmax(head_ce, dim=1)) / (self.num_teachers - 1)
 
     # ------------------------------------------------------------------ the step
+    @entry_point
     def step(self, logit_weights: torch.Tensor, feature_weights: torch.Tensor | None = None) -> StepResult:
         """Update the student on the prepared batch with the given teacher weights.
 
@@ -407,6 +413,7 @@ class DistillationEngine:
         """Every parameter, BN statistic and momentum entry finite (one reduction, one sync)."""
         return all_finite(self._trainable_tensors())
 
+    @entry_point
     def rollback(self, result: StepResult | None = None) -> None:
         """Undo the last update: the student's and adapters' parameters, BN statistics and the
         optimizer's momentum go back to their values before it, and the episode ends as diverged
@@ -519,6 +526,7 @@ class DistillationEngine:
             "torch_rng_state": torch.get_rng_state(),
         }
 
+    @entry_point
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict`; the prepared batch is rebuilt exactly as it was."""
         if list(state.get("teacher_names", [])) != self.teacher_names:

@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from kd_env.engine.modes import entry_point
 from kd_env.envs.core import (
     KDEnvCore,
     checkpoint_option,
@@ -161,6 +162,7 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
         self._shown = True  # "human" mode: whether the current state was printed already
 
     # ------------------------------------------------------------------ Gymnasium API
+    @entry_point  # the env's torch modes, not the caller's (skrl, CleanRL-style loops step under no_grad)
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         checkpoint = checkpoint_option(seed, options)
         super().reset(seed=seed)
@@ -175,6 +177,7 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
         self._after_update()
         return observation, dict(self._last_info)
 
+    @entry_point  # the env's torch modes, not the caller's (skrl, CleanRL-style loops step under no_grad)
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if self._last_observation is None:
             raise RuntimeError("call reset() before step()")

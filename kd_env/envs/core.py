@@ -18,6 +18,7 @@ from gymnasium import spaces
 
 from kd_env.checkpoint_io import read_checkpoint, write_checkpoint
 from kd_env.engine import DistillationEngine, StepResult
+from kd_env.engine.modes import entry_point, student_autograd
 from kd_env.envs.assembly import build_engine
 from kd_env.envs.rewards import RewardTracker
 from kd_env.envs.settings import KDEnvSettings
@@ -151,6 +152,9 @@ class KDEnvCore:
     _np_random_seed: int | None
     _last_observation: np.ndarray | None
 
+    # construction (teachers trained on first use, data, kept teacher outputs), reset, step and
+    # checkpoint restores run in the env's own torch modes, not the caller's (engine/modes.py)
+    @student_autograd()
     def _setup_core(self, kwargs: dict[str, Any], init_args: dict[str, Any]) -> None:
         """Build settings and engine from ``kwargs``; ``init_args`` are the constructor's
         arguments as given (what :meth:`__setstate__` rebuilds the env from)."""
@@ -158,7 +162,7 @@ class KDEnvCore:
         self._init_args = copy.deepcopy(init_args)
         self._resources_digest: str | None = None
         self._clip_warned = False
-        self.settings = KDEnvSettings.from_kwargs(**kwargs)
+        self.settings = KDEnvSettings.from_kwargs(f"{type(self).__name__}.__init__", **kwargs)
         self.engine = build_engine(self.settings)
         self.teacher_names = list(self.engine.teacher_names)
         self.num_teachers = self.engine.num_teachers
@@ -249,6 +253,7 @@ class KDEnvCore:
         and so does ``reset(options={"checkpoint": path})`` (through any wrapper)."""
         return write_checkpoint(path, CHECKPOINT_FORMAT, self._training_state())
 
+    @entry_point  # checkpoint tensors (momentum, BN statistics) must not be inference tensors
     def load(self, path: str | Path) -> None:
         """Restore a :meth:`save` checkpoint; ``ValueError`` names what does not match.
 
@@ -323,6 +328,7 @@ class KDEnvCore:
             "view": self._view_state(),
         }
 
+    @student_autograd()  # checkpoint tensors (momentum, BN statistics) must not be inference tensors
     def __setstate__(self, state: dict[str, Any]) -> None:
         if not isinstance(state, dict) or state.get("format") != PICKLE_FORMAT:
             raise pickle.UnpicklingError(f"not a pickled kd-env environment (format {PICKLE_FORMAT})")

@@ -12,6 +12,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from kd_env.engine.modes import entry_point
 from kd_env.envs.core import (
     KDEnvCore,
     checkpoint_option,
@@ -109,6 +110,9 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+    # Gymnasium's own vector envs carry it as an attribute too, and tools read that (torchrl's
+    # GymWrapper: AttributeError without it)
+    autoreset_mode = AutoresetMode.NEXT_STEP
 
     def __init__(
         self,
@@ -165,6 +169,7 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
         self._observation_indices: torch.Tensor | None = None  # training rows of _last_observation
         self._exact_rebuild: bool | None = None  # checked on the first compact_states call
 
+    @entry_point  # the env's torch modes, not the caller's (skrl, CleanRL-style loops step under no_grad)
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         checkpoint = checkpoint_option(seed, options)
         super().reset(seed=seed)
@@ -177,6 +182,7 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
         self._needs_reset = False
         return self._observation(), {}
 
+    @entry_point  # the env's torch modes, not the caller's (skrl, CleanRL-style loops step under no_grad)
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if self._last_observation is None:
             raise RuntimeError("call reset() before step()")

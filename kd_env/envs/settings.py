@@ -119,11 +119,23 @@ class KDEnvSettings:
     """``labels="noisy"`` only: the seed of the corruption; ``None`` derives one from ``split_seed``."""
 
     @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> KDEnvSettings:
+    def from_kwargs(cls, caller: str = "KDEnvSettings", /, **kwargs: Any) -> KDEnvSettings:
+        """Checked settings from an env's keyword arguments; ``caller`` names the callable in errors.
+
+        Raises:
+            TypeError: an unknown argument, in Python's own wording (``caller() got an unexpected
+                keyword argument 'name'``), then every unknown one and the known ones. Tools
+                match Python's wording to retry without an optional argument: torchrl's
+                ``GymEnv`` passes ``frameskip=1`` and drops it on that message.
+            ValueError: a known argument with a bad value (see :meth:`validate`).
+        """
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(f"unknown environment argument(s) {unknown}; known: {sorted(known)}")
+        unknown_in_order = [name for name in kwargs if name not in known]  # Python names the first one given
+        if unknown_in_order:
+            raise TypeError(
+                f"{caller}() got an unexpected keyword argument {unknown_in_order[0]!r} "
+                f"(unknown environment argument(s) {sorted(unknown_in_order)}; known: {sorted(known)})"
+            )
         settings = cls(**kwargs)
         settings.validate()
         return settings

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from kd_env.checkpoint_io import read_checkpoint, write_checkpoint
+from kd_env.engine.modes import student_autograd
 
 from .checkpoints import _cpu_state_dict, _partial_path, save_teacher, teacher_path
 from .evaluation import accuracy_by_class_group, channels_last_input, evaluate_accuracy, predict_classes, uses_conv
@@ -179,6 +180,7 @@ def _train_epoch(
     return float(loss_sum.item()) / max(1, seen)
 
 
+@student_autograd()  # trained on first use, possibly while an env is built under a caller's no_grad
 def train_teacher(
     arch: str,
     dataset: Any,
