@@ -64,6 +64,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CERoute",
     "CESoftmax",
+    "LABEL_CONFIDENCE_RULES",
     "EBKD",
     "BaselinePolicy",
     "BestTeacher",
@@ -311,6 +312,9 @@ class NoKD(BaselinePolicy):
     def idle_weights(self) -> torch.Tensor:
         return no_kd_weights(self.num_teachers)
 
+
+#: The label-confidence rules: the bar a learned method that reads training labels must clear.
+LABEL_CONFIDENCE_RULES = ("ce-softmax", "ce-route")
 
 BASELINES: dict[str, type[BaselinePolicy]] = {
     "aver": AVER,

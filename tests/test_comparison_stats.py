@@ -194,3 +194,34 @@ def test_report_writes_tables_and_plots(tmp_path):
     assert_csv_matches_json(tmp_path / "stats.csv", rows)  # every column, every row
     markdown = (tmp_path / "stats.md").read_text()
     assert "| PPO | competitor | 5 x 3 |" in markdown and "P(X > AVER)" in markdown
+
+
+def test_leader_is_named_against_the_best_label_confidence_rule(tmp_path):
+    from kd_env.comparison.report import write_leader_comparison
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 0.01, size=(5, 2))
+    normalised = {
+        "Router": 0.95 + noise,
+        "CE softmax": 0.80 + noise[::-1],
+        "CE route": 0.70 + noise,
+        "EBKD": 0.10 + noise,
+        "Oracle": 1.0 + noise,
+    }
+    rows = write_leader_comparison(normalised, tmp_path, {"Oracle"}, {"CE softmax", "CE route"})
+    text = (tmp_path / "leader.md").read_text()
+    assert "**Router**" in text and "Against the strongest label-confidence rule, **CE softmax**" in text and "clears it" in text
+    assert {row["versus"] for row in rows if row["label_confidence_rule"]} == {"CE softmax", "CE route"}
+    # the same method level with the rule: named, and not called the leader over it
+    swings = np.array([[0.06, -0.05], [-0.05, 0.06], [0.06, -0.05], [-0.05, 0.06], [0.06, -0.05]])  # ahead on average, not reliably
+    normalised["Router"] = normalised["CE softmax"] + swings
+    write_leader_comparison(normalised, tmp_path, {"Oracle"}, {"CE softmax", "CE route"})
+    text = (tmp_path / "leader.md").read_text()
+    assert "**Router**" in text and "does **not** clear it" in text
+    # the rule itself leads: said so
+    normalised["CE softmax"] = normalised["Router"] + 0.1
+    write_leader_comparison(normalised, tmp_path, {"Oracle"}, {"CE softmax", "CE route"})
+    assert "The leader is a label-confidence rule (no learning): **CE softmax**" in (tmp_path / "leader.md").read_text()
+    # without such a rule in the comparison: no sentence
+    write_leader_comparison({k: v for k, v in normalised.items() if not k.startswith("CE")}, tmp_path, {"Oracle"}, set())
+    assert "label-confidence" not in (tmp_path / "leader.md").read_text()

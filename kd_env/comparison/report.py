@@ -196,14 +196,29 @@ def write_statistics(runs: Sequence[PlannedRun], out: Path, preset: Preset) -> l
         (out / "stats.md").write_text(f"Normalised scores not computed: {exc}\n")
         return None
     rows = stats.write_report(normalised, out, baseline=preset.baseline, references=preset.references())
-    write_leader_comparison(normalised, out, preset.references())
+    write_leader_comparison(normalised, out, preset.references(), label_confidence_methods(preset))
     return rows
 
 
-def write_leader_comparison(normalised: dict[str, np.ndarray], out: Path, references: set[str]) -> list[dict[str, Any]]:
+def label_confidence_methods(preset: Preset) -> set[str]:
+    """Labels of the preset's methods that are label-confidence rules (``ce-softmax``,
+    ``ce-route``): the strongest simple rules wherever training labels are read, the bar a
+    learned method must clear (issue #22)."""
+    from kd_env.baselines.policies import LABEL_CONFIDENCE_RULES
+
+    return {method.label for method in preset.methods if method.agent in LABEL_CONFIDENCE_RULES and not method.reference}
+
+
+def write_leader_comparison(
+    normalised: dict[str, np.ndarray], out: Path, references: set[str], label_rules: set[str] | frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
     """``leader.md/.json``: the competitor with the highest IQM normalised score against every
     other method: the paired (by seed, stratified by scenario) bootstrap CI of the IQM difference
-    and the probability of improvement with its CI. "Leads" means the difference's CI is above 0."""
+    and the probability of improvement with its CI. "Leads" means the difference's CI is above 0.
+
+    ``label_rules``: the methods that are label-confidence rules; the leader is named against the
+    best of them (by IQM) in a sentence of its own, since a learned method that reads the labels
+    only counts as the leader where it clears that bar."""
     competitors = [name for name in normalised if name not in references]
     if not competitors:
         return []
@@ -224,12 +239,14 @@ def write_leader_comparison(normalised: dict[str, np.ndarray], out: Path, refere
                 "p_improvement_ci_low": round(improvement.low, 3),
                 "p_improvement_ci_high": round(improvement.high, 3),
                 "leads": difference.low > 0,
+                "label_confidence_rule": other in label_rules,
             }
         )
     lines = [
         f"The leader among the competing methods by IQM normalised score: **{leader}**. Against every other method: "
         "IQM difference [95% paired stratified-bootstrap CI] and probability of improvement [95% CI].",
         "",
+        *_label_rule_bar(leader, rows, normalised, label_rules),
         "| versus | kind | IQM difference | 95% CI | P(leader > versus) | 95% CI | leads |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -242,6 +259,29 @@ def write_leader_comparison(normalised: dict[str, np.ndarray], out: Path, refere
     (out / "leader.md").write_text("\n".join(lines) + "\n")
     (out / "leader.json").write_text(json.dumps(rows, indent=1))
     return rows
+
+
+def _label_rule_bar(
+    leader: str, rows: list[dict[str, Any]], normalised: dict[str, np.ndarray], label_rules: set[str] | frozenset[str]
+) -> list[str]:
+    """The leader against the best label-confidence rule, as a paragraph (none without such a rule)."""
+    present = [name for name in normalised if name in label_rules]
+    if not present:
+        return []
+    best = max(present, key=lambda name: float(stats.iqm(normalised[name])))
+    if leader in label_rules:
+        return [f"The leader is a label-confidence rule (no learning): **{leader}** is the bar, and no method clears it.", ""]
+    row = next(r for r in rows if r["versus"] == best)
+    verdict = (
+        "the leader clears it (the CI is above 0)"
+        if row["leads"]
+        else "the leader does **not** clear it (the CI reaches 0 or below): no method leads the rule that reads the same labels"
+    )
+    return [
+        f"Against the strongest label-confidence rule, **{best}**: IQM difference {row['iqm_difference']:.3f} "
+        f"[{row['iqm_difference_ci_low']:.3f}, {row['iqm_difference_ci_high']:.3f}]; {verdict}.",
+        "",
+    ]
 
 
 def plot(runs: Sequence[PlannedRun], out: Path) -> None:
