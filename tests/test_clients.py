@@ -374,3 +374,25 @@ def test_cleanrl_style_ppo_loop_stepping_under_no_grad_trains_agent_and_students
     # 8 steps through 5-update episodes with next-step autoreset: 5 updates, a reset step, 2 updates
     assert [env.unwrapped.engine.global_step for env in inner] == [2] * len(inner)
     envs.close()
+
+
+# ---------------------------------------------------------------------- MMKD's meta step
+def test_mmkd_driven_under_no_grad_takes_the_same_meta_steps_and_actions_as_outside():
+    from kd_env.baselines import MMKD
+
+    def run(context: Callable[[], AbstractContextManager[Any]]) -> tuple[list[np.ndarray], dict[str, torch.Tensor], int]:
+        env = PerSampleKDVectorEnv(num_envs=SLOTS, dataset="synthetic", action_mode="simplex", epochs=2, max_steps_per_epoch=6)
+        policy = MMKD(env, buffer_size=16)
+        actions = []
+        with context():  # predict (and the meta step it owes) and step, as a no_grad evaluation loop would
+            observation, _ = env.reset(seed=0)
+            for _ in range(7):
+                action, _ = policy.predict(observation)
+                actions.append(action)
+                observation, *_ = env.step(action)
+        return actions, policy.nets.state_dict(), policy.meta_steps
+
+    reference = run(nullcontext)
+    assert reference[2] == 2  # owed by updates 0 and 5 (the epoch's last), taken before updates 1 and 6
+    for context in (torch.no_grad, torch.inference_mode):
+        _assert_bitwise_equal(run(context), reference)
