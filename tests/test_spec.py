@@ -32,12 +32,34 @@ def _plan(preset: Preset, out: Path) -> list[tuple[str, dict]]:
 def test_each_shipped_file_plans_the_runs_of_its_python_preset(tmp_path, name):
     """The file is the preset: the same runs, in the same order, with the same names and settings
     (so sweeps finished before the presets became files resume), and the same report settings."""
-    assert sorted(PRESETS) == sorted(PRESETS_BEFORE)
+    assert set(PRESETS_BEFORE) <= set(PRESETS)  # the presets that existed as Python, plus the files added since
     loaded, before = PRESETS[name], PRESETS_BEFORE[name]
     assert _plan(loaded, tmp_path) == _plan(before, tmp_path)
     assert dataclasses.replace(loaded, name="") == before
     # and a file written from it reads back to it (what the output folder's spec.yaml relies on)
     assert parse_spec(dump_spec(loaded), check=False) == loaded
+
+
+SUITE_V2 = {"suite-v2-labels": "full", "suite-v2-label-free": "none", "suite-v2-noisy-labels": "noisy"}
+
+
+@pytest.mark.parametrize("name", sorted(SUITE_V2))
+def test_suite_v2_presets_plan_every_pool_method_and_seed_in_their_regime(tmp_path, name):
+    from kd_env.baselines import BASELINES
+    from kd_env.baselines.policies import LABEL_CONFIDENCE_RULES
+
+    preset = PRESETS[name]
+    assert preset.env_kwargs["labels"] == SUITE_V2[name] and preset.seeds == [0, 1, 2, 3, 4]
+    runs = sweep.plan(preset, tmp_path)
+    assert len(runs) == len(preset.scenarios) * len(preset.methods) * len(preset.seeds)
+    assert {run.config.env_kwargs["labels"] for run in runs} == {SUITE_V2[name]}
+    agents = {method.agent for method in preset.methods}
+    if SUITE_V2[name] == "none":  # nothing that the regime refuses
+        assert not any(getattr(BASELINES.get(agent), "needs_training_labels", False) for agent in agents if agent != "oracle")
+        assert not any(method.env_kwargs.get("reward_mode") == "label_logprob" for method in preset.methods)
+        assert {"overlap", "mixed", "noisy", "specialists"} <= set(preset.scenarios)
+    else:  # labels read: the label-confidence rules are in, as the bar
+        assert set(LABEL_CONFIDENCE_RULES) <= agents
 
 
 def test_show_preset_prints_the_file_to_start_from(tmp_path, capsys):
