@@ -360,6 +360,98 @@ def test_aekd_uniform_when_cap_below_one_over_k() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# the exact solver (issue #25): against an independent QP solution (SciPy's SLSQP) and FISTA
+# ------------------------------------------------------------------------------------------------
+
+
+def slsqp_min_norm(gram: np.ndarray, cap: float) -> np.ndarray:
+    """``min a^T G a`` on the capped simplex by SciPy's SLSQP at a tight tolerance (an independent
+    general-purpose QP solution; G scaled to max |G| = 1 so that ``ftol`` is relative)."""
+    from scipy.optimize import minimize
+
+    num = gram.shape[0]
+    scaled = gram / np.abs(gram).max()
+    result = minimize(
+        lambda a: a @ scaled @ a,
+        np.full(num, 1.0 / num),
+        jac=lambda a: 2.0 * scaled @ a,
+        method="SLSQP",
+        bounds=[(0.0, min(cap, 1.0))] * num,
+        constraints=[{"type": "eq", "fun": lambda a: a.sum() - 1.0, "jac": lambda a: np.ones(num)}],
+        options={"ftol": 1e-16, "maxiter": 1000},
+    )
+    assert result.success, result.message
+    return np.asarray(result.x)
+
+
+def _random_gram(rng: np.random.Generator, num: int, dim: int) -> np.ndarray:
+    # a shared component (teachers that agree) and a spread of scales, as AEKD's gradients have
+    vectors = rng.normal(size=(num, dim)) * rng.uniform(0.1, 1.0, size=(num, 1)) + rng.normal(size=dim) * rng.uniform(0.0, 3.0)
+    return vectors @ vectors.T
+
+
+@pytest.mark.parametrize("num", [2, 3, 4, 5, 8, 12, 16])
+def test_exact_min_norm_matches_an_independent_qp(num: int) -> None:
+    """Unique minimisers (``g_k`` affinely independent, rank-deficient Gram matrices included:
+    rank K - 1), caps inside (1/K, 1), at 1 and above 1: the weights agree within 1e-6."""
+    rng = np.random.default_rng(1000 + num)
+    for trial in range(12):
+        dim = (num - 1, num + 3, 30)[trial % 3]  # rank K - 1 (singular), K, K
+        gram = _random_gram(rng, num, max(dim, 1))
+        cap = (0.6 if 0.6 * num > 1 else 1.0, float(rng.uniform(1.0 / num, 1.0)), 1.0, 3.0)[trial % 4]
+        alpha = rules.capped_simplex_min_norm_exact(torch.from_numpy(gram), cap)
+        assert alpha.dtype == torch.float64 and alpha.shape == (num,)
+        alpha_np = alpha.numpy()
+        assert abs(alpha_np.sum() - 1.0) < 1e-12 and alpha_np.min() >= 0 and alpha_np.max() <= min(cap, 1.0) + 1e-12
+        assert_kkt(gram, alpha_np, min(cap, 1.0), tol=1e-9 * np.abs(gram).max())
+        np.testing.assert_allclose(alpha_np, slsqp_min_norm(gram, cap), atol=1e-6)
+
+
+@pytest.mark.parametrize("num", [3, 6, 16])
+def test_exact_min_norm_degenerate_cases(num: int) -> None:
+    rng = np.random.default_rng(2000 + num)
+    uniform = np.full(num, 1.0 / num)
+    gram = _random_gram(rng, num, 8)
+    # cap below 1/K (infeasible: the official code's clamp) and at 1/K (the single feasible point)
+    for cap in (0.5 / num, 1.0 / num):
+        np.testing.assert_array_equal(rules.capped_simplex_min_norm_exact(gram, cap).numpy(), uniform)
+    # identical gradients, and all-zero ones: every feasible point is optimal, uniform as FISTA
+    same = np.tile(rng.normal(size=(1, 5)), (num, 1))
+    np.testing.assert_allclose(rules.capped_simplex_min_norm_exact(same @ same.T, 0.6).numpy(), uniform, atol=1e-12)
+    np.testing.assert_array_equal(rules.capped_simplex_min_norm_exact(np.zeros((num, num)), 0.6).numpy(), uniform)
+    # more teachers than dimensions + 1 (rank 2): the minimiser is not unique, its value is
+    for cap in (0.6, 1.0):
+        low = _random_gram(rng, num, 2)
+        alpha = rules.capped_simplex_min_norm_exact(low, cap).numpy()
+        reference = slsqp_min_norm(low, cap)
+        assert alpha @ low @ alpha <= reference @ low @ reference + 1e-10 * np.abs(low).max()
+        assert_kkt(low, alpha, min(cap, 1.0), tol=1e-9 * np.abs(low).max())
+    # one teacher with a zero gradient (the others affinely independent and their hull away from
+    # 0): it takes the cap, the rest of the weight goes elsewhere
+    vectors = rng.normal(size=(num, 40))
+    vectors[0] = 0.0
+    alpha = rules.capped_simplex_min_norm_exact(vectors @ vectors.T, 0.6).numpy()
+    assert alpha[0] == pytest.approx(0.6, abs=1e-12)
+    assert torch.equal(rules.capped_simplex_min_norm_exact(np.ones((1, 1)), 0.6), torch.ones(1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="square"):
+        rules.capped_simplex_min_norm_exact(np.ones((2, 3)), 0.6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_exact_min_norm_matches_fista_on_aekd_gradients(seed: int) -> None:
+    """On AEKD's own Gram matrices (batch-mean gradients of the KD loss) the exact solver gives
+    the FISTA solver's weights within 1e-6, so it can replace it in :func:`rules.aekd_weights`."""
+    for num in (2, 4, 5, 8):
+        teacher = _logits(500 + seed * 10 + num, (num, 16, 10), scale=3.0).double().numpy()
+        student = _logits(600 + seed * 10 + num, (16, 10)).double().numpy()
+        grads = ref_aekd_gradients(teacher, student, 4.0)
+        gram = torch.from_numpy(grads @ grads.T)
+        for cap in (0.6, 1.0):
+            expected = rules.capped_simplex_min_norm(gram, cap)
+            torch.testing.assert_close(rules.capped_simplex_min_norm_exact(gram, cap), expected, atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------
 # loss scale, best teacher, random
 # ------------------------------------------------------------------------------------------------
 
