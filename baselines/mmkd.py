@@ -9,8 +9,9 @@ maps (the K teachers' and the student's) to its feature weights ``v_b``. The stu
 ``CE + alpha * mean_b sum_k w_bk KL_bk + beta * mean_b sum_k v_bk MSE_bk``; that loss never
 updates the two networks. They learn in a meta step (:func:`meta_update`): on a batch of the
 :class:`HardBuffer`, two look-ahead SGD steps on the matching loss ``alpha * L_KD + beta * L_feat``
-then one on CE, the CE of the same batch at the parameters reached, differentiated through the
-three steps into both networks, one Adam step; the student itself is left as it was.
+then one on CE, the CE of the same batch at the parameters reached, carried back through the
+three steps into both networks (the authors' adjoint by default, the exact derivative with
+``hypergradient="exact"``), one Adam step; the student itself is left as it was.
 
 The policy (:class:`MMKD`) runs on the per-sample env and drives the engine's own student: it
 reads the prepared batch, computes ``[w, v]`` per sample (the action's logit and feature heads)
@@ -36,11 +37,13 @@ from kd_env.engine import StepBatch
 from kd_env.engine.modes import entry_point
 
 from .mmkd_meta import (
+    HYPERGRADIENTS,
     HardBatch,
     MetaProblem,
     SGDSettings,
     StudentForward,
     StudentWithAdapters,
+    authors_meta_gradients,
     matching_loss,
     meta_gradients,
     meta_update,
@@ -61,6 +64,7 @@ __all__ = [
     "SGDSettings",
     "StudentForward",
     "StudentWithAdapters",
+    "authors_meta_gradients",
     "gram_rows",
     "matching_loss",
     "meta_gradients",
@@ -93,10 +97,6 @@ class MMKD(BaselinePolicy):
     * Feature alignment: the engine's adapters (1x1 conv + BN + ReLU; a larger student map is
       pooled to the teacher's size, a smaller one upsampled) instead of ``--convs`` (a 3-layer
       conv embed) and the authors' pooling of a larger *teacher* map to the student's size.
-    * The hypergradient is the derivative of the unrolled steps (``torch.func`` and
-      ``create_graph``, Nesterov included), the networks' inputs (detached student outputs)
-      held fixed as in the authors' code. Their ``MetaSGD.meta_backward`` uses the heavy-ball
-      adjoint, equal to it without Nesterov; their run uses ``--nesterov``.
     * The buffer holds training-set indices; a meta batch is augmented afresh (the policy's own
       generator), where the authors keep the augmented tensors seen in training.
     * The look-ahead runs on copies of the parameters and BatchNorm statistics, so the
@@ -117,6 +117,9 @@ class MMKD(BaselinePolicy):
         meta_weight_decay: Adam's weight decay.
         matching_steps: look-ahead steps on the matching loss before the CE step.
         factor: hidden-layer reduction of both networks.
+        hypergradient: ``"authors"`` (the authors' ``MetaSGD.meta_backward``: the heavy-ball
+            adjoint, also under Nesterov) or ``"exact"`` (the derivative of the Nesterov steps as
+            taken); see :class:`MetaProblem`.
     """
 
     name = "mmkd"
@@ -134,6 +137,7 @@ class MMKD(BaselinePolicy):
         meta_weight_decay: float = 1e-4,
         matching_steps: int = 2,
         factor: int = 2,
+        hypergradient: str = "authors",
     ) -> None:
         super().__init__(env)
         if not self.per_sample_env:
@@ -149,6 +153,8 @@ class MMKD(BaselinePolicy):
         for label, value, low in (("meta_freq", meta_freq, 1), ("matching_steps", matching_steps, 0), ("factor", factor, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
+        if hypergradient not in HYPERGRADIENTS:
+            raise ValueError(f"hypergradient must be one of {HYPERGRADIENTS}, got {hypergradient!r}")
         if not (meta_lr > 0 and meta_weight_decay >= 0):
             raise ValueError(f"meta_lr must be > 0 and meta_weight_decay >= 0, got {meta_lr} and {meta_weight_decay}")
         self.seed, self.meta_freq, self.matching_steps = int(seed), meta_freq, matching_steps
@@ -160,7 +166,9 @@ class MMKD(BaselinePolicy):
             "meta_weight_decay": float(meta_weight_decay),
             "matching_steps": matching_steps,
             "factor": factor,
+            "hypergradient": hypergradient,
         }
+        self.hypergradient = hypergradient
         device = self.engine.device
         with torch.random.fork_rng(devices=[]):  # the global RNG stays the env's and the user's
             torch.manual_seed(self.seed)
@@ -282,6 +290,7 @@ class MMKD(BaselinePolicy):
             beta=config.beta if (config.feature_kd and engine.epoch >= config.feature_kd_from_epoch) else 0.0,
             temperature=config.temperature,
             matching_steps=self.matching_steps,
+            hypergradient=self.hypergradient,
         )
         meta_update(problem, self.nets, self.optimizer)
         self.meta_steps += 1

@@ -16,11 +16,13 @@ from kd_env.models.base import KDModel
 from .mmkd_networks import MMKDWeightNets
 
 __all__ = [
+    "HYPERGRADIENTS",
     "HardBatch",
     "MetaProblem",
     "SGDSettings",
     "StudentForward",
     "StudentWithAdapters",
+    "authors_meta_gradients",
     "matching_loss",
     "meta_gradients",
     "meta_update",
@@ -115,6 +117,10 @@ class MetaProblem:
         beta: factor of its feature term (0: none).
         temperature: the KD temperature.
         matching_steps: look-ahead steps on the matching loss before the CE step.
+        hypergradient: ``"authors"`` (default): the authors' ``MetaSGD.meta_backward``, the
+            heavy-ball adjoint carried back through the recorded states even when the steps
+            were Nesterov steps (:func:`authors_meta_gradients`); ``"exact"``: the derivative of
+            the unrolled steps as taken (:func:`unrolled_outer_loss`). Equal without Nesterov.
     """
 
     forward: StudentForward
@@ -126,6 +132,10 @@ class MetaProblem:
     beta: float
     temperature: float
     matching_steps: int = 2
+    hypergradient: str = "authors"
+
+
+HYPERGRADIENTS = ("authors", "exact")
 
 
 def unrolled_outer_loss(problem: MetaProblem, nets: MMKDWeightNets) -> torch.Tensor:
@@ -146,10 +156,73 @@ def unrolled_outer_loss(problem: MetaProblem, nets: MMKDWeightNets) -> torch.Ten
 
 
 def meta_gradients(problem: MetaProblem, nets: MMKDWeightNets) -> list[torch.Tensor]:
-    """``d unrolled_outer_loss / d nets``, one tensor per parameter (zeros where it does not reach)."""
+    """``d outer CE / d nets``, one tensor per parameter (zeros where it does not reach), as
+    ``problem.hypergradient`` says: the authors' adjoint (:func:`authors_meta_gradients`) or the
+    exact derivative of :func:`unrolled_outer_loss`."""
+    if problem.hypergradient == "authors":
+        return authors_meta_gradients(problem, nets)
+    if problem.hypergradient != "exact":
+        raise ValueError(f"hypergradient must be one of {HYPERGRADIENTS}, got {problem.hypergradient!r}")
     parameters = list(nets.parameters())
     grads = torch.autograd.grad(unrolled_outer_loss(problem, nets), parameters, allow_unused=True)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(parameters, grads)]
+
+
+def _step_loss(problem: MetaProblem, nets: MMKDWeightNets, theta: list[torch.Tensor], matching: bool) -> torch.Tensor:
+    """One look-ahead step's objective at ``theta``: the matching loss, or the CE."""
+    output = problem.forward(theta)
+    if matching:
+        return matching_loss(output, problem.hard, nets, problem.alpha, problem.beta, problem.temperature)
+    return per_sample_cross_entropy(output[0], problem.hard.labels).mean()
+
+
+def _grads_or_zeros(output: torch.Tensor, inputs: list[torch.Tensor], create_graph: bool = False) -> list[torch.Tensor]:
+    """Gradients, zeros for an input ``output`` does not read (what the authors' torch 1.8
+    ``zero_grad`` left in ``p.grad``: CE does not read the adapters)."""
+    grads = torch.autograd.grad(output, inputs, allow_unused=True, create_graph=create_graph)
+    return [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads)]
+
+
+def authors_meta_gradients(problem: MetaProblem, nets: MMKDWeightNets) -> list[torch.Tensor]:
+    """The hypergradient as the authors' ``MetaSGD.meta_backward`` computes it (L2T-ww style).
+
+    Forward: the look-ahead steps as torch's SGD takes them (Nesterov included), each state
+    recorded. Backward, from the CE gradient at the last state: with ``a`` the adjoint of the
+    parameters and ``m`` that of the momentum buffer (0 at the end), at each recorded state
+    ``theta_t`` the step's gradient ``g_t`` is re-taken with ``create_graph`` and
+    ``X = g_t . (m - lr a)`` is differentiated: into the weight networks (summed over the
+    steps: the hypergradient) and into ``theta_t`` (a Hessian-vector product ``h``); then
+    ``a <- a (1 - lr wd) + wd m + h`` and ``m <- momentum (m - lr a)``. That is the exact adjoint
+    of heavy-ball SGD; a Nesterov step (``theta -= lr (d + momentum buf)``) has another one,
+    which the authors' code does not use: their ``--nesterov`` run gets this one.
+    """
+    sgd = problem.sgd
+    parameters: list[torch.Tensor] = list(nets.parameters())
+    theta = [p.detach().clone() for p in problem.params]
+    buffers = [b.detach().clone() for b in problem.momentum_buffers]
+    states: list[tuple[list[torch.Tensor], bool]] = []
+    for matching in [True] * problem.matching_steps + [False]:
+        states.append((theta, matching))
+        leaves = [p.clone().requires_grad_(True) for p in theta]
+        grads = _grads_or_zeros(_step_loss(problem, nets, leaves, matching), leaves)
+        with torch.no_grad():
+            theta, buffers = _sgd_step(theta, grads, buffers, sgd)
+    leaves = [p.clone().requires_grad_(True) for p in theta]
+    adj_theta = _grads_or_zeros(_step_loss(problem, nets, leaves, False), leaves)
+    adj_buf = [torch.zeros_like(p) for p in theta]
+    hyper = [torch.zeros_like(p) for p in parameters]
+    for state, matching in reversed(states):
+        leaves = [p.clone().requires_grad_(True) for p in state]
+        grads = _grads_or_zeros(_step_loss(problem, nets, leaves, matching), leaves, create_graph=True)
+        x = sum(((g * (m - sgd.lr * a)).sum() for g, a, m in zip(grads, adj_theta, adj_buf)), torch.zeros(()))
+        reached = _grads_or_zeros(x, leaves + (parameters if matching else []))  # the CE step reads no network
+        hvp = reached[: len(leaves)]
+        hyper = [h + r for h, r in zip(hyper, reached[len(leaves) :])] if matching else hyper
+        adj_theta, adj_buf = (
+            [a * (1 - sgd.lr * sgd.weight_decay) + sgd.weight_decay * m + h for a, m, h in zip(adj_theta, adj_buf, hvp)],
+            [sgd.momentum * (m - sgd.lr * a) for a, m in zip(adj_theta, adj_buf)],
+        )
+    return hyper
 
 
 def meta_update(problem: MetaProblem, nets: MMKDWeightNets, optimizer: torch.optim.Optimizer) -> None:
