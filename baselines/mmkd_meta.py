@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kd_env.engine.adapters import match_teacher_map
 from kd_env.engine.losses import per_sample_cross_entropy, per_sample_feature_mse, per_sample_kd_loss
 from kd_env.models.base import KDModel
 
@@ -77,7 +78,8 @@ def matching_loss(
     kd = per_sample_kd_loss(logits, hard.teacher_logits, temperature)
     loss = alpha * (nets.logits(hard.teacher_logits, logits.detach()) * kd).sum(1).mean()
     if nets.features is not None and beta != 0:
-        mse = torch.stack([per_sample_feature_mse(a, t) for a, t in zip(adapted, hard.teacher_maps)], dim=1)
+        # a teacher map larger than the adapted student map is pooled to it (resize="smaller", MMKD's MatchFeature)
+        mse = torch.stack([per_sample_feature_mse(a, match_teacher_map(t, a)) for a, t in zip(adapted, hard.teacher_maps)], dim=1)
         loss = loss + beta * (nets.features(hard.teacher_maps, feature_map.detach()) * mse).sum(1).mean()
     return loss
 

@@ -190,3 +190,39 @@ def test_prepared_batch_carries_its_own_forward_passes_feature_maps(make_engine,
 def test_prepared_batch_has_no_feature_maps_without_feature_kd(make_engine):
     batch = make_engine(feature_kd=False, cache_teacher_outputs=False).reset(seed=0)
     assert batch.teacher_feature_maps == [] and batch.student_feature_map is None
+
+
+def test_drop_last_false_trains_on_the_last_partial_batch_and_resumes(make_engine, tmp_path):
+    """drop_last=False (MTKD-RL's loaders): ceil(N / B) updates an epoch, every training sample
+    once, the last batch the remainder; a checkpoint inside the epoch resumes it exactly. The
+    default (True) keeps N // B full batches."""
+    weights = torch.tensor([0.25, 0.75])
+    dropping, keeping = make_engine(batch_size=48), make_engine(batch_size=48, drop_last=False)
+    num_train = int(keeping.data.train_labels.shape[0])
+    assert num_train % 48, "the synthetic training split must leave a partial batch"
+    assert dropping.steps_per_epoch == num_train // 48 and keeping.steps_per_epoch == num_train // 48 + 1
+    keeping.reset(seed=3)
+    sizes = [len(indices) for indices in keeping._epoch_batches]
+    assert sizes == [48] * (num_train // 48) + [num_train % 48]
+    assert sorted(torch.cat(keeping._epoch_batches).tolist()) == list(range(num_train))
+    reference_losses = _run(keeping, 2 * keeping.steps_per_epoch, weights)
+    interrupted = make_engine(batch_size=48, drop_last=False)
+    interrupted.reset(seed=3)
+    cut = interrupted.steps_per_epoch + 1
+    first_part = _run(interrupted, cut, weights)
+    torch.save(interrupted.state_dict(), tmp_path / "engine.pt")
+    resumed = make_engine(batch_size=48, drop_last=False)
+    resumed.load_state_dict(torch.load(tmp_path / "engine.pt", weights_only=True))
+    assert first_part + _run(resumed, 2 * keeping.steps_per_epoch - cut, weights) == reference_losses
+    with pytest.raises(ValueError, match="drop_last"):
+        make_engine(batch_size=48).load_state_dict(torch.load(tmp_path / "engine.pt", weights_only=True))
+
+
+def test_the_per_sample_env_refuses_a_partial_last_batch():
+    from kd_env.envs import PerSampleKDVectorEnv
+
+    with pytest.raises(ValueError, match="drop_last=False: the last batch of each epoch has fewer than 32 samples"):
+        PerSampleKDVectorEnv(num_envs=32, dataset="synthetic", train_size=100, drop_last=False)
+    env = PerSampleKDVectorEnv(num_envs=25, dataset="synthetic", train_size=100, drop_last=False)  # 100 = 4 x 25: no partial batch
+    assert env.engine.steps_per_epoch == 4
+    env.close()

@@ -33,6 +33,7 @@ from kd_env.baselines.mmkd import (
     unrolled_outer_loss,
 )
 from kd_env.checkpoint_io import CheckpointReadError
+from kd_env.engine.adapters import FeatureAdapter, match_teacher_map
 from kd_env.envs import PerSampleKDVectorEnv
 from kd_env.registry import get_policy
 from kd_env.run import RunConfig, train
@@ -278,6 +279,43 @@ def test_mmkd_trains_through_the_env_and_changes_its_weight_networks() -> None:
         assert set(changed) == set(before)  # every parameter of both networks learned
     finally:
         env.close()
+
+
+def test_a_student_map_smaller_than_the_teachers_is_met_by_pooling_the_teachers_map() -> None:
+    """feature_resize="smaller" (MMKD's MatchFeature): the mlp student's 1x1 map against the
+    cnn teachers' 2x2 maps: the adapters keep 1x1, the teacher maps are average-pooled to it, in
+    the engine's feature term and in MMKD's meta step; the default upsamples the student map."""
+    upsampled = FeatureAdapter(4, 3, (8, 8))
+    kept = FeatureAdapter(4, 3, (8, 8), resize="smaller")
+    small, large = torch.randn(2, 4, 2, 2), torch.randn(2, 4, 16, 16)
+    assert upsampled(small).shape[-2:] == (8, 8) and kept(small).shape[-2:] == (2, 2)
+    assert kept(large).shape[-2:] == (8, 8)  # a larger student map is pooled in both modes
+    teacher_map = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(match_teacher_map(teacher_map, kept(small)), torch.nn.functional.adaptive_avg_pool2d(teacher_map, 2))
+    assert match_teacher_map(teacher_map, upsampled(small)) is teacher_map
+    for resize in ("student", "smaller"):
+        env = _env(student="mlp", feature_resize=resize, reward_mode="neg_loss")
+        try:
+            env.reset(seed=0)
+            engine, batch = env.engine, env.engine.current
+            assert batch is not None and engine.adapters is not None and batch.student_feature_map is not None
+            maps = [engine.adapters[k](batch.student_feature_map) for k in range(engine.num_teachers)]
+            for k, (adapted, teacher) in enumerate(zip(maps, batch.teacher_feature_maps)):
+                if resize == "smaller":
+                    assert adapted.shape[-2:] == (1, 1) if teacher.shape[-1] > 1 else adapted.shape[-2:] == teacher.shape[-2:]
+                    target = torch.nn.functional.adaptive_avg_pool2d(teacher, adapted.shape[-2:])
+                else:
+                    assert adapted.shape == teacher.shape
+                    target = teacher
+                expected = (adapted - target).pow(2).flatten(1).mean(1)
+                torch.testing.assert_close(batch.feature_mse[:, k], expected)
+            policy = MMKD(env, buffer_size=16)
+            observation, _ = env.reset(seed=0)
+            for _ in range(3):  # a meta step after the first update, with the pooled maps
+                observation, *_ = env.step(policy.predict(observation)[0])
+            assert policy.meta_steps == 1
+        finally:
+            env.close()
 
 
 def test_meta_step_leaves_the_engines_student_and_prepared_batch_as_they_were() -> None:

@@ -43,6 +43,9 @@ class EngineConfig:
     always float32). Batches are converted to float32, so the loss arithmetic is unchanged."""
     cache_dir: str | None = None
     """kd-env cache root for the store (default: ``$KD_ENV_CACHE`` or the user cache folder)."""
+    drop_last: bool = True
+    """Skip an epoch's last, partial batch (CA-MKD's and MMKD's loaders, and kd-env's default);
+    ``False`` trains on it too (MTKD-RL's loaders): ``ceil(N / B)`` updates an epoch."""
     max_steps_per_epoch: int | None = None
     """Cap on updates per epoch (quick trials); ``None`` runs full epochs."""
     eval_batch_size: int = 1000
@@ -60,6 +63,11 @@ class EngineConfig:
     ``v_bk = (1 - softmax_k(CE(head_k(adapter_k(f_s)), y)))_bk / (K - 1)`` weights the MSE,
     *not detached* (the gradient flows through the weights too); the policy's feature weights
     are then ignored."""
+    feature_resize: str = "student"
+    """How the feature term compares maps of different sizes (:class:`~kd_env.engine.adapters.FeatureAdapter`):
+    ``"student"`` resizes the student map to the teacher's (MTKD-RL, CA-MKD: upsampled when
+    smaller); ``"smaller"`` pools the larger map to the smaller one's size (MMKD's
+    ``MatchFeature``: a teacher map larger than the student's is pooled down to it)."""
     feature_kd_from_epoch: int = 0
     """The feature term counts from this epoch (0-based) on; CA-MKD switches it off in its first
     epoch (1)."""
@@ -81,6 +89,8 @@ class EngineConfig:
         """Raise ``ValueError`` for settings that cannot work (with ``num_teachers`` teachers)."""
         if self.feature_term not in ("mse", "camkd"):
             raise ValueError(f"feature_term must be 'mse' or 'camkd', got {self.feature_term!r}")
+        if self.feature_resize not in ("student", "smaller"):
+            raise ValueError(f"feature_resize must be 'student' or 'smaller', got {self.feature_resize!r}")
         if self.select_on not in ("val", "test"):
             raise ValueError(f"select_on must be 'val' or 'test', got {self.select_on!r}")
         if self.select_on == "test" and not self.evaluate_test:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from kd_env.data import BatchTransform, DatasetSplits, batch_indices, default_augmentation
-from kd_env.engine.adapters import build_adapters
+from kd_env.engine.adapters import build_adapters, match_teacher_map
 from kd_env.engine.batch import StepBatch, StepResult
 from kd_env.engine.config import EngineConfig
 from kd_env.engine.evaluation import accuracy_and_loss
@@ -94,7 +94,8 @@ class DistillationEngine:
         self.train_transform = BatchTransform(data.mean, data.std, **augmentation)
         self.eval_transform = BatchTransform(data.mean, data.std)
         num_train = int(self.data.train_labels.shape[0])
-        full_steps = num_train // self.config.batch_size  # drop_last: every batch has B samples
+        # drop_last (the default): every batch has B samples; else the last one has the rest
+        full_steps = num_train // self.config.batch_size if self.config.drop_last else -(-num_train // self.config.batch_size)
         if full_steps == 0:
             raise ValueError(f"batch size {self.config.batch_size} exceeds the {num_train} training samples")
         cap = self.config.max_steps_per_epoch
@@ -235,7 +236,9 @@ class DistillationEngine:
             torch.manual_seed(seed)
             student = self.student_factory().to(self.device, memory_format=self.student_format)  # type: ignore[call-overload]  # torch's overloads omit to(device, memory_format=)
             adapters = (
-                build_adapters(student.feature_channels, self.teacher_shapes).to(self.device) if self.config.feature_kd else nn.ModuleList()
+                build_adapters(student.feature_channels, self.teacher_shapes, self.config.feature_resize).to(self.device)
+                if self.config.feature_kd
+                else nn.ModuleList()
             )
         self.student = student.train()
         self.adapters = adapters.train()
@@ -264,7 +267,9 @@ class DistillationEngine:
         return self.current
 
     def _new_epoch_order(self) -> list[torch.Tensor]:
-        order = batch_indices(int(self.data.train_labels.shape[0]), self.config.batch_size, self.generator, shuffle=True, drop_last=True)
+        order = batch_indices(
+            int(self.data.train_labels.shape[0]), self.config.batch_size, self.generator, shuffle=True, drop_last=self.config.drop_last
+        )
         return order[: self.steps_per_epoch]
 
     def _prepare(self) -> StepBatch:
@@ -290,7 +295,7 @@ class DistillationEngine:
         if self.config.feature_kd:
             adapted = [adapter(student_output.feature_map) for adapter in self.adapters]
             # one loop over teachers is unavoidable here: each adapter has its own channel count
-            feature_mse = torch.stack([per_sample_feature_mse(a, t) for a, t in zip(adapted, teacher_maps)], dim=1)
+            feature_mse = torch.stack([per_sample_feature_mse(a, match_teacher_map(t, a)) for a, t in zip(adapted, teacher_maps)], dim=1)
             with torch.no_grad():
                 cosine = torch.stack([feature_cosine(a.mean(dim=(2, 3)), e) for a, e in zip(adapted, teacher_embeddings)], dim=1)
             if self.config.feature_term == "camkd":
@@ -513,7 +518,16 @@ class DistillationEngine:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator_state": self._generator_state_at_prepare,
-            "epoch_batches": torch.stack(self._epoch_batches).cpu(),
+            # one [steps, B] tensor; with a last, partial batch (drop_last=False) the order
+            # concatenated and the batch sizes
+            **(
+                {"epoch_batches": torch.stack(self._epoch_batches).cpu()}
+                if len({len(b) for b in self._epoch_batches}) <= 1
+                else {
+                    "epoch_batches": torch.cat(self._epoch_batches).cpu(),
+                    "epoch_batch_sizes": [len(b) for b in self._epoch_batches],
+                }
+            ),
             "epoch": self.epoch,
             "global_step": self.global_step,
             "step_in_epoch": self.step_in_epoch,
@@ -534,6 +548,9 @@ class DistillationEngine:
         for key in ("batch_size", "epochs", "feature_kd", "max_steps_per_epoch"):
             if state["config"].get(key) != getattr(self.config, key):
                 raise ValueError(f"checkpoint has {key}={state['config'].get(key)!r}, this engine has {getattr(self.config, key)!r}")
+        saved_drop_last = state["config"].get("drop_last", True)  # absent from checkpoints before the option
+        if saved_drop_last != self.config.drop_last:
+            raise ValueError(f"checkpoint has drop_last={saved_drop_last!r}, this engine has {self.config.drop_last!r}")
         saved_label_free = state["config"].get("label_free", False)  # absent from checkpoints before the label regimes
         if saved_label_free != self.config.label_free:
             raise ValueError(f"checkpoint has label_free={saved_label_free!r}, this engine has {self.config.label_free!r}")
@@ -551,7 +568,10 @@ class DistillationEngine:
         self.best_epoch = int(state["best_epoch"])
         self.best_student_state = state["best_student_state"]
         self.last_val_acc, self.last_test_acc = state["last_val_acc"], state["last_test_acc"]
-        self._epoch_batches = list(state["epoch_batches"].to(self.device).unbind(0))
+        if "epoch_batch_sizes" in state:  # a last, partial batch (drop_last=False)
+            self._epoch_batches = list(state["epoch_batches"].to(self.device).split(list(state["epoch_batch_sizes"])))
+        else:
+            self._epoch_batches = list(state["epoch_batches"].to(self.device).unbind(0))
         self.generator.set_state(state["generator_state"])
         torch.set_rng_state(state["torch_rng_state"])
         if self.done:

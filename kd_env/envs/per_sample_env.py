@@ -142,6 +142,12 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
         kwargs.setdefault("reward_mode", "neg_loss")
         self._setup_core(kwargs, init_args)
         self.num_envs = self.engine.config.batch_size
+        if self.engine.steps_per_epoch * self.num_envs > int(self.engine.data.train_labels.shape[0]):
+            # drop_last=False with a last, partial batch: the slots are the samples of a full batch
+            raise ValueError(
+                f"drop_last=False: the last batch of each epoch has fewer than {self.num_envs} samples, and the per-sample env "
+                "has one slot per sample of a full batch; keep drop_last=True here (the batch-level env takes drop_last=False)"
+            )
         self.obs_clip = float(obs_clip)
         embedding_dims = tuple(int(shape[0]) for shape in self.engine.teacher_shapes)
         self.state_spec = SampleStateSpec(

@@ -13,6 +13,7 @@ STATE_PARTS = ("performance", "gap")
 STORE_DTYPES = ("float16", "float32")
 PROTOCOLS = ("default", "official")
 FEATURE_TERMS = ("mse", "camkd")
+FEATURE_RESIZES = ("student", "smaller")  # = kd_env.engine.adapters.FEATURE_RESIZES (kept importable without torch)
 LABEL_REGIMES = ("full", "none", "noisy")  # = kd_env.data.labels.LABEL_REGIMES (kept importable without torch)
 LABEL_NOISE_KINDS = ("symmetric", "pairs")
 TRAINING_LABEL_REWARDS = ("label_logprob",)
@@ -77,6 +78,11 @@ class KDEnvSettings:
     (:attr:`kd_env.engine.EngineConfig.feature_term`). Needs ``feature_kd=True``."""
     feature_kd_from_epoch: int = 0
     """The feature term counts from this epoch (0-based) on; CA-MKD: 1 (none in its first epoch)."""
+    feature_resize: str = "student"
+    """Maps of different sizes in the feature term: ``"student"`` brings the student map to the
+    teacher's (MTKD-RL, CA-MKD: upsampled when smaller); ``"smaller"`` pools the larger map to
+    the smaller one's size (MMKD: a teacher map larger than the student's is pooled down)
+    (:attr:`kd_env.engine.EngineConfig.feature_resize`)."""
     protocol: str = "default"
     """``"default"``: hold out ``val_fraction`` of the training images and report the test
     accuracy of the best-validation student. ``"official"``: the official MTKD-RL /
@@ -85,6 +91,10 @@ class KDEnvSettings:
     put next to ours. Validation-based rewards are not available then."""
     augment: bool | None = None
     max_steps_per_epoch: int | None = None
+    drop_last: bool = True
+    """Skip each epoch's last, partial batch (CA-MKD's and MMKD's loaders; kd-env's default).
+    ``False`` trains on it too (MTKD-RL's loaders; the batch-level env only: the per-sample env
+    has one slot per sample of a full batch)."""
     val_fraction: float = 0.1
     split_seed: int = 0
     reward_scale: float = 1.0
@@ -152,6 +162,7 @@ class KDEnvSettings:
             ("store_dtype", self.store_dtype, STORE_DTYPES),
             ("protocol", self.protocol, PROTOCOLS),
             ("feature_term", self.feature_term, FEATURE_TERMS),
+            ("feature_resize", self.feature_resize, FEATURE_RESIZES),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -276,7 +287,7 @@ _OPTIONAL = {
     "train_size",
     "label_noise_seed",
 }
-_BOOL_FIELDS = ("download", "verify_checksums", "train_teachers", "feature_kd", "augment", "teacher_store")
+_BOOL_FIELDS = ("download", "verify_checksums", "train_teachers", "feature_kd", "augment", "teacher_store", "drop_last")
 _STR_FIELDS = (
     "dataset",
     "student",
@@ -289,6 +300,7 @@ _STR_FIELDS = (
     "store_dtype",
     "protocol",
     "feature_term",
+    "feature_resize",
     "labels",
     "label_noise_kind",
 )
