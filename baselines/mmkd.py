@@ -94,9 +94,11 @@ class MMKD(BaselinePolicy):
 
     Departures from the authors' code:
 
-    * Feature alignment: the engine's adapters (1x1 conv + BN + ReLU; a larger student map is
-      pooled to the teacher's size, a smaller one upsampled) instead of ``--convs`` (a 3-layer
-      conv embed) and the authors' pooling of a larger *teacher* map to the student's size.
+    * Feature alignment: the engine's adapters, 1x1 conv + BN + ReLU as the authors' ``Embed``
+      (their ``--convs`` never reaches it: ``MatchFeature`` passes it as ``Embed``'s ``factor``).
+      A student map smaller than the teacher's is upsampled by default (MTKD-RL's way); the
+      env's ``feature_resize="smaller"`` (the ``cifar100-paper`` presets) pools the teacher's
+      map down to it as ``MatchFeature`` does.
     * The buffer holds training-set indices; a meta batch is augmented afresh (the policy's own
       generator), where the authors keep the augmented tensors seen in training.
     * The look-ahead runs on copies of the parameters and BatchNorm statistics, so the

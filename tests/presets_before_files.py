@@ -82,6 +82,8 @@ SUITE_SCENARIOS: list[str | None] = ["capacity", "noisy", "specialists"]
 # the CA-MKD authors' recipe: weight decay 5e-4 (MTKD-RL: 1e-4); a rule reads no reward, and
 # neg_loss is the cheapest mode and needs no validation split (protocol="official")
 _CAMKD_REPO = {"weight_decay": 5e-4, "reward_mode": "neg_loss"}
+# their scripts (CA-MKD train_student.py, MMKD train_meta.py) train MobileNetV2 and ShuffleV2 at lr 0.01
+_LIGHT_LR = {"MobileNetV2": {"lr": 0.01}, "ShuffleV2": {"lr": 0.01}}
 
 
 def _paper_baselines() -> list[Method]:
@@ -89,14 +91,21 @@ def _paper_baselines() -> list[Method]:
     k = PAPER_POOL_SIZE
     return [
         # CA-MKD code, AVERAGE_LOSS branch: (1/K) sum_k mean_b KL, logits only (-b 0), wd 5e-4
-        Method("AVER", "aver", env_kwargs={**_CAMKD_REPO, "feature_kd": False}),
+        Method("AVER", "aver", env_kwargs={**_CAMKD_REPO, "feature_kd": False}, student_env_kwargs=_LIGHT_LR),
         # MTKD-RL's train_student_avg.py (train_avg): uniform weights on logit KD *and* the
         # feature MSE (beta 5, its adapters): MTKD-RL's recipe unchanged
-        Method("AVER (MTKD-RL)", "aver", env_kwargs={"reward_mode": "neg_loss"}),
+        # (its loader keeps the last partial batch: drop_last False)
+        Method("AVER (MTKD-RL)", "aver", env_kwargs={"reward_mode": "neg_loss", "drop_last": False}),
         # CA-MKD code, EBKD branch: per-sample weights 1 - H_k / sum_j H_j (T = 1), summing to
         # K - 1, in (1/(B K)) sum_b sum_k w KL: our simplex weights times kd_scale (K-1)/K;
         # logits only (-b 0), wd 5e-4
-        Method("EBKD", "ebkd", per_sample=True, env_kwargs={**_CAMKD_REPO, "feature_kd": False, "kd_scale": (k - 1) / k}),
+        Method(
+            "EBKD",
+            "ebkd",
+            per_sample=True,
+            env_kwargs={**_CAMKD_REPO, "feature_kd": False, "kd_scale": (k - 1) / k},
+            student_env_kwargs=_LIGHT_LR,
+        ),
         # CA-MKD code, CAMKD branch: per-sample (1 - softmax_k(CE_k)) / (K - 1) in
         # (1/(B K)) sum w KL -> kd_scale 1/K; its own intermediate-feature term (CalWeight: the
         # adapted student map through each teacher's head weights that teacher's MSE, not
@@ -113,17 +122,25 @@ def _paper_baselines() -> list[Method]:
                 "beta": 50.0 / k,
                 "feature_kd_from_epoch": 1,
             },
+            student_env_kwargs=_LIGHT_LR,
         ),
         # AE-KD code (identical copy in the CA-MKD repo): one capped min-norm weight vector per
         # batch (C = 0.6), sum_k alpha_k mean_b KL (AVER's scale), logits only (-b 0), wd 5e-4
-        Method("AEKD", "aekd", env_kwargs={**_CAMKD_REPO, "feature_kd": False}),
+        Method("AEKD", "aekd", env_kwargs={**_CAMKD_REPO, "feature_kd": False}, student_env_kwargs=_LIGHT_LR),
         # MMKD code (Rorozhl/MMKD README: train_meta.py --distill inter -r 1 -a 1 -b 100
         # --hard_buffer --convs --nesterov; wd 5e-4, its default): per-sample weights from its
         # meta-learned networks (baselines/mmkd.py) in mean_b sum_k w KL (our convention:
         # kd_scale 1) and its feature term mean_b sum_k v MSE with beta 100 (MTKD-RL: 5), on
-        # our adapters in place of --convs; the networks learn during the run (a meta step
-        # every 5 updates on a 256-sample hard buffer)
-        Method("MMKD", "mmkd", per_sample=True, env_kwargs={**_CAMKD_REPO, "beta": 100.0}),
+        # adapters as ours (--convs never reaches its Embed), a teacher map larger than the
+        # student's pooled to it (MatchFeature: feature_resize "smaller"); the networks learn
+        # during the run (a meta step every 5 updates on a 256-sample hard buffer)
+        Method(
+            "MMKD",
+            "mmkd",
+            per_sample=True,
+            env_kwargs={**_CAMKD_REPO, "beta": 100.0, "feature_resize": "smaller"},
+            student_env_kwargs=_LIGHT_LR,
+        ),
     ]
 
 

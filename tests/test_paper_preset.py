@@ -64,6 +64,13 @@ AUTHORS: dict[str, dict[str, Any]] = {
     # winycg/MTKD-RL train_student_rl.py: per-sample weights, sum_k mean_b w KL + 5 sum_k mean_b v MSE
     "MTKD-RL": {"per_sample": True, "kd_scale": 1.0, "feature": "mse", "beta": 5.0, "from_epoch": 0, "wd": 1e-4},
 }
+# the student's lr for MobileNetV2 and ShuffleV2 (CA-MKD train_student.py and MMKD train_meta.py:
+# 0.01 for those two; MTKD-RL's scripts: 0.05 for every student), whether the last partial batch
+# trains (MTKD-RL's loaders keep it; the per-sample env cannot, so its MTKD-RL row drops it), and
+# how maps of different sizes meet (MMKD's MatchFeature pools the teacher's map)
+LIGHT_LR = {"AVER": 0.01, "EBKD": 0.01, "CA-MKD": 0.01, "AEKD": 0.01, "MMKD": 0.01}
+KEEPS_LAST_BATCH = {"AVER (MTKD-RL)"}
+RESIZE = {"MMKD": "smaller"}
 AGENTS = {"AVER": "aver", "AVER (MTKD-RL)": "aver", "EBKD": "ebkd", "CA-MKD": "camkd", "AEKD": "aekd", "MMKD": "mmkd"}
 PUBLISHED_DYNAMIC = {  # official README, top-1 %: (with --dynamic, without)
     "RegNetX_200MF": (79.93, 80.58),
@@ -110,6 +117,10 @@ def test_preset_runs_each_baseline_as_its_authors_did(preset_name: str, tmp_path
         if label in ("EBKD", "CA-MKD", "AEKD"):
             assert settings.kd_scale == pytest.approx(kd_scale_for(label, K))
         assert settings.epochs == 240 and settings.student == student
+        light = student in ("MobileNetV2", "ShuffleV2")
+        assert settings.resolved("lr") == (LIGHT_LR.get(label, 0.05) if light else 0.05), (label, student)
+        assert settings.drop_last == (label not in KEEPS_LAST_BATCH), label
+        assert settings.feature_resize == RESIZE.get(label, "student"), label
         assert settings.protocol == ("official" if preset_name.endswith("official") else "default")
         # a rule reads no reward; MTKD-RL's is the negative per-sample loss
         if label != "REINFORCE" and label != "PPO":
@@ -449,3 +460,19 @@ def test_gpu_smoke_runs_every_method_of_the_preset_on_cpu(tmp_path: Path) -> Non
     assert [{k: v for k, v in t.items() if k != "peak_gpu_mib"} for t in saved["timings"]] == [
         {k: v for k, v in t.items() if k != "peak_gpu_mib"} for t in report["timings"]
     ]
+
+
+def test_student_env_kwargs_name_students_of_the_file_and_are_checked(tmp_path: Path) -> None:
+    from kd_env.comparison.spec import SpecError, parse_spec
+
+    text = (
+        "env_id: MultiTeacherKD-Synthetic-v0\nseeds: [0]\nenv_kwargs: {epochs: 1}\nstudents: [cnn_w8, mlp]\n"
+        "methods:\n- {label: AVER, agent: aver, student_env_kwargs: %s}\n"
+    )
+    preset = parse_spec(text % "{mlp: {lr: 0.01}}")
+    runs = {run.student: run.config.env_kwargs for run in plan(preset, tmp_path)}
+    assert runs["mlp"]["lr"] == 0.01 and "lr" not in runs["cnn_w8"]
+    with pytest.raises(SpecError, match="'resnet56' is not a student of the file"):
+        parse_spec(text % "{resnet56: {lr: 0.01}}")
+    with pytest.raises(SpecError, match="lr must be > 0"):
+        parse_spec(text % "{mlp: {lr: -1.0}}")

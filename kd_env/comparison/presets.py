@@ -46,6 +46,7 @@ class Method:
         reference: a reference (oracle, equal weights, best teacher, no KD) rather than a competitor.
         pretrain: evaluate a policy trained beforehand and frozen (:class:`Pretrain`) instead of
             one that learns within the run (online).
+        student_env_kwargs: env arguments per student (``{student: {argument: value}}``), over ``env_kwargs``.
     """
 
     label: str
@@ -58,6 +59,10 @@ class Method:
     aggregate: bool = True
     """Part of the normalised-score statistics (False for rows on another student than the
     preset's: their accuracy is on another scale than AVER's and the oracle's)."""
+    student_env_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Env arguments per student architecture, on top of ``env_kwargs`` for the runs of that
+    student (a setting an author's script chooses per student: the CA-MKD and MMKD scripts train
+    MobileNetV2 and ShuffleV2 at lr 0.01). Keys must be students of the preset."""
 
 
 @dataclass(frozen=True)

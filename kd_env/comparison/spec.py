@@ -359,6 +359,14 @@ def _check_references(values: dict[str, Any], data: Mapping[str, Any], context: 
     for key in ("baseline", "oracle"):  # the defaults may be absent (no normalised score); a given one must exist
         if key in data and getattr(preset, key) not in labels:
             raise context.error((key,), f"{getattr(preset, key)!r} is not a method label", f"the methods: {', '.join(labels)}")
+    for index, method in enumerate(preset.methods):
+        for student in method.student_env_kwargs:
+            if student not in preset.students:
+                raise context.error(
+                    ("methods", index, "student_env_kwargs", student),
+                    f"{student!r} is not a student of the file",
+                    f"the students: {preset.students}",
+                )
     for index, scenario in enumerate(preset.control_scenarios):
         if scenario not in preset.scenarios:
             raise context.error(
@@ -568,14 +576,19 @@ def _check_registries(preset: Preset, context: _Context) -> None:
         env_kwargs = {**defaults, **preset.env_kwargs, **method.env_kwargs, **where}
         if spec.action_mode is not None:
             env_kwargs.setdefault("action_mode", spec.action_mode)  # as the runner sets it
-        for part, kwargs in (
-            ("env_kwargs", env_kwargs),
-            ("pretrain", {**env_kwargs, **(method.pretrain.env_kwargs if method.pretrain else {})}),
-        ):
+        checks: list[tuple[Key, dict[str, Any]]] = [
+            ((*key, "env_kwargs"), env_kwargs),
+            ((*key, "pretrain"), {**env_kwargs, **(method.pretrain.env_kwargs if method.pretrain else {})}),
+        ]
+        checks += [
+            ((*key, "student_env_kwargs", student), {**env_kwargs, **extra, "student": student})
+            for student, extra in method.student_env_kwargs.items()
+        ]
+        for where_key, kwargs in checks:
             try:
                 KDEnvSettings.from_kwargs(**kwargs)
             except (TypeError, ValueError) as exc:
-                raise context.error((*key, part), str(exc)) from None
+                raise context.error(where_key, str(exc)) from None
         try:
             inspect.signature(spec.factory).bind(None, seed=0, **method.agent_kwargs)
         except TypeError as exc:

@@ -82,7 +82,8 @@ def _imports(preset: Preset, out: Path, imports: list[str] | None) -> list[str]:
 def _env_kwargs(
     preset: Preset, method: Method, scenario: str | None, student: str | None, overrides: dict[str, Any] | None
 ) -> dict[str, Any]:
-    env_kwargs = {**preset.env_kwargs, **method.env_kwargs, **(overrides or {})}
+    per_student = method.student_env_kwargs.get(student, {}) if student else {}
+    env_kwargs = {**preset.env_kwargs, **method.env_kwargs, **per_student, **(overrides or {})}
     if student:
         env_kwargs["student"] = student
     if scenario:
