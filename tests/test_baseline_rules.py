@@ -380,7 +380,12 @@ def slsqp_min_norm(gram: np.ndarray, cap: float) -> np.ndarray:
         constraints=[{"type": "eq", "fun": lambda a: a.sum() - 1.0, "jac": lambda a: np.ones(num)}],
         options={"ftol": 1e-16, "maxiter": 1000},
     )
-    assert result.success, result.message
+    # exit mode 8 ("positive directional derivative for linesearch") is SLSQP stopping where an
+    # ftol of 1e-16 cannot be met in floating point, at the minimum; which of the two endings a
+    # problem gets depends on the BLAS's summation order (the thread count), so both are accepted
+    # and the point is checked for feasibility here and against the exact solver by the caller
+    assert result.success or result.status == 8, result.message
+    assert abs(result.x.sum() - 1.0) < 1e-9 and result.x.min() >= -1e-9 and result.x.max() <= min(cap, 1.0) + 1e-9
     return np.asarray(result.x)
 
 
