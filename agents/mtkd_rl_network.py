@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kd_env.baselines.rules import camkd_weights_from_ce
+from kd_env.engine.losses import camkd_weights_from_ce
 
 __all__ = ["BCE_LOG_FLOOR", "MTKDRLNetwork", "PriorColumns", "confidence_prior", "reward_weighted_log_loss"]
 

@@ -108,13 +108,13 @@ def bench_store(batch_size: int, rounds: int) -> None:
     _run_child("construct", 0, batch_size)  # builds the store if missing, so the rounds below find it warm
     construct = [_run_child("construct", 0, batch_size)["seconds"] for _ in range(rounds)]
     engines = {dtype: setup(batch_size, cache=True, store_dtype=dtype)[0] for dtype in ("float16", "float32")}
-    store = engines["float16"].teacher_store
+    store = engines["float16"].teacher_source.store
     assert store is not None, "the teacher-output store could not be used (see the warning above)"
     print(f"[store] Fashion-MNIST pool, {store.num_samples} training images, batch {batch_size}")
     print(f"  env construction + reset, warm store: {statistics.median(construct):.2f} s (median of {rounds}; goal <= 2 s)")
     for dtype, engine in engines.items():
-        manifest = engine.teacher_store.manifest
-        print(f"  {dtype} store: {engine.teacher_store.nbytes / 2**20:.0f} MiB, built in {manifest['build_seconds']:.1f} s")
+        manifest = engine.teacher_source.store.manifest
+        print(f"  {dtype} store: {engine.teacher_source.store.nbytes / 2**20:.0f} MiB, built in {manifest['build_seconds']:.1f} s")
     batches = {dtype: engine.reset(seed=0) for dtype, engine in engines.items()}
     weights = torch.full((batch_size, engines["float16"].num_teachers), 1.0 / engines["float16"].num_teachers)
     errors = {}

@@ -202,13 +202,13 @@ def bench_teachers16(repeats: int, batch_size: int) -> None:
     start = time.perf_counter()
     stored = DistillationEngine(student_factory, teachers, data, EngineConfig(epochs=1, batch_size=batch_size), teacher_names=names)
     build = time.perf_counter() - start
-    assert stored.teacher_store is not None
+    assert stored.teacher_source.store is not None
     print(
-        f"  16-teacher float16 store: {stored.teacher_store.nbytes / 2**20:.0f} MiB, built in "
-        f"{stored.teacher_store.manifest['build_seconds']:.1f} s (engine construction {build:.1f} s)"
+        f"  16-teacher float16 store: {stored.teacher_source.store.nbytes / 2**20:.0f} MiB, built in "
+        f"{stored.teacher_source.store.manifest['build_seconds']:.1f} s (engine construction {build:.1f} s)"
     )
-    key = stored.teacher_store.path.name
-    stored.teacher_store.close()
+    key = stored.teacher_source.store.path.name
+    stored.teacher_source.store.close()
     clear_stores(keys=[key])  # random teachers: no later run will want it
 
 

@@ -91,7 +91,7 @@ def test_cached_teacher_outputs_change_nothing(make_engine):
     # the in-memory cache (the store's own equivalence tests are in test_teacher_outputs.py)
     cached = make_engine(cache_teacher_outputs=True, teacher_store=False)
     live = make_engine(cache_teacher_outputs=False)
-    assert cached._teacher_cache is not None and live._teacher_cache is None
+    assert cached.teacher_source.memory is not None and live.teacher_source.memory is None
     cached.reset(seed=3)
     live.reset(seed=3)
     weights = torch.tensor([0.6, 0.4])
@@ -182,9 +182,9 @@ def test_prepared_batch_carries_its_own_forward_passes_feature_maps(make_engine,
     for teacher, feature_map in zip(engine.teachers, batch.teacher_feature_maps):
         assert feature_map.dtype == torch.float32 and not feature_map.requires_grad
         # the store keeps feature maps in float16: equal to its rounding
-        tolerance = {"rtol": 2e-3, "atol": 2e-3} if engine.teacher_store is not None else {}
+        tolerance = {"rtol": 2e-3, "atol": 2e-3} if engine.teacher_source.store is not None else {}
         torch.testing.assert_close(feature_map, teacher.forward_all(images).feature_map, **tolerance)
-    assert (engine.teacher_store is not None) == (source == {})
+    assert (engine.teacher_source.store is not None) == (source == {})
 
 
 def test_prepared_batch_has_no_feature_maps_without_feature_kd(make_engine):

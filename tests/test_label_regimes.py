@@ -80,8 +80,8 @@ def test_noisy_env_corrupts_the_training_labels_only():
         for split in ("val", "test"):
             assert torch.equal(getattr(engine.data, f"{split}_labels"), getattr(clean.data, f"{split}_labels"))
         # the teachers' outputs do not depend on labels: the same teacher-output store
-        assert engine.teacher_store is not None and clean.teacher_store is not None
-        assert engine.teacher_store.path == clean.teacher_store.path
+        assert engine.teacher_source.store is not None and clean.teacher_source.store is not None
+        assert engine.teacher_source.store.path == clean.teacher_source.store.path
     assert clean.data.clean_train_labels is None
 
 

@@ -193,7 +193,7 @@ def _independent_camkd(engine: Any, logit_weights: torch.Tensor) -> tuple[torch.
     student_map, logits = student.feature_map, student.logits
     labels = batch.labels
     v_columns, mse_columns = [], []
-    for adapter, teacher, teacher_map in zip(engine.adapters, engine.teachers, engine._teacher_outputs(images)[2]):
+    for adapter, teacher, teacher_map in zip(engine.adapters, engine.teachers, engine.teacher_source.run(images)[2]):
         adapted = adapter(student_map)
         pooled = adapted.mean(dim=(2, 3))
         head = pooled @ teacher.classifier.weight.T + teacher.classifier.bias

@@ -46,28 +46,28 @@ def _warnings(caplog) -> list[str]:
 
 
 def _store_files(engine) -> dict[str, np.ndarray]:
-    return {name: np.array(array) for name, array in engine.teacher_store.arrays.items()}
+    return {name: np.array(array) for name, array in engine.teacher_source.store.arrays.items()}
 
 
 def test_build_then_reopen_gives_the_outputs_computed_in_memory(make_engine, cache, monkeypatch):
     built = make_engine(store_dtype="float32", cache_dir=str(cache))
     memory = make_engine(teacher_store=False)
-    assert built.teacher_store is not None and built._teacher_cache is None
+    assert built.teacher_source.store is not None and built.teacher_source.memory is None
     arrays = _store_files(built)
-    reference = memory._teacher_cache
+    reference = memory.teacher_source.memory
     np.testing.assert_array_equal(arrays["logits"], reference["logits"].transpose(0, 1).numpy())
     for k in range(2):
         np.testing.assert_array_equal(arrays[f"embedding.{k}"], reference["embeddings"][k].numpy())
         np.testing.assert_array_equal(arrays[f"feature_map.{k}"], reference["feature_maps"][k].contiguous().numpy())
     # a second engine opens the store instead of running the teachers
-    from kd_env.engine import DistillationEngine
+    from kd_env.engine import TeacherOutputSource
 
     def no_teacher_pass(self):
         raise AssertionError("the teachers ran again although the store exists")
 
-    monkeypatch.setattr(DistillationEngine, "_teacher_output_chunks", no_teacher_pass)
+    monkeypatch.setattr(TeacherOutputSource, "training_set_chunks", no_teacher_pass)
     again = make_engine(store_dtype="float32", cache_dir=str(cache))
-    assert again.teacher_store.path == built.teacher_store.path
+    assert again.teacher_source.store.path == built.teacher_source.store.path
     for name, array in _store_files(again).items():
         np.testing.assert_array_equal(array, arrays[name])
     assert len(list_stores(cache)) == 1
@@ -96,8 +96,8 @@ def test_float32_store_gives_the_same_run_and_resume_is_exact(make_engine, cache
 def test_float16_store_kd_loss_error_is_below_1e_3(make_engine, cache):
     half = make_engine(cache_dir=str(cache))
     full = make_engine(store_dtype="float32", cache_dir=str(cache))
-    assert half.teacher_store.path != full.teacher_store.path
-    assert half.teacher_store.arrays["feature_map.1"].dtype == np.float16
+    assert half.teacher_source.store.path != full.teacher_source.store.path
+    assert half.teacher_source.store.arrays["feature_map.1"].dtype == np.float16
     half_batch, full_batch = half.reset(seed=1), full.reset(seed=1)
     kd_half = per_sample_kd_loss(half_batch.student_logits.detach(), half_batch.teacher_logits, 4.0).mean()
     kd_full = per_sample_kd_loss(full_batch.student_logits.detach(), full_batch.teacher_logits, 4.0).mean()
@@ -170,8 +170,8 @@ def _remove_manifest(folder: Path) -> None:
 def test_damaged_store_is_detected_and_rebuilt_with_one_warning(make_engine, cache, caplog, corrupt, problem):
     original = make_engine(store_dtype="float32", cache_dir=str(cache))
     expected = _store_files(original)
-    folder = original.teacher_store.path
-    original.teacher_store.close()
+    folder = original.teacher_source.store.path
+    original.teacher_source.store.close()
     corrupt(folder)
     with pytest.raises(TeacherStoreError, match=problem):
         TeacherOutputStore.open(folder)
@@ -180,7 +180,7 @@ def test_damaged_store_is_detected_and_rebuilt_with_one_warning(make_engine, cac
         rebuilt = make_engine(store_dtype="float32", cache_dir=str(cache))
     warnings = _warnings(caplog)
     assert len(warnings) == 1 and "invalid" in warnings[0] and "rebuilding" in warnings[0]
-    assert rebuilt.teacher_store.path == folder
+    assert rebuilt.teacher_source.store.path == folder
     for name, array in _store_files(rebuilt).items():
         np.testing.assert_array_equal(array, expected[name])
     TeacherOutputStore.open(folder, full=True).close()
@@ -192,7 +192,7 @@ def test_copy_with_new_mtimes_is_hashed_in_full_and_accepted(make_engine, cache,
     # 4 KiB blocks: every array file spans several, so "all blocks" and "a sample" differ
     for module in (store_module, store_format):
         monkeypatch.setattr(module, "BLOCK_SIZE", 4096)
-    folder = make_engine(cache_dir=str(cache)).teacher_store.path
+    folder = make_engine(cache_dir=str(cache)).teacher_source.store.path
     expected = {path.name: np.load(path) for path in folder.glob("*.npy")}
     manifest = json.loads((folder / "manifest.json").read_text())
     blocks = {entry["file"]: len(entry["block_sha256"]) for entry in manifest["arrays"].values()}
@@ -236,7 +236,7 @@ def test_read_only_cache_runs_in_memory_with_one_warning(make_engine, cache, cap
         engine = make_engine(store_dtype="float32", cache_dir=str(cache))
     warnings = _warnings(caplog)
     assert len(warnings) == 1 and "Read-only" in warnings[0] and "in memory" in warnings[0]
-    assert engine.teacher_store is None and engine._teacher_cache is not None
+    assert engine.teacher_source.store is None and engine.teacher_source.memory is not None
     memory = make_engine(teacher_store=False)
     engine.reset(seed=2)
     memory.reset(seed=2)
@@ -244,11 +244,11 @@ def test_read_only_cache_runs_in_memory_with_one_warning(make_engine, cache, cap
 
 
 def test_read_only_cache_still_reads_an_existing_store(make_engine, cache, caplog, monkeypatch):
-    folder = make_engine(cache_dir=str(cache)).teacher_store.path
+    folder = make_engine(cache_dir=str(cache)).teacher_source.store.path
     _read_only_open(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="kd_env"):
         engine = make_engine(cache_dir=str(cache))
-    assert engine.teacher_store is not None and engine.teacher_store.path == folder
+    assert engine.teacher_source.store is not None and engine.teacher_source.store.path == folder
     assert _warnings(caplog) == []
 
 
@@ -267,7 +267,7 @@ def test_disk_full_leaves_no_store_and_the_run_continues_in_memory(make_engine, 
         engine = make_engine(store_dtype="float32", cache_dir=str(cache))
     warnings = _warnings(caplog)
     assert len(warnings) == 1 and "No space left" in warnings[0]
-    assert engine.teacher_store is None
+    assert engine.teacher_source.store is None
     root = cache / "teacher_outputs"
     assert [p.name for p in root.iterdir() if not p.name.endswith(".lock")] == []  # no half-written store
     memory = make_engine(teacher_store=False)
@@ -275,7 +275,7 @@ def test_disk_full_leaves_no_store_and_the_run_continues_in_memory(make_engine, 
     memory.reset(seed=2)
     assert _losses(engine, 5) == _losses(memory, 5)
     monkeypatch.setattr(store_module, "_write_bytes", real_write)
-    assert make_engine(store_dtype="float32", cache_dir=str(cache)).teacher_store is not None  # space again
+    assert make_engine(store_dtype="float32", cache_dir=str(cache)).teacher_source.store is not None  # space again
 
 
 _BUILDER = textwrap.dedent(
@@ -344,8 +344,8 @@ def test_open_or_build_raises_unavailable_without_a_writable_cache(tmp_path, mon
 def test_cli_store_list_verify_clear(make_engine, cache, capsys):
     from kd_env.cli import main
 
-    folder = make_engine(cache_dir=str(cache)).teacher_store.path
-    make_engine(store_dtype="float32", cache_dir=str(cache)).teacher_store.close()
+    folder = make_engine(cache_dir=str(cache)).teacher_source.store.path
+    make_engine(store_dtype="float32", cache_dir=str(cache)).teacher_source.store.close()
     assert main(["store", "list", "--cache-dir", str(cache)]) == 0
     listing = capsys.readouterr().out
     assert folder.name in listing and "float16" in listing and "float32" in listing and "ok" in listing
@@ -389,7 +389,7 @@ def test_a_store_dropped_without_close_releases_its_descriptors(make_engine, cac
 
     if not Path("/proc/self/fd").is_dir():
         pytest.skip("counts descriptors through /proc (Linux)")
-    folder = make_engine(cache_dir=str(cache)).teacher_store.path
+    folder = make_engine(cache_dir=str(cache)).teacher_source.store.path
 
     def open_descriptors() -> int:
         gc.collect()
@@ -406,7 +406,7 @@ def test_a_store_dropped_without_close_releases_its_descriptors(make_engine, cac
 @pytest.mark.parametrize("block_bytes", [1024, 4096, 1 << 20])
 def test_block_reads_give_the_rows_a_read_per_row_gives(make_engine, cache, monkeypatch, block_bytes):
     engine = make_engine(cache_dir=str(cache))
-    store = engine.teacher_store
+    store = engine.teacher_source.store
     arrays = _store_files(engine)
     rng = np.random.default_rng(0)
     num = store.num_samples

@@ -7,48 +7,39 @@ The step protocol matches the design card: the engine *prepares* batch t (teache
 ``torch.inference_mode()``, the student forward with its autograd graph kept, every per-sample
 quantity computed once), a policy looks at :attr:`DistillationEngine.current` and chooses
 weights, :meth:`DistillationEngine.step` applies them to that same batch and prepares batch t+1.
+
+The engine is the episode (student, optimizer, schedule, data order, epoch ends, rollback); its
+parts live beside it: the teachers' outputs in :mod:`~kd_env.engine.teacher_source`, the step's
+arithmetic in :mod:`~kd_env.engine.step`, the checkpoint state in :mod:`~kd_env.engine.saved_state`.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
 from kd_env.data import BatchTransform, DatasetSplits, batch_indices, default_augmentation
-from kd_env.engine.adapters import build_adapters, match_teacher_map
+from kd_env.engine.adapters import build_adapters
 from kd_env.engine.batch import StepBatch, StepResult
 from kd_env.engine.config import EngineConfig
 from kd_env.engine.evaluation import accuracy_and_loss
-from kd_env.engine.losses import (
-    feature_cosine,
-    per_sample_cross_entropy,
-    per_sample_entropy,
-    per_sample_feature_mse,
-    per_sample_kd_loss,
-    weighted_teacher_sum,
-)
+from kd_env.engine.losses import per_sample_cross_entropy
 from kd_env.engine.modes import entry_point, student_autograd
-from kd_env.engine.state import (
-    all_finite,
-    frozen_batchnorm,
-    prepared_batch_finite,
-    restore_snapshot,
-    take_snapshot,
-    trainable_tensors,
-)
-from kd_env.engine.teacher_pass import feature_map_shapes, gather_teacher_outputs, open_teacher_store, run_teachers
+from kd_env.engine.rollback import all_finite, prepared_batch_finite, restore_snapshot, take_snapshot, trainable_tensors
+from kd_env.engine.saved_state import EngineSavedState
+from kd_env.engine.step import prepare_batch, weighted_loss
+from kd_env.engine.teacher_source import TeacherOutputSource, TeacherPerformance
 from kd_env.models import KDModel
-from kd_env.teacher_outputs import TeacherBatch, TeacherOutputStore
+from kd_env.teacher_outputs import TeacherBatch
 from kd_env.weights import check_weights
 
 __all__ = ["DistillationEngine", "EngineConfig", "StepBatch", "StepResult"]
 
 
-class DistillationEngine:
+class DistillationEngine(EngineSavedState):
     """Multi-teacher KD on tensors: student, frozen teachers, adapters, SGD and the LR schedule.
 
     Args:
@@ -100,14 +91,17 @@ class DistillationEngine:
             raise ValueError(f"batch size {self.config.batch_size} exceeds the {num_train} training samples")
         cap = self.config.max_steps_per_epoch
         self.steps_per_epoch = min(full_steps, cap) if cap else full_steps
-        self.teacher_shapes = self._probe_teacher_shapes()
-        self._teacher_cache: dict[str, Any] | None = None
-        self.teacher_store: TeacherOutputStore | None = None
-        if self.config.cache_teacher_outputs and not self.augmenting:
-            if self.config.teacher_store:
-                self.teacher_store = self._open_teacher_store()
-            if self.teacher_store is None:
-                self._teacher_cache = self._run_teachers_over_training_set()
+        self.teacher_source = TeacherOutputSource(
+            self.teachers,
+            self.data,
+            self.config,
+            self.eval_transform,
+            self.teacher_format,
+            self.teacher_names,
+            self.device,
+            keep=self.config.cache_teacher_outputs and not self.augmenting,
+        )
+        self.teacher_shapes = self.teacher_source.shapes
         self.student: KDModel | None = None
         self.adapters: nn.ModuleList | None = None
         self.current: StepBatch | None = None
@@ -146,39 +140,21 @@ class DistillationEngine:
     def _format_for(self, model: nn.Module) -> torch.memory_format:
         return self.teacher_format if any(model is teacher for teacher in self.teachers) else self.student_format
 
-    def _probe_teacher_shapes(self) -> list[tuple[int, int, int]]:
-        sample = self.eval_transform(self.data.train_images[:2], train=False)
-        return feature_map_shapes(self.teachers, sample, self.teacher_format)
-
-    def _teacher_outputs(self, images: torch.Tensor) -> TeacherBatch:
-        """All teachers, once each, without autograd: stacked logits, embeddings, feature maps."""
-        return run_teachers(self.teachers, images, self.teacher_format)
-
+    # ------------------------------------------------------------------ teacher outputs (the source's)
     def teacher_outputs_for(self, indices: torch.Tensor, images: torch.Tensor) -> TeacherBatch:
         """The teachers' logits ``[K, B, C]``, embeddings and feature maps for the training samples
         ``indices`` whose transformed pixels are ``images``: read from the store or the in-memory
         cache where the outputs were computed once (augmentation off), else one pass of every
         teacher over ``images`` (the engine's batches and MMKD's hard batches alike)."""
-        if self.teacher_outputs_by_index:
-            return self._kept_teacher_outputs(indices, feature_maps=self.config.feature_kd)
-        return self._teacher_outputs(images)
-
-    def _kept_teacher_outputs(self, indices: torch.Tensor, *, feature_maps: bool) -> TeacherBatch:
-        """Rows ``indices`` of the outputs computed once: the store's, else the in-memory cache's."""
-        if self.teacher_store is not None:
-            return self.teacher_store.batch(indices, self.device, feature_maps=feature_maps)
-        assert self._teacher_cache is not None
-        cache = self._teacher_cache
-        maps = [feature_map[indices] for feature_map in cache["feature_maps"]] if feature_maps else []
-        return cache["logits"][:, indices], [embedding[indices] for embedding in cache["embeddings"]], maps
+        return self.teacher_source.outputs_for(indices, images)
 
     @property
     def teacher_outputs_by_index(self) -> bool:
         """Whether a training sample's teacher outputs are a function of its index alone: they
         were computed once (store or in-memory cache), which augmentation rules out."""
-        return self.teacher_store is not None or self._teacher_cache is not None
+        return self.teacher_source.by_index
 
-    def teacher_performance(self, indices: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+    def teacher_performance(self, indices: torch.Tensor) -> TeacherPerformance:
         """Logits ``[K, B, C]``, embeddings and per-sample CE ``[B, K]`` of the training samples
         ``indices``, read again from the store or the in-memory cache: the same values the
         samples' batch had (the same arrays, the same CE formula), without the feature maps.
@@ -189,42 +165,11 @@ class DistillationEngine:
         """
         return next(self.teacher_performance_batches([indices]))
 
-    def teacher_performance_batches(
-        self, batches: Sequence[torch.Tensor]
-    ) -> Iterator[tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]]:
+    def teacher_performance_batches(self, batches: Sequence[torch.Tensor]) -> Iterator[TeacherPerformance]:
         """:meth:`teacher_performance` of each batch of ``batches``, in order, with the rows of
         all of them read at once (the store reads rows that are dense in its files as blocks);
         the CE is computed per batch, as the batch's step did."""
-        if not self.teacher_outputs_by_index:
-            raise RuntimeError("teacher outputs are not kept by sample index (augmentation on, or cache_teacher_outputs=False)")
-        indices = torch.cat([batch.to(self.device) for batch in batches])
-        logits, embeddings, _ = self._kept_teacher_outputs(indices, feature_maps=False)
-        labels = None if self.config.label_free else self.data.train_labels[indices]
-        start = 0
-        for batch in batches:
-            stop = start + len(batch)
-            batch_logits = logits[:, start:stop]
-            teacher_ce = None
-            if labels is not None:
-                with torch.no_grad():
-                    teacher_ce = per_sample_cross_entropy(batch_logits, labels[start:stop])
-            yield batch_logits, [embedding[start:stop] for embedding in embeddings], teacher_ce
-            start = stop
-
-    def _teacher_output_chunks(self) -> Iterator[TeacherBatch]:
-        """Teacher outputs over the training set, ``eval_batch_size`` images at a time, in order."""
-        images = self.data.train_images
-        for start in range(0, images.shape[0], self.config.eval_batch_size):
-            batch = self.eval_transform(images[start : start + self.config.eval_batch_size], train=False)
-            yield self._teacher_outputs(batch)
-
-    def _open_teacher_store(self) -> TeacherOutputStore | None:
-        """Open (or build once) the persistent store; ``None`` where it cannot be written."""
-        return open_teacher_store(self.teachers, self.data, self.config, self._teacher_output_chunks, self.teacher_names, self.device)
-
-    def _run_teachers_over_training_set(self) -> dict[str, Any]:
-        """Teacher outputs for every training image, computed once (augmentation is off)."""
-        return gather_teacher_outputs(self._teacher_output_chunks(), self.config.feature_kd)
+        return self.teacher_source.performance_batches(batches)
 
     # ------------------------------------------------------------------ episode
     # reset, step, rollback and load_state_dict build, train or prepare the student: entry
@@ -279,56 +224,8 @@ class DistillationEngine:
         # label-free: no training label is read, nor anything computed from one (see EngineConfig.label_free)
         labels = None if self.config.label_free else self.data.train_labels[indices]
         images = self.train_transform(self.data.train_images[indices], self.generator, train=True)
-        teacher_logits, teacher_embeddings, teacher_maps = self.teacher_outputs_for(indices, images)
         assert self.student is not None and self.adapters is not None
-        student_output = self.student.forward_all(images.contiguous(memory_format=self.student_format))
-        temperature = self.config.temperature
-        teacher_ce = teacher_correct = student_ce = None
-        with torch.no_grad():
-            if labels is not None:
-                teacher_ce = per_sample_cross_entropy(teacher_logits, labels)
-                teacher_correct = (teacher_logits.argmax(-1) == labels).transpose(0, 1).float()
-            teacher_entropy = per_sample_entropy(teacher_logits)
-        if labels is not None:
-            student_ce = per_sample_cross_entropy(student_output.logits, labels)
-        feature_mse = cosine = head_weights = None
-        if self.config.feature_kd:
-            adapted = [adapter(student_output.feature_map) for adapter in self.adapters]
-            # one loop over teachers is unavoidable here: each adapter has its own channel count
-            feature_mse = torch.stack([per_sample_feature_mse(a, match_teacher_map(t, a)) for a, t in zip(adapted, teacher_maps)], dim=1)
-            with torch.no_grad():
-                cosine = torch.stack([feature_cosine(a.mean(dim=(2, 3)), e) for a, e in zip(adapted, teacher_embeddings)], dim=1)
-            if self.config.feature_term == "camkd":
-                assert labels is not None  # EngineConfig.check refuses camkd with label_free
-                head_weights = self._camkd_feature_weights(adapted, labels)
-        return StepBatch(
-            indices=indices,
-            _labels=labels,
-            teacher_logits=teacher_logits,
-            teacher_embeddings=teacher_embeddings,
-            _teacher_ce=teacher_ce,
-            teacher_entropy=teacher_entropy,
-            _teacher_correct=teacher_correct,
-            student_logits=student_output.logits,
-            _student_ce=student_ce,
-            kd_loss=per_sample_kd_loss(student_output.logits, teacher_logits, temperature),
-            feature_mse=feature_mse,
-            feature_cosine=cosine,
-            feature_head_weights=head_weights,
-            # references to what the step already computed: no extra pass, no copy
-            teacher_feature_maps=teacher_maps if self.config.feature_kd else [],
-            student_feature_map=student_output.feature_map if self.config.feature_kd else None,
-        )
-
-    def _camkd_feature_weights(self, adapted: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
-        """CA-MKD's feature-level weights ``[B, K]`` (graph kept, as in the authors' code): the
-        confidence of teacher k's head on the student's map adapted to teacher k."""
-        # each teacher's head is frozen, but its input carries the student's graph
-        head_ce = torch.stack(
-            [per_sample_cross_entropy(teacher.head_logits(a), labels) for teacher, a in zip(self.teachers, adapted)],
-            dim=1,
-        )
-        return (1.0 - torch.softmax(head_ce, dim=1)) / (self.num_teachers - 1)
+        return prepare_batch(self.student, self.adapters, self.teacher_source, self.config, indices, images, labels, self.student_format)
 
     # ------------------------------------------------------------------ the step
     @entry_point
@@ -357,27 +254,8 @@ class DistillationEngine:
         logit_weights = logit_weights.expand(size, teachers)
         feature_weights = feature_weights.expand(size, teachers)
 
-        config = self.config
-        kd_term = config.alpha * config.kd_scale * weighted_teacher_sum(batch.kd_loss, logit_weights)
-        # label-free: the teachers are the only teaching signal, no CE term
-        per_sample_loss = kd_term if config.label_free else batch.student_ce + kd_term
-        if batch.feature_head_weights is not None:
-            feature_weights = batch.feature_head_weights  # CA-MKD's own feature weights, with their graph
-        if batch.feature_mse is not None and self.epoch >= config.feature_kd_from_epoch:
-            per_sample_loss = per_sample_loss + config.beta * weighted_teacher_sum(batch.feature_mse, feature_weights)
-        loss = per_sample_loss.mean()
-        diverged = not bool(torch.isfinite(loss))
-        result = StepResult(
-            loss=float(loss.detach()),
-            student_ce=None if config.label_free else batch.student_ce.detach(),
-            kd_loss=batch.kd_loss.detach(),
-            feature_mse=None if batch.feature_mse is None else batch.feature_mse.detach(),
-            per_sample_loss=per_sample_loss.detach(),
-            logit_weights=logit_weights,
-            feature_weights=feature_weights.detach() if batch.feature_mse is not None else None,
-            diverged=diverged,
-        )
-        if diverged:
+        loss, result = weighted_loss(batch, logit_weights, feature_weights, self.config, self.epoch)
+        if result.diverged:
             # a non-finite loss must not reach the weights: the student stays as it was
             self.current = None
             result.done = True
@@ -504,80 +382,3 @@ class DistillationEngine:
         if self.best_student_state is not None:
             model.load_state_dict(self.best_student_state)
         return model.eval()
-
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly: models, optimizer, schedule, data order, RNG."""
-        if self.student is None or self.adapters is None:
-            raise RuntimeError("nothing to save: call reset(seed) first")
-        return {
-            "config": self.config.to_dict(),
-            "teacher_names": self.teacher_names,
-            "student": self.student.state_dict(),
-            "adapters": self.adapters.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "generator_state": self._generator_state_at_prepare,
-            # one [steps, B] tensor; with a last, partial batch (drop_last=False) the order
-            # concatenated and the batch sizes
-            **(
-                {"epoch_batches": torch.stack(self._epoch_batches).cpu()}
-                if len({len(b) for b in self._epoch_batches}) <= 1
-                else {
-                    "epoch_batches": torch.cat(self._epoch_batches).cpu(),
-                    "epoch_batch_sizes": [len(b) for b in self._epoch_batches],
-                }
-            ),
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "step_in_epoch": self.step_in_epoch,
-            "best_val_acc": self.best_val_acc,
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
-            "best_student_state": self.best_student_state,
-            "last_val_acc": self.last_val_acc,
-            "last_test_acc": self.last_test_acc,
-            "torch_rng_state": torch.get_rng_state(),
-        }
-
-    @entry_point
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict`; the prepared batch is rebuilt exactly as it was."""
-        if list(state.get("teacher_names", [])) != self.teacher_names:
-            raise ValueError(f"checkpoint was made with teachers {state.get('teacher_names')}, this engine has {self.teacher_names}")
-        for key in ("batch_size", "epochs", "feature_kd", "max_steps_per_epoch"):
-            if state["config"].get(key) != getattr(self.config, key):
-                raise ValueError(f"checkpoint has {key}={state['config'].get(key)!r}, this engine has {getattr(self.config, key)!r}")
-        saved_drop_last = state["config"].get("drop_last", True)  # absent from checkpoints before the option
-        if saved_drop_last != self.config.drop_last:
-            raise ValueError(f"checkpoint has drop_last={saved_drop_last!r}, this engine has {self.config.drop_last!r}")
-        saved_label_free = state["config"].get("label_free", False)  # absent from checkpoints before the label regimes
-        if saved_label_free != self.config.label_free:
-            raise ValueError(f"checkpoint has label_free={saved_label_free!r}, this engine has {self.config.label_free!r}")
-        self.reset(seed=0)  # builds student, adapters, optimizer, schedule of the right shapes
-        assert self.student is not None and self.adapters is not None
-        self.student.load_state_dict(state["student"])
-        self.adapters.load_state_dict(state["adapters"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.epoch = int(state["epoch"])
-        self.global_step = int(state["global_step"])
-        self.step_in_epoch = int(state["step_in_epoch"])
-        self.best_val_acc = float(state["best_val_acc"])
-        self.best_score = float(state.get("best_score", state["best_val_acc"]))  # older checkpoints: val
-        self.best_epoch = int(state["best_epoch"])
-        self.best_student_state = state["best_student_state"]
-        self.last_val_acc, self.last_test_acc = state["last_val_acc"], state["last_test_acc"]
-        if "epoch_batch_sizes" in state:  # a last, partial batch (drop_last=False)
-            self._epoch_batches = list(state["epoch_batches"].to(self.device).split(list(state["epoch_batch_sizes"])))
-        else:
-            self._epoch_batches = list(state["epoch_batches"].to(self.device).unbind(0))
-        self.generator.set_state(state["generator_state"])
-        torch.set_rng_state(state["torch_rng_state"])
-        if self.done:
-            self.current = None
-            return
-        # the saved BN statistics already include the prepared batch's forward: keep them as saved
-        assert self.student is not None and self.adapters is not None
-        with frozen_batchnorm(self.student, self.adapters):
-            self.current = self._prepare()

@@ -81,3 +81,16 @@ def weighted_teacher_sum(per_sample_loss: torch.Tensor, weights: torch.Tensor) -
 def weighted_teacher_loss(per_sample_loss: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """The one weighting convention of kd-env: ``mean_b sum_k w[b, k] * loss[b, k]``."""
     return weighted_teacher_sum(per_sample_loss, weights).mean()
+
+
+def camkd_weights_from_ce(teacher_ce: torch.Tensor) -> torch.Tensor:
+    """CA-MKD's confidence rule on given teacher cross-entropies ``[B, K]``:
+    ``(1 - softmax_k(CE)) / (K - 1)``; ``K = 1`` gives weight 1.
+
+    Shared by the CA-MKD rule (:func:`kd_env.baselines.rules.camkd_weights`) and MTKD-RL's
+    confidence prior (whose state holds the CE), so it lives below both.
+    """
+    num_teachers = teacher_ce.shape[-1]
+    if num_teachers == 1:
+        return torch.ones_like(teacher_ce)
+    return (1.0 - torch.softmax(teacher_ce, dim=-1)) / (num_teachers - 1)
