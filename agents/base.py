@@ -28,6 +28,13 @@ CHECKPOINT_FORMAT = "kd_env.agent/1"
 
 AgentT = TypeVar("AgentT", bound="BaseAgent")
 
+SAVED_PARTS = ("policy", "optimizer", "generator", "predict_generator", "obs_stats")
+"""The parts of an agent that :class:`BaseAgent` saves and restores itself, where the agent has
+them (the attribute exists and is not ``None``): the policy network, its optimizer, the RNG
+streams of learning and of ``predict`` (``torch.Generator``) and the running observation
+statistics (anything with ``state_dict`` / ``load_state_dict``). They are stored under these
+names next to what the agent's :meth:`BaseAgent._state_dict` adds."""
+
 
 class BaseAgent(ABC):
     """Abstract base of kd-env's own agents.
@@ -156,11 +163,31 @@ class BaseAgent(ABC):
 
     @abstractmethod
     def _state_dict(self) -> dict[str, Any]:
-        """Networks, optimizer, RNG, running statistics, partial rollout (``torch.load(weights_only)``-safe)."""
+        """The agent's own state (``torch.load(weights_only)``-safe): what :data:`SAVED_PARTS`
+        does not cover, e.g. extra networks, counters, baselines, the partial rollout."""
 
     @abstractmethod
     def _load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`_state_dict` exactly."""
+        """Restore :meth:`_state_dict` exactly (the :data:`SAVED_PARTS` are restored already)."""
+
+    def _saved_parts(self) -> dict[str, Any]:
+        """The agent's :data:`SAVED_PARTS` that it has (attributes not ``None``), by name."""
+        parts = {name: getattr(self, name, None) for name in SAVED_PARTS}
+        return {name: part for name, part in parts.items() if part is not None}
+
+    def _parts_state_dict(self) -> dict[str, Any]:
+        """The state of each of :meth:`_saved_parts` (a generator's RNG state, else ``state_dict()``)."""
+        return {
+            name: part.get_state() if isinstance(part, torch.Generator) else part.state_dict() for name, part in self._saved_parts().items()
+        }
+
+    def _load_parts_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`_parts_state_dict` into the agent's parts (each one it has must be saved)."""
+        for name, part in self._saved_parts().items():
+            if isinstance(part, torch.Generator):
+                part.set_state(state[name])
+            else:
+                part.load_state_dict(state[name])
 
     # ------------------------------------------------------------------ SB3 protocol
     def predict(
@@ -300,7 +327,7 @@ class BaseAgent(ABC):
             "env_seeded": self._env_seeded,
             "episode_return": torch.from_numpy(self._episode_return.copy()),
             "episode_length": self._episode_length,
-            "agent": self._state_dict(),
+            "agent": {**self._parts_state_dict(), **self._state_dict()},
         }
         return write_checkpoint(path, CHECKPOINT_FORMAT, state)
 
@@ -350,6 +377,7 @@ class BaseAgent(ABC):
             action_space=None if env is not None else action_space,
             **hyperparameters,
         )
+        agent._load_parts_state_dict(state["agent"])
         agent._load_state_dict(state["agent"])
         agent.num_timesteps = int(state["num_timesteps"])
         agent._num_env_steps = int(state["num_env_steps"])

@@ -8,20 +8,32 @@ A callback is ``None``, a callable ``callback(record) -> bool | None``, an objec
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict, runtime_checkable
+from pathlib import Path
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from .base import BaseAgent
+__all__ = ["AgentCallback", "CallbackLike", "Learner", "StepRecord", "as_callback_list"]
 
-__all__ = ["AgentCallback", "CallbackLike", "StepRecord", "as_callback_list"]
+
+class Learner(Protocol):
+    """What a callback may rely on in the agent it is handed: SB3's model surface, which
+    :class:`~kd_env.agents.base.BaseAgent` (and so every kd-env agent) provides."""
+
+    num_timesteps: int
+    last_losses: dict[str, float]
+
+    def predict(
+        self, observation: np.ndarray, state: Any = None, episode_start: np.ndarray | None = None, deterministic: bool = False
+    ) -> tuple[np.ndarray, Any]: ...
+
+    def save(self, path: str | Path) -> Path: ...
 
 
 class StepRecord(TypedDict):
     """What a callback sees after each ``env.step`` (the runner logs it to TensorBoard)."""
 
-    agent: BaseAgent
+    agent: Learner
     step: int
     """Index of this ``env.step`` call, counted from the last ``reset_num_timesteps=True``."""
     num_timesteps: int
@@ -44,7 +56,7 @@ class StepRecord(TypedDict):
 class AgentCallback(Protocol):
     """The object form of a callback (SB3's ``BaseCallback._on_step`` in spirit)."""
 
-    def on_step(self, agent: BaseAgent, record: StepRecord) -> bool | None: ...
+    def on_step(self, agent: Learner, record: StepRecord) -> bool | None: ...
 
 
 CallbackLike = None | Callable[[StepRecord], bool | None] | AgentCallback | Sequence[Any]

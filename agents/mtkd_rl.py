@@ -307,9 +307,8 @@ class MTKDRL(BaseAgent):
 
     # ------------------------------------------------------------------ checkpoints
     def _state_dict(self) -> dict[str, Any]:
+        # policy and optimizer: BaseAgent's SAVED_PARTS
         return {
-            "policy": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "num_updates": self.num_updates,
             "epoch": self._epoch,
             "batch_in_epoch": self._batch_in_epoch,
@@ -318,8 +317,6 @@ class MTKDRL(BaseAgent):
         }
 
     def _load_state_dict(self, state: dict[str, Any]) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
         self.num_updates = int(state["num_updates"])
         self._epoch = int(state["epoch"])
         self._batch_in_epoch = int(state["batch_in_epoch"])

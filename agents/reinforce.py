@@ -13,7 +13,8 @@ from torch.distributions import Normal
 
 from .base import BaseAgent, EnvLike
 
-BASELINES = ("value", "mean")
+RETURN_BASELINES = ("value", "mean")
+"""What ``Reinforce(baseline=...)`` subtracts from the returns: a learned critic or a running mean."""
 
 
 class RunningMeanStd:
@@ -163,8 +164,8 @@ class Reinforce(BaseAgent):
         hidden = list(hidden_sizes)
         if any(isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1 for h in hidden):
             raise ValueError(f"hidden_sizes must be positive ints, got {hidden_sizes!r}")
-        if baseline not in BASELINES:
-            raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+        if baseline not in RETURN_BASELINES:
+            raise ValueError(f"baseline must be one of {RETURN_BASELINES}, got {baseline!r}")
         if isinstance(baseline_momentum, bool) or not 0.0 < float(baseline_momentum) <= 1.0:
             raise ValueError(f"baseline_momentum must be in (0, 1], got {baseline_momentum!r}")
         if max_grad_norm is not None:
@@ -331,13 +332,9 @@ class Reinforce(BaseAgent):
         return self._squash(distribution.mean + distribution.stddev * noise)
 
     def _state_dict(self) -> dict[str, Any]:
+        # policy, optimizer, RNG streams and observation statistics: BaseAgent's SAVED_PARTS
         return {
-            "policy": self.policy.state_dict(),
             "value_net": None if self.value_net is None else self.value_net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "predict_generator": self.predict_generator.get_state(),
-            "obs_stats": self.obs_stats.state_dict(),
             "mean_baseline": self.mean_baseline,
             "mean_baseline_ready": self.mean_baseline_ready,
             "num_updates": self.num_updates,
@@ -350,13 +347,8 @@ class Reinforce(BaseAgent):
         }
 
     def _load_state_dict(self, state: dict[str, Any]) -> None:
-        self.policy.load_state_dict(state["policy"])
         if self.value_net is not None:
             self.value_net.load_state_dict(state["value_net"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.predict_generator.set_state(state["predict_generator"])
-        self.obs_stats.load_state_dict(state["obs_stats"])
         self.mean_baseline = float(state["mean_baseline"])
         self.mean_baseline_ready = bool(state["mean_baseline_ready"])
         self.num_updates = int(state["num_updates"])
