@@ -8,7 +8,7 @@ Baselines'). Modules:
 * ``rules``: the teacher-weighting rules as pure tensor functions;
 * ``base``: :class:`BaselinePolicy`, the core that drives a rule through an environment with
   SB3's ``predict`` protocol (reads the env's prepared batch; action modes; checkpoints);
-* ``policies``: the rules as policies (``make_baseline("camkd", env)``, ``BASELINES``), plus two
+* ``policies``: the rules as policies (``make_baseline("camkd", env)``, ``BASELINE_POLICIES``), plus two
   reference policies: the label-aware ``Oracle`` and ``NoKD`` (no distillation);
 * ``mmkd``: MMKD, a learned baseline (meta-learned weight networks trained inside the run, on
   the per-sample env); its weight networks and hard buffer are in ``mmkd_networks``, its meta
@@ -19,6 +19,7 @@ from .mmkd import MMKD
 from .policies import (
     AEKD,
     AVER,
+    BASELINE_POLICIES,
     BASELINES,
     CAMKD,
     EBKD,
@@ -50,6 +51,7 @@ from .rules import (
 __all__ = [
     "AEKD",
     "AVER",
+    "BASELINE_POLICIES",
     "BASELINES",
     "CAMKD",
     "EBKD",

@@ -60,7 +60,7 @@ from kd_env.envs.sb3_vec import SB3VecEnvAdapter
 
 from .rules import aver_weights, kd_scale_for
 
-__all__ = ["CHECKPOINT_FORMAT", "BaselinePolicy", "KDEnv", "label_free_baselines", "resolve_env"]
+__all__ = ["BASELINE_POLICIES", "CHECKPOINT_FORMAT", "BaselinePolicy", "KDEnv", "label_free_baselines", "registry_key", "resolve_env"]
 
 CHECKPOINT_FORMAT = "kd_env.baseline/1"
 
@@ -90,9 +90,7 @@ def resolve_env(env: Any) -> KDEnv:
 
 def label_free_baselines() -> list[str]:
     """The registered baselines that run under ``labels="none"`` (they do not read training labels)."""
-    from .policies import BASELINES  # the registry lists the subclasses, so it lives with them
-
-    return [name for name, cls in BASELINES.items() if not cls.needs_training_labels]
+    return [name for name, cls in BASELINE_POLICIES.items() if not cls.needs_training_labels]
 
 
 class BaselinePolicy:
@@ -236,11 +234,31 @@ class BaselinePolicy:
         name = str(stored["name"])
         if cls is not BaselinePolicy and name != cls.name:
             raise ValueError(f"{path} holds the {name!r} baseline, not {cls.name!r}; use load_baseline()")
-        # the registry lists the subclasses, so it lives with them (imported here, not at the top)
-        from .policies import BASELINES, registry_key
-
-        return BASELINES[registry_key(name)](env, **stored["kwargs"])
+        return BASELINE_POLICIES[registry_key(name)](env, **stored["kwargs"])
 
     def __repr__(self) -> str:
         options = ", ".join(f"{key}={value!r}" for key, value in self.config.items())
         return f"{type(self).__name__}({type(self.env).__name__}{', ' if options else ''}{options})"
+
+
+BASELINE_POLICIES: dict[str, type[BaselinePolicy]] = {}
+"""The built-in baseline policies by registry name (``"aver"``, ``"camkd"``, ...), filled by
+:mod:`~kd_env.baselines.policies`, which defines them (the package imports it)."""
+
+_REGISTRY_ALIASES = {
+    "bestteacher": "best",
+    "randomdirichlet": "random",
+    "nokd": "no-kd",
+    "labeloracle": "oracle",
+    "cesoftmax": "ce-softmax",
+    "ceroute": "ce-route",
+}
+
+
+def registry_key(name: str) -> str:
+    """``"CA-MKD"``, ``"CAMKD"``, ``"ca_mkd"`` -> ``"camkd"``; class names map to their registry name."""
+    key = name.lower().replace("-", "").replace("_", "").replace(" ", "")
+    key = _REGISTRY_ALIASES.get(key, key)
+    if key not in BASELINE_POLICIES:
+        raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINE_POLICIES)}")
+    return key

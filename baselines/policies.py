@@ -10,7 +10,7 @@ action modes, checkpoints) is :class:`~kd_env.baselines.base.BaselinePolicy`.
 
 Reference policies
 ------------------
-Two entries of :data:`BASELINES` are reference points, not competing methods
+Two entries of :data:`BASELINE_POLICIES` are reference points, not competing methods
 (``reference = True``): :class:`Oracle` (the label-aware oracle, an upper reference that reads
 each sample's true label) and :class:`NoKD` (all weights zero: the student trained on
 cross-entropy alone, the floor that distillation must beat).
@@ -40,7 +40,7 @@ import torch
 
 from kd_env.engine.engine import StepBatch
 
-from .base import CHECKPOINT_FORMAT, BaselinePolicy
+from .base import BASELINE_POLICIES, CHECKPOINT_FORMAT, BaselinePolicy, registry_key
 from .rules import (
     aekd_weights,
     aver_weights,
@@ -60,6 +60,7 @@ __all__ = [
     "AEKD",
     "AVER",
     "BASELINES",
+    "BASELINE_POLICIES",
     "CAMKD",
     "CHECKPOINT_FORMAT",
     "CERoute",
@@ -316,18 +317,22 @@ class NoKD(BaselinePolicy):
 #: The label-confidence rules: the bar a learned method that reads training labels must clear.
 LABEL_CONFIDENCE_RULES = ("ce-softmax", "ce-route")
 
-BASELINES: dict[str, type[BaselinePolicy]] = {
-    "aver": AVER,
-    "ebkd": EBKD,
-    "camkd": CAMKD,
-    "ce-softmax": CESoftmax,
-    "ce-route": CERoute,
-    "aekd": AEKD,
-    "best": BestTeacher,
-    "random": RandomDirichlet,
-    "oracle": Oracle,
-    "no-kd": NoKD,
-}
+BASELINE_POLICIES.update(
+    {
+        "aver": AVER,
+        "ebkd": EBKD,
+        "camkd": CAMKD,
+        "ce-softmax": CESoftmax,
+        "ce-route": CERoute,
+        "aekd": AEKD,
+        "best": BestTeacher,
+        "random": RandomDirichlet,
+        "oracle": Oracle,
+        "no-kd": NoKD,
+    }
+)
+BASELINES = BASELINE_POLICIES
+"""Former name of :data:`BASELINE_POLICIES` (#26), kept while ``kd_env.registry`` imports it."""
 
 
 def make_baseline(name: str, env: Any, seed: int = 0, **kwargs: Any) -> BaselinePolicy:
@@ -338,7 +343,7 @@ def make_baseline(name: str, env: Any, seed: int = 0, **kwargs: Any) -> Baseline
     rules, so a runner can call every baseline alike. ``kwargs`` go to the constructor
     (e.g. ``cap=0.8`` for AEKD).
     """
-    cls = BASELINES[registry_key(name)]
+    cls = BASELINE_POLICIES[registry_key(name)]
     if cls.uses_seed:
         return cls(env, seed=seed, **kwargs)  # type: ignore[call-arg]
     return cls(env, **kwargs)
@@ -347,23 +352,6 @@ def make_baseline(name: str, env: Any, seed: int = 0, **kwargs: Any) -> Baseline
 def load_baseline(path: str | Path, env: Any) -> BaselinePolicy:
     """Rebuild any saved baseline on ``env`` (the class is read from the checkpoint)."""
     return BaselinePolicy.load(path, env)
-
-
-def registry_key(name: str) -> str:
-    """``"CA-MKD"``, ``"CAMKD"``, ``"ca_mkd"`` -> ``"camkd"``; class names map to their registry name."""
-    key = name.lower().replace("-", "").replace("_", "").replace(" ", "")
-    aliases = {
-        "bestteacher": "best",
-        "randomdirichlet": "random",
-        "nokd": "no-kd",
-        "labeloracle": "oracle",
-        "cesoftmax": "ce-softmax",
-        "ceroute": "ce-route",
-    }
-    key = aliases.get(key, key)
-    if key not in BASELINES:
-        raise ValueError(f"unknown baseline {name!r}; known: {sorted(BASELINES)}")
-    return key
 
 
 def published_kd_scale(policy_name: str, num_teachers: int) -> float:

@@ -13,7 +13,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 import kd_env  # noqa: F401  (registers the env ids)
 from kd_env.baselines import (
     AEKD,
-    BASELINES,
+    BASELINE_POLICIES,
     CAMKD,
     EBKD,
     BaselinePolicy,
@@ -34,7 +34,7 @@ FAST = {"action_mode": "simplex", "epochs": 1, "max_steps_per_epoch": 3}
 SLOTS = 8  # per-sample env batch size: small keeps the test fast
 RANDOM_SEED = 7
 # the weighting rules; the reference policies (oracle, no-kd) have tests of their own below
-RULES = sorted(name for name, cls in BASELINES.items() if not cls.reference)
+RULES = sorted(name for name, cls in BASELINE_POLICIES.items() if not cls.reference)
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +261,7 @@ def test_random_dirichlet_is_seeded(batch_env):
 
 def test_softmax_env_is_refused():
     env = gym.make(SYNTHETIC, epochs=1, max_steps_per_epoch=3)  # action_mode="softmax" by default
-    for cls in BASELINES.values():
+    for cls in BASELINE_POLICIES.values():
         with pytest.raises(ValueError, match=f'action_mode="{cls.action_mode}"'):
             cls(env)
     env.close()

@@ -242,9 +242,9 @@ def test_built_ins_are_entries_of_the_same_registry():
     kinds = {name: registry.get_policy(name).kind for name in kd_env.policy_names()}
     assert {kinds[name] for name in ("reinforce", "mtkd-rl")} == {"agent"}
     assert {kinds[name] for name in ("ppo", "a2c", "sac", "td3", "ddpg")} == {"sb3"}
-    from kd_env.baselines import BASELINES
+    from kd_env.baselines import BASELINE_POLICIES
 
-    for name, cls in BASELINES.items():
+    for name, cls in BASELINE_POLICIES.items():
         spec = registry.get_policy(name)
         assert spec.kind == "policy" and spec.action_mode == cls.action_mode
     assert registry.get_policy("no-kd").action_mode == "raw"

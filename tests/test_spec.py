@@ -45,7 +45,7 @@ SUITE_V2 = {"suite-v2-labels": "full", "suite-v2-label-free": "none", "suite-v2-
 
 @pytest.mark.parametrize("name", sorted(SUITE_V2))
 def test_suite_v2_presets_plan_every_pool_method_and_seed_in_their_regime(tmp_path, name):
-    from kd_env.baselines import BASELINES
+    from kd_env.baselines import BASELINE_POLICIES
     from kd_env.baselines.policies import LABEL_CONFIDENCE_RULES
 
     preset = PRESETS[name]
@@ -55,7 +55,7 @@ def test_suite_v2_presets_plan_every_pool_method_and_seed_in_their_regime(tmp_pa
     assert {run.config.env_kwargs["labels"] for run in runs} == {SUITE_V2[name]}
     agents = {method.agent for method in preset.methods}
     if SUITE_V2[name] == "none":  # nothing that the regime refuses
-        assert not any(getattr(BASELINES.get(agent), "needs_training_labels", False) for agent in agents if agent != "oracle")
+        assert not any(getattr(BASELINE_POLICIES.get(agent), "needs_training_labels", False) for agent in agents if agent != "oracle")
         assert not any(method.env_kwargs.get("reward_mode") == "label_logprob" for method in preset.methods)
         assert {"overlap", "mixed", "noisy", "specialists"} <= set(preset.scenarios)
     else:  # labels read: the label-confidence rules are in, as the bar
