@@ -8,11 +8,10 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from kd_env.envs import ENV_IDS, MultiTeacherKDEnv, PerSampleKDVectorEnv, make_sb3_per_sample_env, register_envs
 from kd_env.registry import policy_names, register_policy
 from kd_env.teachers import TeacherRecipe, register_pool  # the envs import them anyway: no extra cost
+from kd_env.version import __version__
 
 register_envs()
 

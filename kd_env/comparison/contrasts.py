@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kd_env.comparison import stats
+from kd_env.comparison.results import load_result, scenario_scores, task_name, test_accuracy
 
 if TYPE_CHECKING:
     from kd_env.comparison.presets import Preset
@@ -120,8 +121,6 @@ def write_contrasts(
     preset: Preset,
 ) -> list[dict[str, Any]] | None:
     """``contrasts.md`` / ``contrasts.json`` for the preset's contrasts (``None`` if it has none)."""
-    from kd_env.comparison.report import load_result, scenario_scores, task_name, test_accuracy
-
     if not preset.contrasts:
         return None
     accuracies: dict[tuple[str, str], dict[int, float]] = {}

@@ -29,21 +29,13 @@ import numpy as np
 
 from kd_env.comparison import stats
 from kd_env.comparison.contrasts import paired_accuracy_difference, write_contrasts
+from kd_env.comparison.results import load_result, scenario_scores, test_accuracy
 
 if TYPE_CHECKING:
     from kd_env.comparison.presets import Preset
     from kd_env.comparison.sweep import PlannedRun
 
 SMOOTHING_WINDOW = 25
-
-
-def load_result(run: PlannedRun) -> dict[str, Any]:
-    return json.loads((run.run_dir / "result.json").read_text())
-
-
-def test_accuracy(result: dict[str, Any]) -> float:
-    """The run's reported number: test accuracy (%) of its best-validation student (NaN if none)."""
-    return 100 * result["episodes"][-1]["final_test_acc"] if result["episodes"] else float("nan")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -155,32 +147,6 @@ def write_tables(rows: list[dict[str, Any]], out: Path, preset_name: str, preset
         for row in rows:
             writer.writerow({k: v for k, v in row.items() if k != "test_acc_per_seed"})
     (out / "results.md").write_text(results_markdown(rows, preset_name, preset))
-
-
-def task_name(run: PlannedRun) -> str:
-    """A run's task in the statistics: its scenario, with the student folded in where the
-    preset varies it (``"noisy/cnn_w16"``), or ``"default"``."""
-    return "/".join(part for part in (run.scenario, run.student) if part) or "default"
-
-
-def scenario_scores(runs: Sequence[PlannedRun], preset: Preset) -> tuple[dict[str, np.ndarray], list[str]] | None:
-    """Test accuracies as ``{method: [seeds, scenarios]}`` (student folded into the scenario
-    name), or ``None`` when the preset has no baseline/oracle pair or fewer than 2 seeds."""
-    labels = {run.method.label for run in runs}
-    if preset.baseline not in labels or preset.oracle not in labels or len(preset.seeds) < 2:
-        return None
-    records = [
-        {
-            "method": run.method.label,
-            "scenario": task_name(run),
-            "seed": run.config.seed,
-            "acc": test_accuracy(load_result(run)),
-        }
-        for run in runs
-        if run.method.aggregate and run.scenario not in preset.control_scenarios
-    ]
-    score_dict, tasks, _ = stats.scores_from_records(records, value="acc")
-    return score_dict, list(tasks)
 
 
 def write_statistics(runs: Sequence[PlannedRun], out: Path, preset: Preset) -> list[dict[str, Any]] | None:

@@ -380,7 +380,7 @@ def record_spec(preset: Preset, out: Path) -> None:
     import datetime
     import platform
 
-    import kd_env
+    from kd_env.version import __version__
 
     path = out / SPEC_FILE
     if path.exists():
@@ -393,7 +393,7 @@ def record_spec(preset: Preset, out: Path) -> None:
                 "scenarios and students are added to a finished one, but a run's settings cannot change)"
             )
     path.write_text(
-        f"# the resolved experiment of this sweep, written by kd-env {kd_env.__version__}; kd-env bench --spec {path} --out {out} continues it\n"
+        f"# the resolved experiment of this sweep, written by kd-env {__version__}; kd-env bench --spec {path} --out {out} continues it\n"
         + dump_spec(preset)
     )
     provenance_path = out / PROVENANCE_FILE
@@ -403,7 +403,7 @@ def record_spec(preset: Preset, out: Path) -> None:
         provenance = {"spec": SPEC_FILE, "sessions": []}
     session: dict[str, Any] = {
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "kd_env_version": kd_env.__version__,
+        "kd_env_version": __version__,
         "python": platform.python_version(),
     }
     commit = code_commit()

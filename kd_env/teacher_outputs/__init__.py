@@ -25,7 +25,7 @@ a row gather.
 Key: the folder name is the SHA-256 (first 32 hex digits) of the canonical JSON of
 :func:`store_key_inputs`: the format version, each teacher's class and weight checksum (the
 checkpoint's ``sha256`` metadata when the model carries ``teacher_metadata``, else
-:func:`kd_env.teachers.state_dict_sha256` of its weights), a SHA-256 of the training images and
+:func:`kd_env.models.digest.state_dict_sha256` of its weights), a SHA-256 of the training images and
 labels, the normalisation (mean/std), which arrays are stored and their dtype. Anything that
 changes the content changes the key; stale stores are simply never opened again (``kd-env
 store clear`` removes them).

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kd_env.models.digest import state_dict_sha256
+
 FORMAT_VERSION = 1
 """Bumped whenever the layout or the meaning of a stored array changes: old stores get new keys."""
 STORE_DTYPES = ("float16", "float32")
@@ -36,8 +38,6 @@ def teacher_checksum(model: nn.Module) -> str:
     metadata = getattr(model, "teacher_metadata", None)
     if isinstance(metadata, Mapping) and isinstance(metadata.get("sha256"), str):
         return str(metadata["sha256"])
-    from kd_env.teachers import state_dict_sha256
-
     return state_dict_sha256(model.state_dict())
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
-import hashlib
 import os
 import shlex
 from collections.abc import Sequence
@@ -47,12 +46,13 @@ from kd_env.checkpoint_io import (
     read_checkpoint,
     write_checkpoint,
 )
+from kd_env.models.digest import SHA_SCHEME, state_dict_sha256
+from kd_env.version import __version__
 
 if TYPE_CHECKING:
     from kd_env.models.base import KDModel
 
 TEACHER_FORMAT = "kd_env.teacher/1"
-_SHA_SCHEME = "kd_env.state_dict_sha256/1"
 
 # --------------------------------------------------------------------------------------------
 # errors
@@ -129,32 +129,6 @@ def train_command(
 # atomic files and checksums
 
 
-def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
-    """SHA-256 hex digest of a state dict, independent of how ``torch.save`` lays it out.
-
-    For every entry in sorted key order the digest takes, each prefixed by its byte length: the
-    UTF-8 key, the dtype name (e.g. ``torch.float32``), the shape as comma-separated ints and
-    the raw bytes of the contiguous CPU tensor.
-    """
-    digest = hashlib.sha256()
-    digest.update(_SHA_SCHEME.encode())
-
-    def put(data: bytes) -> None:
-        digest.update(len(data).to_bytes(8, "little"))
-        digest.update(data)
-
-    for key in sorted(state_dict):
-        value = state_dict[key]
-        if not isinstance(value, torch.Tensor):
-            raise TypeError(f"state_dict entry {key!r} is a {type(value).__name__}, not a tensor")
-        tensor = value.detach().to("cpu").contiguous()
-        put(key.encode("utf-8"))
-        put(str(tensor.dtype).encode())
-        put(",".join(str(s) for s in tensor.shape).encode())
-        put(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
-
-
 def _versions() -> dict[str, str]:
     versions = {"torch": str(torch.__version__)}
     try:
@@ -163,17 +137,7 @@ def _versions() -> dict[str, str]:
         versions["torchvision"] = str(torchvision.__version__)
     except Exception:  # pragma: no cover - torchvision is a dependency
         versions["torchvision"] = "unavailable"
-    kd_version = None
-    with contextlib.suppress(Exception):
-        import kd_env
-
-        kd_version = getattr(kd_env, "__version__", None)
-    if kd_version is None:
-        with contextlib.suppress(Exception):
-            from importlib.metadata import version
-
-            kd_version = version("kd-env")
-    versions["kd_env"] = str(kd_version or "unknown")
+    versions["kd_env"] = __version__
     return versions
 
 
@@ -207,7 +171,7 @@ def save_teacher(
     meta.setdefault("versions", _versions())
     meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     meta["sha256"] = state_dict_sha256(state_dict)
-    meta["sha256_scheme"] = _SHA_SCHEME
+    meta["sha256_scheme"] = SHA_SCHEME
     path = Path(path)
     write_checkpoint(path, TEACHER_FORMAT, {"metadata": meta, "state_dict": state_dict})
     return path
