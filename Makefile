@@ -39,11 +39,13 @@ demo: install data
 test: install data
 	$(BIN)/python -m pytest -n auto
 
-# ruff (lint and format) and mypy, configured in pyproject.toml; CI runs this before the tests
+# ruff (lint and format), mypy and the import contracts (import-linter: layers that only point
+# down, no circles), configured in pyproject.toml; CI runs this before the tests
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/python tools/lint_imports.py --no-logo
 
 bench: install data
 	$(BIN)/python benchmarks/bench_speed.py
