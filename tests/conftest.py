@@ -37,13 +37,18 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def isolated_process_state():
-    """Every test starts with one torch thread and this session's environment variables, whatever
-    an earlier test set (``--threads`` of an in-process ``kd-env`` command, a runner's thread
-    setting, a variable a library call wrote), and leaves them so: tests pass in any order."""
+    """Every test starts with one torch thread, this session's environment variables and no crash
+    point counted, whatever an earlier test set (``--threads`` of an in-process ``kd-env`` command,
+    a runner's thread setting, a variable a library call wrote, a ``$KD_ENV_CRASH_AT`` point
+    reached in this process), and leaves them so: tests pass in any order."""
+    from kd_env.utils import reset_crash_points
+
     environment = dict(os.environ)
     torch.set_num_threads(1)
+    reset_crash_points()
     yield
     torch.set_num_threads(1)
+    reset_crash_points()
     if dict(os.environ) != environment:
         for name in set(os.environ) - set(environment):
             del os.environ[name]
