@@ -39,8 +39,9 @@ demo: install data
 test: install data
 	$(BIN)/python -m pytest -n auto
 
-# ruff (lint and format), mypy and the import contracts (import-linter: layers that only point
-# down, no circles), configured in pyproject.toml; CI runs this before the tests
+# ruff (lint and format), mypy (the package, agents/, baselines/, tests/, benchmarks/, examples/
+# and tools/) and the import contracts (import-linter: layers that only point down, no circles),
+# configured in pyproject.toml; CI runs this before the tests
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -113,8 +113,9 @@ def bench_store(batch_size: int, rounds: int) -> None:
     print(f"[store] Fashion-MNIST pool, {store.num_samples} training images, batch {batch_size}")
     print(f"  env construction + reset, warm store: {statistics.median(construct):.2f} s (median of {rounds}; goal <= 2 s)")
     for dtype, engine in engines.items():
-        manifest = engine.teacher_source.store.manifest
-        print(f"  {dtype} store: {engine.teacher_source.store.nbytes / 2**20:.0f} MiB, built in {manifest['build_seconds']:.1f} s")
+        dtype_store = engine.teacher_source.store
+        assert dtype_store is not None, f"the {dtype} teacher-output store could not be used (see the warning above)"
+        print(f"  {dtype} store: {dtype_store.nbytes / 2**20:.0f} MiB, built in {dtype_store.manifest['build_seconds']:.1f} s")
     batches = {dtype: engine.reset(seed=0) for dtype, engine in engines.items()}
     weights = torch.full((batch_size, engines["float16"].num_teachers), 1.0 / engines["float16"].num_teachers)
     errors = {}

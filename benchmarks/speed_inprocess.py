@@ -169,6 +169,7 @@ def bench_teachers16(repeats: int, batch_size: int) -> None:
         outputs = [teacher.forward_all(teacher_images) for teacher in engine.teachers]
     outputs = [type(o)(*(t.clone() for t in o)) for o in outputs]  # out of inference mode
     student = student_factory()
+    assert engine.adapters is not None, "the engine has no feature adapters (feature KD off)"
     adapters = copy.deepcopy(engine.adapters)
     optimizer = torch.optim.SGD(list(student.parameters()) + list(adapters.parameters()), lr=0.05, momentum=0.9, nesterov=True)
 
@@ -190,7 +191,7 @@ def bench_teachers16(repeats: int, batch_size: int) -> None:
 
         return run
 
-    variants: dict[str, Callable[[], None]] = {"engine": lambda: engine.step(uniform), "student": student_step}
+    variants: dict[str, Callable[[], object]] = {"engine": lambda: engine.step(uniform), "student": student_step}
     variants.update({name: teacher_forward(teacher) for name, teacher in zip(names, engine.teachers)})
     times = alternate(variants, repeats)
     parts = times["student"] + sum(times[name] for name in names)

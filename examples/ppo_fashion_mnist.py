@@ -6,16 +6,19 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import gymnasium as gym
 from stable_baselines3.common.callbacks import BaseCallback
 
 import kd_env  # noqa: F401  (registers the env ids)
 from kd_env.agents.sb3 import make_sb3_agent
+from kd_env.envs import MultiTeacherKDEnv
 
 LOG_DIR = "runs/examples/ppo_fashion_mnist"
 
 env = gym.make("MultiTeacherKD-FashionMNIST-v0", epochs=3, train_teachers=True)
-budget = env.unwrapped.engine.total_steps  # one student training run
+budget = cast(MultiTeacherKDEnv, env.unwrapped).engine.total_steps  # one student training run
 
 # PPO with the recommended hyperparameters for slow-stepping envs (agents/hyperparams/ppo.yml):
 # short rollouts, observation normalisation, the agent on the CPU.

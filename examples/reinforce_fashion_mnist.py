@@ -8,17 +8,21 @@ One episode is one student training run; the agent learns online during it, like
 
 from __future__ import annotations
 
+from typing import cast
+
 import gymnasium as gym
 from torch.utils.tensorboard import SummaryWriter
 
 import kd_env  # noqa: F401  (registers the env ids)
 from kd_env.agents.reinforce import Reinforce
+from kd_env.envs import MultiTeacherKDEnv
 
 LOG_DIR = "runs/examples/reinforce_fashion_mnist"
 
 # 1. The environment: the default teacher pool (trained on first use, then cached) and student.
 env = gym.make("MultiTeacherKD-FashionMNIST-v0", epochs=3, train_teachers=True)
-teachers = env.unwrapped.teacher_names
+kd = cast(MultiTeacherKDEnv, env.unwrapped)  # the env inside gym.make's wrappers
+teachers = kd.teacher_names
 print("teachers:", teachers)
 
 # 2. The agent: a Gaussian policy over the action logits, updated every 16 student updates.
@@ -42,7 +46,7 @@ def log(record: dict) -> None:
 
 
 # 4. One student training run (the env's whole budget of updates).
-agent.learn(env.unwrapped.engine.total_steps, callback=log, progress_bar=True)
+agent.learn(kd.engine.total_steps, callback=log, progress_bar=True)
 writer.close()
 
 print(f"student test accuracy (best-validation checkpoint): {final['final_test_acc']:.4f}")

@@ -171,7 +171,7 @@ def _record_expected_weights(policy: BaselinePolicy, rule) -> list[np.ndarray]:
         expected.append(rule().numpy())
         return predict(observation, *args, **kwargs)
 
-    policy.predict = recording_predict  # type: ignore[method-assign]
+    policy.predict = recording_predict
     return expected
 
 
@@ -337,6 +337,9 @@ class LabelAwareTeacher(torch.nn.Module):
     """A teacher whose answers are set by construction: it looks the image up among the
     validation images (nearest neighbour, so it knows the true label) and answers confidently,
     right on the classes in ``right_on`` and wrong (the next class) on the others."""
+
+    images: torch.Tensor  # buffers (register_buffer)
+    labels: torch.Tensor
 
     def __init__(self, engine, right_on: set[int]) -> None:
         super().__init__()

@@ -5,11 +5,12 @@ env's own torch modes: a run stepped inside a caller's ``no_grad`` / ``inference
 
 from __future__ import annotations
 
+import functools
 import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -21,7 +22,7 @@ import kd_env  # noqa: F401  (registers the ids)
 from kd_env.envs import MultiTeacherKDEnv, PerSampleKDVectorEnv
 
 SYNTHETIC = "MultiTeacherKD-Synthetic-v0"
-TINY = {"epochs": 1, "max_steps_per_epoch": 5}
+TINY: dict[str, Any] = {"epochs": 1, "max_steps_per_epoch": 5}
 SLOTS = 8
 
 
@@ -46,11 +47,11 @@ def _count_steps(env: Any) -> list[bool]:
 
 # ---------------------------------------------------------------------- the env's own torch modes
 def _batch_env() -> MultiTeacherKDEnv:
-    return gym.make(SYNTHETIC, **TINY).unwrapped  # type: ignore[return-value]
+    return cast(MultiTeacherKDEnv, gym.make(SYNTHETIC, **TINY).unwrapped)
 
 
 def _per_sample_env() -> PerSampleKDVectorEnv:
-    return gym.make_vec(SYNTHETIC, num_envs=SLOTS, vectorization_mode="vector_entry_point", **TINY)  # type: ignore[return-value]
+    return cast(PerSampleKDVectorEnv, gym.make_vec(SYNTHETIC, num_envs=SLOTS, vectorization_mode="vector_entry_point", **TINY))
 
 
 ENVS: dict[str, Callable[[], Any]] = {"batch": _batch_env, "per_sample": _per_sample_env}
@@ -112,7 +113,7 @@ def _run(env: Any, reset_under: Callable[[Callable[[], Any]], Any], step_under: 
     trace: list[Any] = [observation, info]
     for _ in range(TINY["max_steps_per_epoch"]):
         action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
-        trace += list(step_under(lambda action=action: env.step(action)))
+        trace += list(step_under(functools.partial(env.step, action)))
     engine = env.engine
     trace += [engine.student.state_dict(), engine.best_student_state]
     trace += [state["momentum_buffer"] for state in engine.optimizer.state.values()]
@@ -223,7 +224,7 @@ def test_skrl_ppo_with_its_sequential_trainer_steps_under_no_grad_and_learns(mak
     from skrl.models.torch import DeterministicMixin, GaussianMixin, Model
     from skrl.trainers.torch import SequentialTrainer
 
-    class Policy(GaussianMixin, Model):  # type: ignore[misc]
+    class Policy(GaussianMixin, Model):
         def __init__(self, observation_space: Any, action_space: Any, device: Any) -> None:
             Model.__init__(self, observation_space=observation_space, action_space=action_space, device=device)
             GaussianMixin.__init__(self, clip_actions=True)
@@ -233,7 +234,7 @@ def test_skrl_ppo_with_its_sequential_trainer_steps_under_no_grad_and_learns(mak
         def compute(self, inputs: dict[str, Any], role: str = "") -> tuple[torch.Tensor, dict[str, Any]]:
             return self.net(inputs["observations"]), {"log_std": self.log_std}
 
-    class Value(DeterministicMixin, Model):  # type: ignore[misc]
+    class Value(DeterministicMixin, Model):
         def __init__(self, observation_space: Any, action_space: Any, device: Any) -> None:
             Model.__init__(self, observation_space=observation_space, action_space=action_space, device=device)
             DeterministicMixin.__init__(self)
@@ -316,8 +317,10 @@ def _cleanrl_ppo(envs: gym.vector.VectorEnv, iterations: int, num_steps: int) ->
     Yields the PPO loss of each iteration."""
     torch.manual_seed(0)
     num_envs = envs.num_envs
-    obs_dim = int(np.prod(envs.single_observation_space.shape))  # type: ignore[arg-type]
-    act_dim = int(np.prod(envs.single_action_space.shape))  # type: ignore[arg-type]
+    obs_shape, act_shape = envs.single_observation_space.shape, envs.single_action_space.shape
+    assert obs_shape is not None and act_shape is not None  # Box spaces
+    obs_dim = int(np.prod(obs_shape))
+    act_dim = int(np.prod(act_shape))
     agent = _ActorCritic(obs_dim, act_dim)
     optimizer = torch.optim.Adam(agent.parameters(), lr=3e-4, eps=1e-5)
     next_obs = torch.as_tensor(envs.reset(seed=0)[0])

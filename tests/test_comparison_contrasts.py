@@ -80,7 +80,7 @@ def test_write_contrasts_reads_the_run_folders(tmp_path: Path):
     )
     accuracies = {"AVER": [0.70, 0.72], "Oracle": [0.80, 0.82], "Variant": [0.75, 0.78]}
     runs = [_fake_run(tmp_path, label, "noisy", seed, acc) for label, accs in accuracies.items() for seed, acc in enumerate(accs)]
-    rows = write_contrasts(runs, tmp_path, "toy", preset)  # type: ignore[arg-type]
+    rows = write_contrasts(runs, tmp_path, "toy", preset)  # type: ignore[arg-type]  # stand-ins with the PlannedRun fields it reads
     assert rows is not None
     assert rows[0]["difference"] == pytest.approx(100 * np.mean([0.05, 0.06]))
     # normalised: (acc - AVER) / (Oracle - AVER) per seed = 0.5 and 0.6; AVER scores 0

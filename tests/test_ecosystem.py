@@ -28,7 +28,7 @@ from kd_env.envs import MultiTeacherKDEnv, PerSampleKDVectorEnv
 from kd_env.run import RunConfig, train
 
 SYNTHETIC = "MultiTeacherKD-Synthetic-v0"
-FAST = {"epochs": 2, "max_steps_per_epoch": 4}
+FAST: dict[str, Any] = {"epochs": 2, "max_steps_per_epoch": 4}
 REPO = Path(__file__).resolve().parents[1]
 # generous: a child imports torch (~4 s on a loaded 2-core machine) and builds small envs; a
 # hang (the failure these tests guard against) runs into it, a pass finishes far inside it

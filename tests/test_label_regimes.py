@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -20,8 +21,8 @@ from kd_env.engine import TrainingLabelsHidden
 from kd_env.envs import KDEnvSettings, PerSampleKDVectorEnv
 
 SYNTHETIC = "MultiTeacherKD-Synthetic-v0"
-FAST = {"epochs": 1, "max_steps_per_epoch": 3}
-NOISY = {"labels": "noisy", "label_noise": 0.25}
+FAST: dict[str, Any] = {"epochs": 1, "max_steps_per_epoch": 3}
+NOISY: dict[str, Any] = {"labels": "noisy", "label_noise": 0.25}
 LABEL_COLUMNS = ("teacher_ce", "teacher_acc", "student_ce")
 
 

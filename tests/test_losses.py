@@ -115,6 +115,7 @@ def _bilinear_upsample_reference(x: np.ndarray, size: int) -> np.ndarray:
 def _adapter_reference(adapter: FeatureAdapter, resized: np.ndarray) -> np.ndarray:
     """1x1 conv (a matrix product over channels, plus the bias), train-mode BatchNorm (the batch's
     mean and biased variance, eps, gamma, beta), ReLU; from the adapter's own parameters."""
+    assert adapter.conv.bias is not None  # the adapter's conv has a bias
     weight = adapter.conv.weight.detach().double().numpy()[:, :, 0, 0]
     conv = np.einsum("oc,bchw->bohw", weight, resized) + adapter.conv.bias.detach().double().numpy()[None, :, None, None]
     mean = conv.mean(axis=(0, 2, 3), keepdims=True)

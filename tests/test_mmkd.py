@@ -300,6 +300,7 @@ def test_a_student_map_smaller_than_the_teachers_is_met_by_pooling_the_teachers_
             engine, batch = env.engine, env.engine.current
             assert batch is not None and engine.adapters is not None and batch.student_feature_map is not None
             maps = [engine.adapters[k](batch.student_feature_map) for k in range(engine.num_teachers)]
+            assert batch.feature_mse is not None
             for k, (adapted, teacher) in enumerate(zip(maps, batch.teacher_feature_maps)):
                 if resize == "smaller":
                     assert adapted.shape[-2:] == (1, 1) if teacher.shape[-1] > 1 else adapted.shape[-2:] == teacher.shape[-2:]
@@ -325,6 +326,7 @@ def test_meta_step_leaves_the_engines_student_and_prepared_batch_as_they_were() 
         observation, _ = env.reset(seed=1)
         policy.predict(observation)  # fills the buffer with the first batch
         engine = env.engine
+        assert engine.student is not None and engine.adapters is not None
         state = {k: v.clone() for k, v in engine.student.state_dict().items()}
         adapters = {k: v.clone() for k, v in engine.adapters.state_dict().items()}
         policy.meta_step()
@@ -344,6 +346,7 @@ def test_feature_weights_read_the_engines_own_augmented_forward() -> None:
         observation, _ = env.reset(seed=2)
         for _ in range(2):
             batch = engine.current
+            assert batch is not None and engine.student is not None and batch.student_feature_map is not None
             # the batch's maps are those its logits came from (the same augmented images)
             for teacher, feature_map, logits in zip(engine.teachers, batch.teacher_feature_maps, batch.teacher_logits):
                 torch.testing.assert_close(teacher.head_logits(feature_map), logits)

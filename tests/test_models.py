@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 import torch
@@ -148,11 +149,12 @@ def test_train_mode_backward_reaches_every_parameter_with_the_finite_difference_
     loss().backward()
     named = list(model.named_parameters())
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for _, p in named)
-    assert {n for n, p in named if not p.grad.abs().max() > 0} == ZERO_GRADIENT_IN_TRAIN_MODE.get(name, set())
+    grads = {n: cast(torch.Tensor, p.grad) for n, p in named}  # none is None (asserted above)
+    assert {n for n, _ in named if not grads[n].abs().max() > 0} == ZERO_GRADIENT_IN_TRAIN_MODE.get(name, set())
     directions = [
         torch.randn(p.shape, generator=torch.Generator().manual_seed(10 + i), dtype=torch.float64) for i, (_, p) in enumerate(named)
     ]
-    analytic = float(sum((p.grad * d).sum() for (_, p), d in zip(named, directions)))
+    analytic = float(sum((grads[n] * d).sum() for (n, _), d in zip(named, directions)))
     eps = 1e-8  # these untrained BN nets are very curved: a larger step is off by percents
     with torch.no_grad():
         for (_, p), d in zip(named, directions):

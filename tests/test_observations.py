@@ -7,6 +7,8 @@ batch-level features are read column by column, by the names the envs publish, a
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ SYNTHETIC = "MultiTeacherKD-Synthetic-v0"
 TEMPERATURE = 3.0
 # the teacher-output store keeps embeddings and feature maps in float16: cosine and MSE differ
 # from a float32 recomputation by up to ~1e-4; a wrong column or sample is off by far more
-TOLERANCE = {"rtol": 1e-3, "atol": 5e-4}
+TOLERANCE: dict[str, Any] = {"rtol": 1e-3, "atol": 5e-4}
 
 
 def _column(observation: np.ndarray, names: list[str], name: str) -> np.ndarray:
@@ -48,7 +50,7 @@ def _check_per_sample_state(envs: PerSampleKDVectorEnv, observation: np.ndarray,
                 expected.update({f"logit{i}": logits[:, i] for i in range(logits.shape[1])})
             elif spec.logits:
                 largest = -np.sort(-logits, axis=1)[:, : spec.logits]
-                expected.update({f"logit{i}": largest[:, i] for i in range(spec.logits)})
+                expected.update({f"logit{i}": largest[:, i] for i in range(cast(int, spec.logits))})
         teacher_columns = [name for name in names if name.startswith(f"{teacher}/")]
         assert sorted(teacher_columns) == sorted(f"{teacher}/{column}" for column in expected)
         for column, values in expected.items():

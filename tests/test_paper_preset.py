@@ -21,7 +21,7 @@ import math
 import pickle
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -35,7 +35,7 @@ from kd_env.baselines.rules import kd_scale_for
 from kd_env.comparison.presets import PAPER_DYNAMIC, PAPER_POOL_SIZE, PRESETS
 from kd_env.comparison.sweep import plan
 from kd_env.data.datasets import split_train_val
-from kd_env.envs import KDEnvSettings, PerSampleKDVectorEnv
+from kd_env.envs import KDEnvSettings, MultiTeacherKDEnv, PerSampleKDVectorEnv
 from kd_env.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ PUBLISHED_DYNAMIC = {  # official README, top-1 %: (with --dynamic, without)
 }
 
 
-def _settings_of(preset_name: str, tmp_path: Path) -> dict[tuple[str, str], tuple[Any, KDEnvSettings]]:
+def _settings_of(preset_name: str, tmp_path: Path) -> dict[tuple[str, str | None], tuple[Any, KDEnvSettings]]:
     """Every planned run of a preset, by (method, student): (the run's config, validated settings)."""
     runs = plan(PRESETS[preset_name], tmp_path)
     result = {}
@@ -142,7 +142,7 @@ def test_dynamic_per_student_as_the_official_readme_chooses(tmp_path: Path) -> N
 
 
 def test_mtkdrl_reads_dynamic_from_the_envs_student() -> None:
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "dataset": "synthetic",
         "teachers": ["random:cnn_w8:1", "random:cnn_w8:2"],
         "student": "cnn_w8",
@@ -388,10 +388,12 @@ def test_official_protocol_trains_on_every_image_and_reports_the_best_test_epoch
     )
     try:
         env.reset(seed=0)
-        engine = env.unwrapped.engine
+        engine = cast(MultiTeacherKDEnv, env.unwrapped).engine
         assert engine.data.train_labels.shape[0] == 48 and engine.data.val_labels.shape[0] == 0
         assert engine.steps_per_epoch == 3  # every image is trained on
-        test_accs, info, done = [], {}, False
+        test_accs: list[float] = []
+        info: dict[str, Any] = {}
+        done = False
         while not done:
             _, _, done, _, info = env.step(np.full(2, 0.5, np.float32))
             if "test_acc" in info:
@@ -407,15 +409,17 @@ def test_official_protocol_trains_on_every_image_and_reports_the_best_test_epoch
         def scripted_evaluate(split: str = "val", model: Any = None) -> tuple[float, float]:
             return (next(scripted), 1.0) if split == "test" and model is None else evaluate(split, model)
 
-        engine.evaluate = scripted_evaluate
+        engine.evaluate = scripted_evaluate  # type: ignore[method-assign]  # scripted test accuracies, for this test only
         env.reset(seed=1)
         done, states = False, []
         while not done:
             _, _, done, _, info = env.step(np.full(2, 0.5, np.float32))
             if "test_acc" in info:
                 # parameters only: the next batch's forward has already moved BN's running stats
+                assert engine.student is not None
                 states.append({k: v.detach().clone() for k, v in engine.student.named_parameters()})
         assert engine.best_epoch == 1 and engine.best_score == 0.5
+        assert engine.best_student_state is not None
         for key, value in states[1].items():
             torch.testing.assert_close(engine.best_student_state[key], value)
     finally:

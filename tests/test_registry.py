@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -39,6 +39,8 @@ class EqualLogits:
 class BadAction:
     """Acts well for ``good_steps`` steps, then returns ``kind`` ("shape" or "nan"); remembers the
     student as it was when it returned the bad action."""
+
+    last: ClassVar[BadAction]  # the latest instance, for the test to inspect
 
     def __init__(self, env: Any, seed: int = 0, kind: str = "shape", good_steps: int = 2) -> None:
         self.env, self.kind, self.good_steps = env, kind, good_steps

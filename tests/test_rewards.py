@@ -14,6 +14,7 @@ documented formula, for the batch-level and the per-sample env:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -27,7 +28,7 @@ SYNTHETIC = "MultiTeacherKD-Synthetic-v0"
 LOSS = {"alpha": 0.7, "beta": 2.0, "kd_scale": 0.5, "temperature": 3.0}
 SCALE = 2.0  # softmax action scale
 # float16 teacher feature maps in the store: the loss differs from a float32 recomputation by ~1e-4
-TOLERANCE = {"rtol": 1e-3, "atol": 5e-4}
+TOLERANCE: dict[str, Any] = {"rtol": 1e-3, "atol": 5e-4}
 
 
 def _softmax_weights(action: np.ndarray, num_teachers: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -32,7 +33,7 @@ from kd_env.envs.sb3_vec import SB3VecEnvAdapter
 
 SYNTHETIC = "MultiTeacherKD-Synthetic-v0"
 # 8 updates per episode: a few hundred agent steps cross many episode ends (autoreset paths)
-FAST = {"epochs": 2, "max_steps_per_epoch": 4}
+FAST: dict[str, Any] = {"epochs": 2, "max_steps_per_epoch": 4}
 OFF_POLICY = ("sac", "td3", "ddpg")
 # keys RL Zoo handles itself rather than passing to the algorithm's constructor
 ZOO_KEYS = {"n_envs", "n_timesteps", "policy", "normalize", "noise_type", "noise_std"}
