@@ -345,7 +345,7 @@ def make_baseline(name: str, env: Any, seed: int = 0, **kwargs: Any) -> Baseline
     """
     cls = BASELINE_POLICIES[registry_key(name)]
     if cls.uses_seed:
-        return cls(env, seed=seed, **kwargs)  # type: ignore[call-arg]
+        return cls(env, seed=seed, **kwargs)  # type: ignore[call-arg]  # the classes with uses_seed take seed=; the base class does not
     return cls(env, **kwargs)
 
 

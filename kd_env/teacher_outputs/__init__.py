@@ -99,7 +99,7 @@ from kd_env.teacher_outputs.reading import read_rows
 try:  # POSIX only; without it two builders may both build (the loser discards its copy)
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # no fcntl module on Windows: None stands for it
 
 __all__ = [
     "FORMAT_VERSION",

@@ -15,7 +15,7 @@ from kd_env.teacher_outputs.key import stores_dir
 try:  # POSIX only; without it a store being built is not told apart from a finished one
     import fcntl
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # no fcntl module on Windows: None stands for it
 
 
 def _folder_bytes(folder: Path) -> int:
