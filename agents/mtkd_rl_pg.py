@@ -38,6 +38,35 @@ capacity 78.77 / 78.35 (AVER 79.65 / 79.52: hard routing among similar teachers 
 unnormalised with lr 1e-2, 77.00 / 76.56 and 79.98 / 79.50; lr 3e-2 diverged to 57.2 / 57.6 on
 specialists.
 
+Without training labels (``labels="none"``, issue #23): ``label_logprob`` reads the training
+labels and is refused. The router is paid on the **validation probe** instead
+(``reward_mode="val_label_logprob"``, ``probe_rows=P``: :mod:`kd_env.envs.probe`): each step the
+per-sample env appends P validation images to the batch's rows; the agent weights them from the
+same label-free state as a training sample, samples its exploration noise on them only (the
+batch's rows get the deterministic ``w(s)``: nothing pays for noise there, and noise there only
+hurts the student), and learns from their rewards only, the log-probability the weighted
+teachers give the validation label. The label is never in the observation, so the reward is not
+a function of it: the policy must learn to predict which teacher is right from what it sees.
+What it sees, in the suite's label-free rows (``include_embeddings=False``):
+
+* ``network="mlp"`` (:class:`~kd_env.agents.routing_networks.TeacherMLP`), ``state_parts=
+  ["performance"]``: every teacher's logits, in class order and the pool's teacher order. The
+  MLP learns which teacher to trust from the pattern of the whole pool's predictions ("teacher 2
+  when the pool's vote falls in teacher 2's classes"), which no per-teacher rule can express; it
+  is tied to its pool. The student's columns (``"gap"``, KL to each teacher) are left out: they
+  cost a student pass over the probe images, and the ablation row with them did not do better
+  (README, Suite v2).
+* ``network="scorer"``, ``state_parts=["performance", "agreement"]``, ``logits=3``: class-free
+  columns only (each teacher's three largest logits, sorted, and how much the other teachers
+  back its prediction, :func:`~kd_env.observations.teacher_agreement`), so one scorer takes any
+  pool, any K: the leave-one-pool-out rows (``Pretrain(leave_one_pool_out=True)``).
+
+``update="ppo"``: PPO's clipped surrogate (``ppo_epochs`` full-batch epochs, ``clip_range``) on
+each rollout instead of one REINFORCE step; each decision is a one-step bandit episode, so there
+is no critic and no GAE (the advantage is the reward less the batch mean). With the probe's
+rewards and z-scored advantages, PPO (lr 3e-3, 4 epochs) beat REINFORCE on the tuning seeds
+(specialists, seeds 100-101: 76% vs 50% of the oracle's gain over AVER); the suite reports both.
+
 Transfer: ``policy_path=`` starts from a saved agent's network and observation statistics;
 ``learn=False`` freezes it (no updates, no statistics, deterministic weights ``w(s)``), so a
 policy trained over several student runs is evaluated on fresh seeds or students as it is.
@@ -71,11 +100,13 @@ from .base import BaseAgent, EnvLike
 from .mtkd_rl_network import MTKDRLNetwork, PriorColumns
 from .per_sample import per_sample_env, refuse_label_free, resolve_state_layout, routing_layout_of
 from .reinforce import RunningMeanStd
-from .routing_networks import TeacherScorer, TeacherSlices, logistic_normal_log_prob
+from .routing_networks import TeacherMLP, TeacherScorer, TeacherSlices, logistic_normal_log_prob
 
 __all__ = ["MTKDRLPG", "MTKDRL_PG_DEFAULTS", "NETWORKS", "TeacherScorer", "TeacherSlices", "logistic_normal_log_prob", "routing_layout_of"]
 
-NETWORKS = ("scorer", "mtkd")
+NETWORKS = ("scorer", "mtkd", "mlp")
+UPDATES = ("reinforce", "ppo")
+_DEFAULT_HIDDEN = {"scorer": 32, "mtkd": 128, "mlp": 64}
 #: The settings of the registered ``mtkd-rl-pg`` (MTKD-RL's network): measured on Fashion-MNIST
 #: specialists (2 epochs, 20k images, seed 0, val / test %): 71.53 / 71.77 with these, 58.68 /
 #: 59.61 with the scorer's defaults (unnormalised advantages, lr 1e-2, sigma 0.5 over 100 steps),
@@ -91,11 +122,22 @@ MTKDRL_PG_DEFAULTS: dict[str, Any] = {
 BASELINES = ("batch", "running")
 
 
-def _check_choices(network: str, n_steps: int, sigma_decay_steps: int, hidden: int | None, baseline: str, baseline_momentum: float) -> None:
+def _check_choices(
+    network: str,
+    n_steps: int,
+    sigma_decay_steps: int,
+    hidden: int | None,
+    baseline: str,
+    baseline_momentum: float,
+    update: str,
+    ppo_epochs: int,
+) -> None:
     """Refuse a bad choice among :class:`MTKDRLPG`'s discrete and bounded arguments, naming it."""
     if network not in NETWORKS:
         raise ValueError(f"network must be one of {NETWORKS}, got {network!r}")
-    for name, value in (("n_steps", n_steps), ("sigma_decay_steps", sigma_decay_steps)):
+    if update not in UPDATES:
+        raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+    for name, value in (("n_steps", n_steps), ("sigma_decay_steps", sigma_decay_steps), ("ppo_epochs", ppo_epochs)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, (int, np.integer)) or hidden < 1):
@@ -113,8 +155,9 @@ class MTKDRLPG(BaseAgent):
         env: the per-sample env (``action_mode="raw"``; ``reward_mode="label_logprob"``
             recommended), or None for a predict-only agent (then ``state_layout``).
         seed: seeds the initialisation, the sampling RNG and the env's first reset.
-        network: ``"scorer"`` (:class:`TeacherScorer`) or ``"mtkd"`` (:class:`MTKDRLNetwork` with priors).
-        hidden: width of the scorer (32) or of the MTKD-RL stem (128).
+        network: ``"scorer"`` (:class:`TeacherScorer`), ``"mlp"`` (:class:`TeacherMLP`, one MLP
+            over all teachers' rows, for one pool) or ``"mtkd"`` (:class:`MTKDRLNetwork` with priors).
+        hidden: width of the scorer (32), the MLP (64) or the MTKD-RL stem (128).
         dynamic: ``network="mtkd"`` only: learn the mix of agent and priors (``--dynamic``); with
             the fixed 1/3 mix no teacher can get more than about 2/3 of the weight.
         mix_learning_rate: Adam's step size for the mix coefficients (``dynamic=True``): three
@@ -144,6 +187,9 @@ class MTKDRLPG(BaseAgent):
             pool where they barely differ (``capacity``) it still drives the weights toward one
             teacher. ``False`` keeps the reward's own scale, so the policy moves only as far as the
             differences between teachers are large.
+        update: ``"reinforce"`` (one policy-gradient step per rollout) or ``"ppo"`` (PPO's
+            clipped surrogate, ``ppo_epochs`` steps per rollout; see the module docstring).
+        ppo_epochs, clip_range: PPO's epochs per rollout and its ratio clip ``c``.
         tie_heads: with feature KD, send the logit head's weights to the feature head too (the
             teacher trusted for its logits is trusted for its features; ``label_logprob`` only
             credits the logit weights, so a separate feature head would only get noise).
@@ -175,13 +221,16 @@ class MTKDRLPG(BaseAgent):
         baseline_momentum: float = 0.1,
         normalize_advantage: bool = False,
         tie_heads: bool = True,
+        update: str = "reinforce",
+        ppo_epochs: int = 4,
+        clip_range: float = 0.2,
         learn: bool = True,
         policy_path: str | None = None,
         state_layout: dict[str, Any] | None = None,
         observation_space: spaces.Box | None = None,
         action_space: spaces.Box | None = None,
     ) -> None:
-        _check_choices(network, n_steps, sigma_decay_steps, hidden, baseline, baseline_momentum)
+        _check_choices(network, n_steps, sigma_decay_steps, hidden, baseline, baseline_momentum, update, ppo_epochs)
         if max_grad_norm is not None:
             self._check_positive("max_grad_norm", max_grad_norm)
         self.baseline = baseline
@@ -189,7 +238,10 @@ class MTKDRLPG(BaseAgent):
         self.normalize_advantage = bool(normalize_advantage)
         self.running_baseline: float | None = None
         self.network = network
-        self.hidden = int(hidden) if hidden is not None else (32 if network == "scorer" else 128)
+        self.hidden = int(hidden) if hidden is not None else _DEFAULT_HIDDEN[network]
+        self.update = update
+        self.ppo_epochs = int(ppo_epochs)
+        self.clip_range = self._check_positive("clip_range", clip_range)
         self.dynamic = bool(dynamic)
         self.mix_learning_rate = self._check_positive("mix_learning_rate", mix_learning_rate)
         self.n_steps = int(n_steps)
@@ -207,6 +259,9 @@ class MTKDRLPG(BaseAgent):
             refuse_label_free(per_sample_env(env, "MTKDRLPG"), "MTKDRLPG with network='mtkd'", "each teacher's CE on the training label")
         layout = resolve_state_layout(None if env is None else routing_layout_of(per_sample_env(env, "MTKDRLPG")), state_layout, "MTKDRLPG")
         super().__init__(env, seed, observation_space, action_space)
+        # the validation probe's rows follow the batch's (reward_mode="val_label_logprob"): only
+        # they are paid, so only they explore and only they are learned from
+        self.probe_rows = 0 if env is None else per_sample_env(env, "MTKDRLPG").probe_rows
         self.state_layout = layout
         self.num_teachers = int(layout["num_teachers"])
         self.heads = int(layout["heads"])
@@ -233,9 +288,14 @@ class MTKDRLPG(BaseAgent):
         names, teachers = self.state_layout["feature_names"], self.state_layout["teacher_names"]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            if self.network == "scorer":
+            if self.network in ("scorer", "mlp"):
                 self.slices: TeacherSlices | None = TeacherSlices(names, teachers)
-                self.policy: nn.Module = TeacherScorer(self.slices.row_size, self.hidden)
+                self.policy: nn.Module = (
+                    TeacherScorer(self.slices.row_size, self.hidden)
+                    if self.network == "scorer"
+                    else TeacherMLP(self.num_teachers, self.slices.row_size, self.hidden)
+                )
+                # one set of statistics for every teacher's row: the scorer stays equivariant
                 self.obs_stats = RunningMeanStd(self.slices.row_size)
             else:
                 self.slices = None
@@ -259,10 +319,23 @@ class MTKDRLPG(BaseAgent):
                 f"{path} holds a {source.network} network (hidden {source.hidden}, dynamic {source.dynamic}); "
                 f"this agent is {self.network} (hidden {self.hidden}, dynamic {self.dynamic})"
             )
-        if source.state_layout != self.state_layout:
+        if source.state_layout != self.state_layout and not self._rows_alike(source):
             raise ValueError(f"{path} was trained on another state layout (teachers or state options differ)")
         self.policy.load_state_dict(source.policy.state_dict())
         self.obs_stats.load_state_dict(source.obs_stats.state_dict())
+
+    def _rows_alike(self, source: MTKDRLPG) -> bool:
+        """Whether ``source``'s scorer reads teacher rows of the same columns as this agent's:
+        the scorer is shared across teachers, so it takes another pool (other teachers, another
+        K) as long as each teacher's row has the same columns (leave-one-pool-out transfer)."""
+        mine, theirs = self.slices, source.slices
+        return (
+            self.network == "scorer"
+            and mine is not None
+            and theirs is not None
+            and (mine.scalars, mine.num_logits, mine.row_size) == (theirs.scalars, theirs.num_logits, theirs.row_size)
+            and self.heads == source.heads
+        )
 
     def _inputs(self, states: torch.Tensor) -> torch.Tensor:
         """What the network reads: per-teacher rows (scorer) or the whole state, normalised."""
@@ -329,6 +402,9 @@ class MTKDRLPG(BaseAgent):
             "baseline_momentum": self.baseline_momentum,
             "normalize_advantage": self.normalize_advantage,
             "tie_heads": self.tie_heads,
+            "update": self.update,
+            "ppo_epochs": self.ppo_epochs,
+            "clip_range": self.clip_range,
             "learn": self.learning,
             # the network is in the checkpoint itself: loading must not need the source file
             "policy_path": None,
@@ -355,14 +431,20 @@ class MTKDRLPG(BaseAgent):
         raw = None if self.slices is not None else states
         with torch.no_grad():
             mean = self._mean_from(inputs, raw)
-            noise = torch.randn(mean.shape, generator=self.generator)
-            sample = mean + sigma * noise
-        self._rollout_inputs.append(inputs)
+        # the rows that are paid (all, or the validation probe's) explore and are learned from;
+        # the batch's rows then get the policy's deterministic weights (nothing pays for noise there)
+        paid = slice(mean.shape[0] - self.probe_rows, None) if self.probe_rows else slice(None)
+        noise = torch.randn(mean[paid].shape, generator=self.generator)
+        sample = mean[paid] + sigma * noise
+        self._rollout_inputs.append(inputs[paid])
         if raw is not None:
-            self._rollout_raw.append(raw)
+            self._rollout_raw.append(raw[paid])
         self._rollout_samples.append(sample)
         self._rollout_sigmas.append(sigma)
-        return self._to_action(torch.softmax(sample, dim=-1))
+        weights = torch.softmax(sample, dim=-1)
+        if self.probe_rows:
+            weights = torch.cat([mean[: mean.shape[0] - self.probe_rows].exp(), weights])
+        return self._to_action(weights)
 
     def _collect_outcome(
         self, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, next_observation: np.ndarray
@@ -370,10 +452,24 @@ class MTKDRLPG(BaseAgent):
         if not self.learning:
             return None
         self.learn_steps += 1
-        self._rollout_rewards.append(torch.as_tensor(rewards, dtype=torch.float32))
+        paid = rewards[len(rewards) - self.probe_rows :] if self.probe_rows else rewards
+        self._rollout_rewards.append(torch.as_tensor(paid, dtype=torch.float32))
         if len(self._rollout_rewards) < self.n_steps:
             return None
         return self._update()
+
+    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        """``A = r - b`` ``[T, B]`` (``b``: the per-step batch mean, or the running mean with
+        ``baseline="running"``), divided by its standard deviation over the rollout with
+        ``normalize_advantage=True``."""
+        if self.baseline == "batch":
+            advantages = rewards - rewards.mean(dim=1, keepdim=True)
+        else:
+            reference = float(rewards.mean()) if self.running_baseline is None else self.running_baseline
+            advantages = rewards - reference
+        if self.normalize_advantage and advantages.numel() > 1:
+            advantages = advantages / (advantages.std() + 1e-8)
+        return advantages
 
     def policy_loss(
         self, mean: torch.Tensor, samples: torch.Tensor, sigmas: torch.Tensor, rewards: torch.Tensor
@@ -386,19 +482,19 @@ class MTKDRLPG(BaseAgent):
                 ``sigma`` each step was sampled with; rewards: ``[T, B]``.
 
         Returns:
-            ``-mean(log pi(u|s) * A)`` with ``A = r - b``, normalised over the rollout unless
-            ``normalize_advantage=False`` (``b``: the
-            per-step batch mean, or the running mean with ``baseline="running"``), and ``A``.
+            ``-mean(log pi(u|s) * A)`` with ``A`` from :meth:`advantages`, and ``A``.
         """
-        if self.baseline == "batch":
-            advantages = rewards - rewards.mean(dim=1, keepdim=True)
-        else:
-            reference = float(rewards.mean()) if self.running_baseline is None else self.running_baseline
-            advantages = rewards - reference
-        if self.normalize_advantage and advantages.numel() > 1:
-            advantages = advantages / (advantages.std() + 1e-8)
+        advantages = self.advantages(rewards)
         log_prob = logistic_normal_log_prob(samples, mean, sigmas.view(-1, 1, 1))
         return -(log_prob * advantages).mean(), advantages
+
+    def _gradient_step(self, loss: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
+        self.optimizer.step()
+        return float(grad_norm)
 
     def _update(self) -> dict[str, float]:
         inputs = torch.cat(self._rollout_inputs)  # [T * B, ...]: one forward pass for the rollout
@@ -408,16 +504,15 @@ class MTKDRLPG(BaseAgent):
         rewards = torch.stack(self._rollout_rewards)
         self._discard_rollout()
         mean = self._mean_from(inputs, raw).reshape(samples.shape)
-        loss, _ = self.policy_loss(mean, samples, sigmas, rewards)
+        if self.update == "reinforce":
+            loss, _ = self.policy_loss(mean, samples, sigmas, rewards)
+            grad_norm = self._gradient_step(loss)
+        else:
+            loss, grad_norm = self._ppo_epochs(mean, inputs, raw, samples, sigmas, rewards)
         if self.baseline == "running":  # updated after use: the baseline must not see these rewards' actions
             mean_reward = float(rewards.mean())
             previous = mean_reward if self.running_baseline is None else self.running_baseline
             self.running_baseline = (1 - self.baseline_momentum) * previous + self.baseline_momentum * mean_reward
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
-        self.optimizer.step()
         self.num_updates += 1
         # the largest weight of the rollout's last step before this update (no extra forward pass)
         top_weight = mean[-1].detach().exp().max(dim=-1).values.mean()
@@ -425,9 +520,43 @@ class MTKDRLPG(BaseAgent):
             "policy_loss": float(loss.detach()),
             "reward_mean": float(rewards.mean()),
             "sigma": float(sigmas[-1]),
-            "grad_norm": float(grad_norm),
+            "grad_norm": grad_norm,
             "top_weight": float(top_weight),
         }
+
+    def ppo_loss(
+        self, mean: torch.Tensor, samples: torch.Tensor, sigma: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor
+    ) -> torch.Tensor:
+        """PPO's clipped surrogate, ``-mean(min(rho A, clip(rho, 1 - c, 1 + c) A))`` with
+        ``rho = pi(u|s) / pi_old(u|s)``: a decision whose ratio has left the clip range in the
+        direction its advantage pushes contributes no gradient."""
+        ratio = torch.exp(logistic_normal_log_prob(samples, mean, sigma) - old_log_prob)
+        clipped = ratio.clamp(1.0 - self.clip_range, 1.0 + self.clip_range)
+        return -torch.minimum(ratio * advantages, clipped * advantages).mean()
+
+    def _ppo_epochs(
+        self,
+        mean: torch.Tensor,
+        inputs: torch.Tensor,
+        raw: torch.Tensor | None,
+        samples: torch.Tensor,
+        sigmas: torch.Tensor,
+        rewards: torch.Tensor,
+    ) -> tuple[torch.Tensor, float]:
+        """PPO's clipped surrogate (Schulman et al. 2017) over the rollout, ``ppo_epochs`` full-batch
+        steps. Each decision is a one-step episode of a contextual bandit, so the advantage is
+        the reward less the baseline (no critic, no GAE: there is no later reward to bootstrap)."""
+        advantages = self.advantages(rewards)
+        sigma = sigmas.view(-1, 1, 1)
+        # the policy acted with these parameters: the rollout is collected between updates
+        old_log_prob = logistic_normal_log_prob(samples, mean.detach(), sigma)
+        loss, grad_norm = mean.new_zeros(()), 0.0
+        for epoch in range(self.ppo_epochs):
+            if epoch:
+                mean = self._mean_from(inputs, raw).reshape(samples.shape)
+            loss = self.ppo_loss(mean, samples, sigma, old_log_prob, advantages)
+            grad_norm = self._gradient_step(loss)
+        return loss, grad_norm
 
     def _predict(self, observation: np.ndarray, deterministic: bool) -> np.ndarray:
         states = torch.from_numpy(observation)

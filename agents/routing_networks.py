@@ -5,6 +5,8 @@ policy's log-probability; the learner that samples from them and updates them is
   per-sample state, and the per-teacher rows the scorer reads;
 * :class:`TeacherScorer`: one small MLP shared by all teachers with a DeepSets context, so
   permuting the teachers permutes the scores;
+* :class:`TeacherMLP`: one MLP over all teachers' rows at once, which knows each teacher by its
+  position (a specialist's classes, a relabelled teacher's mapping), for a fixed pool;
 * :func:`logistic_normal_log_prob`: ``log N(u; log w(s), sigma^2 I)``, the policy's exact log-probability.
 """
 
@@ -17,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["SCALAR_COLUMNS", "TeacherScorer", "TeacherSlices", "logistic_normal_log_prob"]
+__all__ = ["SCALAR_COLUMNS", "TeacherMLP", "TeacherScorer", "TeacherSlices", "logistic_normal_log_prob"]
 
 # per-teacher scalar columns the scorer reads (when the state has them), in this order
-SCALAR_COLUMNS = ("feature_cosine", "kd_loss", "teacher_ce")
+SCALAR_COLUMNS = ("feature_cosine", "kd_loss", "teacher_ce", "agreement")
 
 
 def logistic_normal_log_prob(pre_softmax: torch.Tensor, mean: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
@@ -101,3 +103,30 @@ class TeacherScorer(nn.Module):
         codes = self.phi(rows)
         context = codes.mean(dim=1, keepdim=True).expand_as(codes)
         return self.rho(torch.cat([codes, context], dim=-1)).squeeze(-1)
+
+
+class TeacherMLP(nn.Module):
+    """Scores ``[N, K]`` from all teachers' rows ``[N, K, row_size]`` at once, by position.
+
+    The scorer is shared across teachers, so it can only learn what any teacher's row says about
+    that teacher (how confident, how far from the student). Without labels, which teacher is
+    right often depends on *which* teacher it is: a specialist's outputs look as confident off
+    its classes as on them, a relabelled teacher's as confident as the good one's. This network
+    reads the rows of all teachers in the pool's order, so it can learn "teacher 2 when the pool
+    votes for one of teacher 2's classes"; the price is a fixed pool (same K, same order).
+
+    Args:
+        num_teachers: K; row_size: features per teacher; hidden: width of the two hidden layers.
+    """
+
+    def __init__(self, num_teachers: int, row_size: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(num_teachers * row_size, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, num_teachers)
+        # as the scorer: a small last layer starts every teacher at the same score
+        nn.init.orthogonal_(self.head.weight, gain=0.01)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """Scores ``[N, K]`` for normalised per-teacher rows ``[N, K, row_size]``."""
+        return cast(torch.Tensor, self.head(self.body(rows.flatten(1))))

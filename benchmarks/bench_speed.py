@@ -28,9 +28,10 @@ Sections (each prints ratios; the goals are from the project's issues):
   the 16-teacher store's build time and size.
 * ``accuracy``: the student's final test accuracy after one epoch with a float16 and a float32
   store, 3 seeds each (goal: within the seed spread).
-* ``agents``: one 1-epoch ``kd-env train`` run of the per-sample MTKD-RL agent and of the router
-  (the suite's leading agent), each against AVER, each run in its own process: wall time and
-  peak RSS ratios (goal <= 1.05 each).
+* ``agents``: one 1-epoch ``kd-env train`` run of the per-sample MTKD-RL agent, of the router
+  (the suite's leading agent) and of the label-free router (issue #23: no training labels, paid
+  on the validation probe), each against AVER in the same regime, each run in its own process:
+  wall time and peak RSS ratios (goal <= 1.05 each).
 * ``imports`` (issue #12): resident memory (RSS) of a fresh process after ``import torch``,
   after ``import kd_env`` (and its time), and of one synthetic-env worker (an env built, reset
   and stepped once, as in each ``SubprocVecEnv`` / async worker); which heavy modules each
@@ -163,6 +164,8 @@ def bench_run(batch_size: int, rounds: int) -> None:
 _AGENT_PAIRS = [
     ("MTKD-RL per-sample", "per-sample:aver@neg_loss", "mtkd-rl"),
     ("Router per-sample", "aver@neg_loss", "router@label_logprob"),
+    # issue #23: without training labels, the router paid on 256 validation images a step
+    ("Label-free router (PPO, MLP, probe 256)", "label-free:aver@neg_loss", "label-free:router@val_label_logprob"),
 ]
 
 

@@ -109,19 +109,33 @@ def _construct_and_reset(batch_size: int) -> float:
     return time.perf_counter() - start
 
 
+_LABEL_FREE_ARGS = ["--env-arg", "labels=none", "--env-arg", "feature_kd=false"]
+_LABEL_FREE_ROUTER_ARGS = [
+    *("--env-arg", "probe_rows=256", "--env-arg", 'state_parts=["performance"]', "--env-arg", "include_embeddings=false"),
+    *("--agent-arg", "network=mlp", "--agent-arg", "update=ppo", "--agent-arg", "normalize_advantage=true"),
+    *("--agent-arg", "learning_rate=0.003", "--agent-arg", "n_steps=1"),
+]
+
+
 def _agent_run(spec: str, epochs: int) -> float:
     """One ``kd-env train`` run as a user starts it. ``spec`` is ``agent``, ``agent@reward_mode``
     or either with a ``per-sample:`` prefix (the per-sample env for a batch-level rule, to compare
-    a per-sample agent with AVER on the same env; per-sample agents get it anyway)."""
+    a per-sample agent with AVER on the same env; per-sample agents get it anyway), all with an
+    optional ``label-free:`` prefix (no training labels, logit KD only; the router with the
+    validation probe and the label-free settings of the suite, issue #23)."""
     import tempfile
 
     from kd_env.cli import main as cli_main
     from kd_env.registry import get_policy
 
+    label_free = spec.startswith("label-free:")
+    spec = spec.removeprefix("label-free:")
     forced = spec.startswith("per-sample:")
     agent, _, reward_mode = spec.removeprefix("per-sample:").partition("@")
     per_sample = ["--per-sample"] if forced or get_policy(agent).per_sample else []  # as registered, unless asked
     reward = ["--env-arg", f"reward_mode={reward_mode}"] if reward_mode else []
+    if label_free:  # the suite's label-free regime; the router as suite-v2-label-free runs it
+        reward += _LABEL_FREE_ARGS + (_LABEL_FREE_ROUTER_ARGS if reward_mode == "val_label_logprob" else [])
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
         cli_main(

@@ -9,6 +9,9 @@ Features come in two groups, as in the paper's state ablation (Table 6b):
   accuracy, entropy (batch level); CE, pooled embedding, logits (per sample).
 * ``"gap"``: how far the student is from each teacher: KL(teacher || student) at T, and the
   cosine similarity of the adapted student feature to the teacher embedding.
+* ``"agreement"`` (opt in, issue #23): how much the other teachers back each teacher's
+  prediction (:func:`teacher_agreement`), a label-free column that names no class and no
+  teacher, so a policy that reads it can be used on another pool.
 
 In the label-free regime (``label_free=True`` in the specs, the envs' ``labels="none"``) every
 column that reads a training label is absent, not zeroed: teacher CE and accuracy and the
@@ -29,7 +32,8 @@ import torch
 
 from kd_env.engine import StepBatch
 
-STATE_PARTS = ("performance", "gap")
+STATE_PARTS = ("performance", "gap", "agreement")
+DEFAULT_STATE_PARTS = ("performance", "gap")
 
 # Finite bounds of the batch-level features (the checkers ask for finite Box bounds); values are
 # clipped into them. Losses above these are far outside any healthy training run.
@@ -61,7 +65,7 @@ class BatchFeatureSpec:
     teacher_names: tuple[str, ...]
     num_classes: int
     feature_kd: bool
-    state_parts: tuple[str, ...] = STATE_PARTS
+    state_parts: tuple[str, ...] = DEFAULT_STATE_PARTS
     label_free: bool = False
 
     def per_teacher(self) -> list[tuple[str, float, float]]:
@@ -75,6 +79,8 @@ class BatchFeatureSpec:
             columns.append(("kd_loss", 0.0, MAX_KD))
             if self.feature_kd:
                 columns.append(("feature_cosine", -1.0, 1.0))
+        if "agreement" in self.state_parts:
+            columns.append(("agreement", 0.0, 1.0))
         return columns
 
     def _extra(self, max_lr: float) -> list[tuple[str, float, float]]:
@@ -107,6 +113,8 @@ def batch_features(batch: StepBatch, spec: BatchFeatureSpec, *, progress: float,
         if spec.feature_kd:
             assert batch.feature_cosine is not None
             columns.append(batch.feature_cosine.mean(0))
+    if "agreement" in spec.state_parts:
+        columns.append(teacher_agreement(batch.teacher_logits).mean(0))
     per_teacher = torch.stack(columns, dim=1).flatten()  # teacher-major, as in spec.names
     extra_values = [progress, lr] if spec.label_free else [progress, lr, float(batch.student_ce.detach().mean())]
     extra = torch.tensor(extra_values, dtype=per_teacher.dtype, device=per_teacher.device)
@@ -138,7 +146,7 @@ class SampleStateSpec:
     feature_kd: bool
     include_embeddings: bool = True
     logits: str | int | None = "all"
-    state_parts: tuple[str, ...] = STATE_PARTS
+    state_parts: tuple[str, ...] = DEFAULT_STATE_PARTS
     label_free: bool = False
 
     def _num_logits(self) -> int:
@@ -164,6 +172,8 @@ class SampleStateSpec:
                 if self.include_embeddings:
                     columns += [(f"{teacher}/embedding{i}", False) for i in range(dim)]
                 columns += [(f"{teacher}/logit{i}", False) for i in range(self._num_logits())]
+            if "agreement" in self.state_parts:
+                columns.append((f"{teacher}/agreement", False))
         return columns
 
     @property
@@ -216,6 +226,7 @@ def sample_state(
     """
     rows: list[torch.Tensor] = []
     num_logits = spec._num_logits()
+    agreement = teacher_agreement(teacher_logits) if "agreement" in spec.state_parts else None
     for k in range(len(spec.teacher_names)):
         if "gap" in spec.state_parts:
             if spec.feature_kd:
@@ -232,8 +243,33 @@ def sample_state(
                 rows.append(teacher_logits[k])
             elif num_logits:
                 rows.append(teacher_logits[k].topk(num_logits, dim=1).values)
+        if agreement is not None:
+            rows.append(agreement[:, k : k + 1])
     state = torch.cat(rows, dim=1).float()
     return torch.nan_to_num(state, nan=clip, posinf=clip, neginf=-clip).clamp_(-clip, clip)
+
+
+def teacher_agreement(teacher_logits: torch.Tensor) -> torch.Tensor:
+    """``[B, K]``: for each teacher k, the mean probability the *other* teachers give the class
+    teacher k predicts, ``mean_{j != k} softmax(z_j)[argmax z_k]`` (0 with one teacher).
+
+    Label-free and class-free: it says whether a teacher's prediction is backed by the pool,
+    which is what separates right from wrong teachers where the wrong ones disagree among
+    themselves (relabelled teachers, specialists outside their classes).
+    """
+    num_teachers = teacher_logits.shape[0]
+    if num_teachers == 1:
+        return teacher_logits.new_zeros(teacher_logits.shape[1], 1)
+    probabilities = torch.softmax(teacher_logits.float(), dim=-1)  # [K, B, C]
+    predicted = teacher_logits.argmax(dim=-1)  # [K, B]
+    # [k, j, B]: teacher j's probability of teacher k's predicted class
+    backing = (
+        probabilities.unsqueeze(0)
+        .expand(num_teachers, -1, -1, -1)
+        .gather(3, predicted[:, None, :, None].expand(-1, num_teachers, -1, 1))[..., 0]
+    )
+    own = backing.diagonal(dim1=0, dim2=1).transpose(0, 1)  # [K, B]: p_k(argmax z_k)
+    return ((backing.sum(dim=1) - own) / (num_teachers - 1)).transpose(0, 1)
 
 
 def state_digest(states: np.ndarray) -> int:

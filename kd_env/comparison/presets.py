@@ -31,6 +31,11 @@ class Pretrain:
     student_runs: int = 3
     seed: int = 1000
     env_kwargs: dict[str, Any] = field(default_factory=dict)
+    leave_one_pool_out: bool = False
+    """Train on every *other* scenario of the preset instead of the evaluated one, in the preset's
+    order, ``student_runs`` runs each, the policy carried from one pool to the next; evaluate it
+    frozen on the held-out pool (a pool it never saw). Needs a policy that takes any pool (the
+    router's shared scorer) and at least two scenarios."""
 
 
 @dataclass(frozen=True)

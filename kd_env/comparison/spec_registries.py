@@ -45,6 +45,16 @@ def check_spec(preset: Preset, source: str = "<preset>") -> None:
     check_registries(preset, SpecContext(source, None, {}))
 
 
+def _per_sample_arguments() -> set[str]:
+    """The per-sample env's constructor arguments that are not :class:`KDEnvSettings` fields."""
+    import inspect
+
+    from kd_env.envs import PerSampleKDVectorEnv
+
+    parameters = inspect.signature(PerSampleKDVectorEnv.__init__).parameters
+    return {name for name, parameter in parameters.items() if name != "self" and parameter.kind is not parameter.VAR_KEYWORD}
+
+
 def check_registries(preset: Preset, context: SpecContext) -> None:
     import inspect
 
@@ -109,9 +119,11 @@ def check_registries(preset: Preset, context: SpecContext) -> None:
             ((*key, "student_env_kwargs", student), {**env_kwargs, **extra, "student": student})
             for student, extra in method.student_env_kwargs.items()
         ]
+        # the per-sample env's own arguments (include_embeddings, logits, ...) are its, not KDEnvSettings'
+        own = _per_sample_arguments() if method.per_sample else set()
         for where_key, kwargs in checks:
             try:
-                KDEnvSettings.from_kwargs(**kwargs)
+                KDEnvSettings.from_kwargs(**{name: value for name, value in kwargs.items() if name not in own})
             except (TypeError, ValueError) as exc:
                 raise context.error(where_key, str(exc)) from None
         try:

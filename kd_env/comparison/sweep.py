@@ -91,6 +91,60 @@ def _env_kwargs(
     return env_kwargs
 
 
+def pretraining_chain(
+    preset: Preset,
+    method: Method,
+    scenario: str | None,
+    student: str | None,
+    out: Path,
+    overrides: dict[str, Any] | None = None,
+    imports: list[str] | None = None,
+    checkpoint_every: int = SWEEP_CHECKPOINT_EVERY,
+) -> list[PlannedRun]:
+    """The runs that train a transfer method's policy for ``scenario``, in order: one run over
+    ``pretrain.student_runs`` student runs (its own seed, never one of the evaluation seeds), or,
+    with ``leave_one_pool_out``, one such run per other scenario, each starting from the policy
+    the one before saved. Runs with the same training share them (the same folder)."""
+    assert method.pretrain is not None
+    pretrain = method.pretrain
+    if pretrain.leave_one_pool_out:
+        pools: list[str | None] = [pool for pool in preset.scenarios if pool != scenario]
+        if not pools:
+            raise ValueError(f"{method.label}: leave_one_pool_out needs at least two scenarios, got {list(preset.scenarios)}")
+    else:
+        pools = [scenario]
+    chain: list[PlannedRun] = []
+    for position, pool in enumerate(pools):
+        env_kwargs = {**_env_kwargs(preset, method, pool, student, overrides), **pretrain.env_kwargs}
+        agent_kwargs = dict(method.agent_kwargs)
+        if chain:  # carry the policy on: the previous pool's saved agent, still learning
+            agent_kwargs.update(policy_path=str(chain[-1].run_dir / "checkpoints" / "agent.pt"), learn=True)
+        # the identity names everything the trained policy depends on (the chain so far too)
+        parts: list[Any] = [method.agent, method.per_sample, env_kwargs, pretrain.student_runs, pretrain.seed]
+        if pretrain.leave_one_pool_out:
+            parts += [method.agent_kwargs, "leave-out", scenario, pools[: position + 1]]
+        identity = json.dumps(parts, sort_keys=True)
+        tag = "pretrain-" + hashlib.sha256(identity.encode()).hexdigest()[:10]
+        if pretrain.leave_one_pool_out:
+            tag = f"without-{scenario}__{position}-{pool}__{tag}"
+        name = "__".join(part for part in ((None if pretrain.leave_one_pool_out else scenario), student, method.agent, tag) if part)
+        config = RunConfig(
+            env_id=preset.env_id,
+            agent=method.agent,
+            run_dir=str(out / "pretrain" / name),
+            per_sample=method.per_sample,
+            env_kwargs=env_kwargs,
+            agent_kwargs=agent_kwargs,
+            seed=pretrain.seed,
+            student_runs=pretrain.student_runs,
+            checkpoint_every=checkpoint_every,
+            progress=False,
+            imports=_imports(preset, out, imports),
+        )
+        chain.append(PlannedRun(method, pool, student, config))
+    return chain
+
+
 def pretraining_run(
     preset: Preset,
     method: Method,
@@ -101,29 +155,9 @@ def pretraining_run(
     imports: list[str] | None = None,
     checkpoint_every: int = SWEEP_CHECKPOINT_EVERY,
 ) -> PlannedRun:
-    """The run that trains a transfer method's policy over ``pretrain.student_runs`` student runs
-    (its own seed, never one of the evaluation seeds); runs with the same training share it."""
-    assert method.pretrain is not None
-    pretrain = method.pretrain
-    env_kwargs = {**_env_kwargs(preset, method, scenario, student, overrides), **pretrain.env_kwargs}
-    identity = json.dumps([method.agent, method.per_sample, env_kwargs, pretrain.student_runs, pretrain.seed], sort_keys=True)
-    name = "__".join(
-        part for part in (scenario, student, method.agent, "pretrain-" + hashlib.sha256(identity.encode()).hexdigest()[:10]) if part
-    )
-    config = RunConfig(
-        env_id=preset.env_id,
-        agent=method.agent,
-        run_dir=str(out / "pretrain" / name),
-        per_sample=method.per_sample,
-        env_kwargs=env_kwargs,
-        agent_kwargs=dict(method.agent_kwargs),
-        seed=pretrain.seed,
-        student_runs=pretrain.student_runs,
-        checkpoint_every=checkpoint_every,
-        progress=False,
-        imports=_imports(preset, out, imports),
-    )
-    return PlannedRun(method, scenario, student, config)
+    """The run that saves the policy a transfer method evaluates on ``scenario``: the last of its
+    :func:`pretraining_chain`."""
+    return pretraining_chain(preset, method, scenario, student, out, overrides, imports, checkpoint_every)[-1]
 
 
 def plan(
@@ -162,6 +196,29 @@ def plan(
     return runs
 
 
+def plan_pretraining_stages(
+    preset: Preset,
+    out: Path,
+    overrides: dict[str, Any] | None = None,
+    imports: list[str] | None = None,
+    checkpoint_every: int = SWEEP_CHECKPOINT_EVERY,
+) -> list[list[PlannedRun]]:
+    """The distinct pretraining runs of a preset's transfer methods, in stages: stage ``i`` holds
+    the ``i``-th run of every chain (:func:`pretraining_chain`), so a stage's runs can go at once
+    and each starts from a policy an earlier stage saved."""
+    stages: list[dict[Path, PlannedRun]] = []
+    for scenario in preset.scenarios:
+        for student in preset.students:
+            for method in preset.methods:
+                if method.pretrain is not None:
+                    chain = pretraining_chain(preset, method, scenario, student, out, overrides, imports, checkpoint_every)
+                    for position, run in enumerate(chain):
+                        if position == len(stages):
+                            stages.append({})
+                        stages[position].setdefault(run.run_dir, run)
+    return [list(stage.values()) for stage in stages]
+
+
 def plan_pretraining(
     preset: Preset,
     out: Path,
@@ -169,15 +226,9 @@ def plan_pretraining(
     imports: list[str] | None = None,
     checkpoint_every: int = SWEEP_CHECKPOINT_EVERY,
 ) -> list[PlannedRun]:
-    """The distinct pretraining runs of a preset's transfer methods (run before the others)."""
-    runs: dict[Path, PlannedRun] = {}
-    for scenario in preset.scenarios:
-        for student in preset.students:
-            for method in preset.methods:
-                if method.pretrain is not None:
-                    run = pretraining_run(preset, method, scenario, student, out, overrides, imports, checkpoint_every)
-                    runs.setdefault(run.run_dir, run)
-    return list(runs.values())
+    """The distinct pretraining runs of a preset's transfer methods (run before the others), in
+    the order of :func:`plan_pretraining_stages`."""
+    return [run for stage in plan_pretraining_stages(preset, out, overrides, imports, checkpoint_every) for run in stage]
 
 
 def prepare_teachers(preset: Preset, overrides: dict[str, Any] | None = None) -> None:
@@ -410,7 +461,13 @@ def run_benchmark(
     transfer = [run for run in runs if run.method.pretrain is not None]
     failures = executor.run(online, progress=progress, description=f"bench {preset_name}")
     if transfer:
-        failures += executor.run(pretraining, progress=progress, description=f"bench {preset_name}: pretraining")
+        stages = plan_pretraining_stages(preset, out)
+        for position, stage in enumerate(stages):
+            stage_name = "pretraining" if len(stages) == 1 else f"pretraining, stage {position + 1} of {len(stages)}"
+            stage_failures = executor.run(stage, progress=progress, description=f"bench {preset_name}: {stage_name}")
+            failures += stage_failures
+            if stage_failures:  # a later stage would start from a policy that was never saved
+                break
         failures += executor.run(transfer, progress=progress, description=f"bench {preset_name}: transfer")
     if failures:
         rows = write_report_with_failures(runs, failures, out, preset_name, preset)

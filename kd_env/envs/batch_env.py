@@ -73,6 +73,10 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
       teacher mixture gives the true label (see the per-sample env), divided by ``log(C)``.
       It reads the training labels: refused with ``labels="none"``, the noisy labels with
       ``labels="noisy"``.
+    * ``"val_label_logprob"`` (with ``probe_rows=P``, issue #23): the same log-probability on P
+      validation images drawn each step (:class:`~kd_env.envs.probe.ValidationProbe`), under the
+      step's weight vector, averaged: the label-based reward that remains without training
+      labels (the validation split keeps its labels in every regime).
 
     ``reward_scale`` multiplies every reward. A diverging student gets ``divergence_penalty``.
 
@@ -136,6 +140,8 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
       caller's ``no_grad`` / ``inference_mode`` / ``autocast`` no longer breaks or changes a run;
       unknown arguments raise ``TypeError`` in Python's wording ("got an unexpected keyword
       argument"); float64 and torch-tensor actions are applied as their float32 rounding.
+    * v0, issue #23 (new options, every earlier run unchanged): ``reward_mode="val_label_logprob"``
+      with ``probe_rows``; ``state_parts`` may add ``"agreement"``.
     """
 
     metadata = {"render_modes": ["ansi", "human"], "render_fps": 1}

@@ -20,6 +20,7 @@ from kd_env.checkpoint_io import read_checkpoint, write_checkpoint
 from kd_env.engine import DistillationEngine, StepResult
 from kd_env.engine.modes import entry_point, student_autograd
 from kd_env.envs.assembly import build_engine
+from kd_env.envs.probe import ValidationProbe
 from kd_env.envs.rewards import RewardTracker
 from kd_env.envs.settings import KDEnvSettings
 from kd_env.weights import action_to_weights, validate_action
@@ -133,7 +134,13 @@ PICKLE_FORMAT = "kd_env.pickle/1"
 # settings that must match between a checkpoint and the env that loads it
 _COMPAT_KEYS = ("dataset", "student", "epochs", "batch_size", "feature_kd", "reward_mode", "max_steps_per_epoch")
 # label-regime settings that must match too: the values checkpoints written before them stand for
-_COMPAT_DEFAULTS: dict[str, Any] = {"labels": "full", "label_noise": None, "label_noise_kind": "symmetric", "label_noise_seed": None}
+_COMPAT_DEFAULTS: dict[str, Any] = {
+    "labels": "full",
+    "label_noise": None,
+    "label_noise_kind": "symmetric",
+    "label_noise_seed": None,
+    "probe_rows": 0,  # the validation probe's rows (issue #23): part of the per-sample env's shape
+}
 
 
 class KDEnvCore:
@@ -167,7 +174,8 @@ class KDEnvCore:
         self.teacher_names = list(self.engine.teacher_names)
         self.num_teachers = self.engine.num_teachers
         self.heads = 2 if self.settings.feature_kd else 1
-        self.rewards = RewardTracker(self.engine, self.settings.reward_mode, self.settings.probe_size, self.settings.reward_scale)
+        probe = ValidationProbe(self.engine, self.settings.probe_rows) if self.settings.probe_rows > 0 else None
+        self.rewards = RewardTracker(self.engine, self.settings.reward_mode, self.settings.probe_size, self.settings.reward_scale, probe)
         self._last_observation = None
         self._episode_seed: int | None = None
 
@@ -184,7 +192,7 @@ class KDEnvCore:
         """A fresh student; every random draw of the episode derives from this one integer."""
         self._episode_seed = int(self.np_random.integers(0, 2**31 - 1))
         self.engine.reset(self._episode_seed)
-        self.rewards.reset()
+        self.rewards.reset(self._episode_seed)
 
     def _weights_for(self, action: Any, shape: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         assert shape is not None  # the shape of a Box action space

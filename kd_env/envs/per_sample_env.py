@@ -49,7 +49,8 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
     official code, clipped to ``[-obs_clip, obs_clip]`` for finite bounds.
     ``include_embeddings=False`` drops the embeddings; ``logits=k`` keeps the k largest teacher
     logits, ``logits=None`` none. ``state_parts`` selects the ``performance`` / ``gap`` groups.
-    ``feature_names`` names every column. With ``labels="none"`` the teacher CE columns are absent
+    ``feature_names`` names every column. ``state_parts`` may add ``"agreement"``: per teacher,
+    how much the other teachers back its prediction (label- and class-free). With ``labels="none"`` the teacher CE columns are absent
     (they read the training labels), and MTKD-RL's agent, whose confidence prior reads them, is
     refused.
 
@@ -67,6 +68,12 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
       training labels: refused with ``labels="none"``, the noisy labels with ``labels="noisy"``.
     * ``"val_loss_delta"`` and ``"val_acc"``: as in the batch env; every slot gets the update's
       reward (they measure the whole update, not one sample).
+    * ``"val_label_logprob"`` (the label-free router's, issue #23), with ``probe_rows=P``: P
+      validation images follow the batch's B rows in every observation (``num_envs = B + P``,
+      ``infos["probe"]`` marks them); their weights reach no student, and each is paid the
+      ``label_logprob`` of its weights on its *validation* label
+      (:class:`~kd_env.envs.probe.ValidationProbe`). The batch's rows get the probe's mean. It
+      reads no training label: the reward of the label-free regime.
 
     ## Starting State
 
@@ -89,7 +96,8 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
     ```
 
     ``num_envs`` > 1 sets the batch size (``num_envs=1``, ``gym.make_vec``'s default, keeps the
-    ``batch_size`` argument or the dataset default). ``include_embeddings``, ``logits``,
+    ``batch_size`` argument or the dataset default); with ``probe_rows=P`` the env has
+    ``batch_size + P`` slots. ``include_embeddings``, ``logits``,
     ``obs_clip``, and every argument of the batch-level env except ``steps_per_action``, the
     label regime (``labels``, ``label_noise``, ``label_noise_kind``, ``label_noise_seed``)
     included. There is no render mode: any ``render_mode`` warns and rendering stays off.
@@ -107,6 +115,8 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
       unknown arguments raise ``TypeError`` in Python's wording ("got an unexpected keyword
       argument"); float64 and torch-tensor actions are applied as their float32 rounding; the
       vector env carries ``autoreset_mode`` as an attribute, as Gymnasium's do.
+    * v0, issue #23 (new options, every earlier run unchanged): ``reward_mode="val_label_logprob"``
+      with ``probe_rows`` (the probe's rows after the batch's); the ``"agreement"`` state part.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
@@ -141,11 +151,14 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
             kwargs["batch_size"] = num_envs
         kwargs.setdefault("reward_mode", "neg_loss")
         self._setup_core(kwargs, init_args)
-        self.num_envs = self.engine.config.batch_size
-        if self.engine.steps_per_epoch * self.num_envs > int(self.engine.data.train_labels.shape[0]):
+        self.batch_size = self.engine.config.batch_size
+        # the validation probe's rows follow the batch's (reward_mode="val_label_logprob")
+        self.probe_rows = self.settings.probe_rows
+        self.num_envs = self.batch_size + self.probe_rows
+        if self.engine.steps_per_epoch * self.batch_size > int(self.engine.data.train_labels.shape[0]):
             # drop_last=False with a last, partial batch: the slots are the samples of a full batch
             raise ValueError(
-                f"drop_last=False: the last batch of each epoch has fewer than {self.num_envs} samples, and the per-sample env "
+                f"drop_last=False: the last batch of each epoch has fewer than {self.batch_size} samples, and the per-sample env "
                 "has one slot per sample of a full batch; keep drop_last=True here (the batch-level env takes drop_last=False)"
             )
         self.obs_clip = float(obs_clip)
@@ -197,9 +210,11 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
             zeros = np.zeros(self.num_envs, dtype=bool)
             return observation, np.zeros(self.num_envs), zeros, zeros.copy(), {}
         logit_weights, feature_weights = self._weights_for(actions, self.action_space.shape)
-        result = self.engine.step(logit_weights, feature_weights)
+        batch = self.batch_size
+        probe_weights = logit_weights[batch:]
+        result = self.engine.step(logit_weights[:batch], None if feature_weights is None else feature_weights[:batch])
         if not result.diverged:
-            rewards = self.rewards.sample_rewards(result)
+            rewards = self._rewards(result, probe_weights)
             if not np.isfinite(rewards).all():  # finite loss, non-finite outcome: undo it, diverged
                 self.engine.rollback(result)
         if result.diverged:
@@ -207,13 +222,23 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
         terminated = bool(result.diverged or result.done)
         self._needs_reset = terminated
         observation = self._last_observation.copy() if terminated else self._observation()
-        infos = self._infos(result)
+        infos = self._infos(result, probe_weights)
         flags = np.full(self.num_envs, terminated, dtype=bool)
         return observation, rewards.astype(np.float64), flags, np.zeros(self.num_envs, dtype=bool), infos
+
+    def _rewards(self, result: Any, probe_weights: torch.Tensor) -> np.ndarray:
+        """One reward per slot; with the validation probe, each probe row is paid its own and the
+        batch's rows the probe's mean (the update's reward, as the shared modes give every slot)."""
+        if not self.probe_rows:
+            return self.rewards.sample_rewards(result)
+        probe_rewards = self.rewards.probe_rewards(probe_weights).double().cpu().numpy()
+        return np.concatenate([np.full(self.batch_size, probe_rewards.mean()), probe_rewards])
 
     def _observation(self) -> np.ndarray:
         assert self.engine.current is not None
         state = per_sample_state(self.engine.current, self.state_spec, self.obs_clip)
+        if self.rewards.probe is not None:
+            state = torch.cat([state, self.rewards.probe.states(self.state_spec, self.obs_clip)])
         self._last_observation = state.cpu().numpy().astype(np.float32)
         self._observation_indices = self.engine.current.indices.detach().to("cpu", copy=True)
         return self._last_observation.copy()
@@ -231,7 +256,7 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
         the first call; a warning then).
         """
         last = self._last_observation
-        if last is None or self._observation_indices is None or not self.engine.teacher_outputs_by_index:
+        if last is None or self._observation_indices is None or not self.engine.teacher_outputs_by_index or self.probe_rows:
             return None
         observation = np.asarray(observation)
         if observation.shape != last.shape or observation.dtype != last.dtype or not np.array_equal(observation, last):
@@ -308,19 +333,28 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
         states[:, self.state_spec.student_columns] = compact.student_columns
         return states
 
-    def _infos(self, result: Any) -> dict[str, Any]:
-        """Vector-env infos: one value per slot, with Gymnasium's ``_key`` masks (all slots)."""
+    def _infos(self, result: Any, probe_weights: torch.Tensor) -> dict[str, Any]:
+        """Vector-env infos: one value per slot, with Gymnasium's ``_key`` masks (all slots).
+        The probe rows (``infos["probe"]``) have their weights, and NaN where a value is the
+        update's (KL, CE)."""
+
+        def padded(values: torch.Tensor) -> np.ndarray:  # the batch's rows, then NaN for the probe's
+            array = values.detach().cpu().numpy()
+            return np.concatenate([array, np.full((self.probe_rows, *array.shape[1:]), np.nan, dtype=array.dtype)])
+
         per_slot: dict[str, Any] = {
-            "weights": result.logit_weights.cpu().numpy().astype(np.float32),
-            "kd_loss": result.kd_loss.cpu().numpy().astype(np.float32),
+            "weights": torch.cat([result.logit_weights, probe_weights.to(result.logit_weights)]).cpu().numpy().astype(np.float32),
+            "kd_loss": padded(result.kd_loss).astype(np.float32),
             # absent in the label-free regime: the student's training CE reads the labels
-            **({} if result.student_ce is None else {"ce": result.student_ce.cpu().numpy().astype(np.float64)}),
+            **({} if result.student_ce is None else {"ce": padded(result.student_ce).astype(np.float64)}),
             "loss": np.full(self.num_envs, result.loss),
             "epoch": np.full(self.num_envs, self.engine.epoch),
             "step": np.full(self.num_envs, self.engine.global_step),
             "lr": np.full(self.num_envs, self.engine.lr),
             "diverged": np.full(self.num_envs, result.diverged),
         }
+        if self.probe_rows:
+            per_slot["probe"] = np.arange(self.num_envs) >= self.batch_size
         if result.feature_weights is not None:
             per_slot["feature_weights"] = result.feature_weights.cpu().numpy().astype(np.float32)
         if result.epoch_end:

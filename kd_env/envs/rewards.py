@@ -3,13 +3,42 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from kd_env.engine import DistillationEngine, StepBatch, StepResult
 from kd_env.envs.settings import TRAINING_LABEL_REWARDS
+
+if TYPE_CHECKING:
+    from kd_env.envs.probe import ValidationProbe
+
+
+def mixture_label_logprob(
+    weights: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, normaliser: float
+) -> torch.Tensor:
+    """``[B]``: ``log sum_k w_ik softmax(z_ik / T)[y_i] / normaliser``, the log-probability the
+    weighted teacher mixture gives each sample's label (``label_logprob`` on training samples,
+    ``val_label_logprob`` on the validation probe's).
+
+    Args:
+        weights: ``[B, K]`` non-negative teacher weights; each row is renormalised to sum to one,
+            and an all-zero row (no teacher) scores chance, ``-log(C) / normaliser``.
+        teacher_logits: ``[K, B, C]``; labels: ``[B]``; temperature: the KD temperature ``T``.
+    """
+    weights = weights.detach().float()
+    totals = weights.sum(dim=1, keepdim=True)
+    mixture_weights = weights / totals.clamp_min(1e-12)
+    # [K, B, C] -> each teacher's softened probability of the label: [B, K]
+    log_probs = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    label_log_probs = log_probs.gather(2, labels.view(1, -1, 1).expand(log_probs.shape[0], -1, 1))
+    label_log_probs = label_log_probs.squeeze(2).transpose(0, 1)
+    # log sum_k w_k p_k(y), stably; log(0) = -inf terms drop out of the logsumexp
+    mixture = torch.logsumexp(label_log_probs + torch.log(mixture_weights), dim=1)
+    chance = torch.full_like(mixture, -math.log(teacher_logits.shape[-1]))
+    mixture = torch.where(totals.squeeze(1) > 0, mixture, chance)
+    return mixture / normaliser
 
 
 class RewardTracker:
@@ -26,6 +55,11 @@ class RewardTracker:
       gives the sample's true label, ``log sum_k w_ik softmax(z_ik / T)[y_i]`` (each weight row
       renormalised to sum to one; an all-zero row, no teacher, scores chance ``1/C``), divided
       by ``log(C)``. The batch-level reward is its batch mean.
+    * ``"val_label_logprob"``: the same log-probability on the validation probe's images
+      (:class:`kd_env.envs.probe.ValidationProbe`, ``probe_rows`` per step), whose labels the
+      policy never sees and the student never trains on: the reward of the label-free regime.
+      The per-sample env adds the probe images as extra rows the policy weights; the batch env
+      applies the batch's weight vector to them and pays the mean.
 
     Why ``"label_logprob"`` pays for teaching rather than for agreeing: ``"neg_loss"`` is the
     weighted KD loss, smallest for the teacher the student already matches, so an agent trained
@@ -46,10 +80,13 @@ class RewardTracker:
     which keeps its true labels in every regime.
     """
 
-    def __init__(self, engine: DistillationEngine, mode: str, probe_size: int, scale: float) -> None:
+    def __init__(self, engine: DistillationEngine, mode: str, probe_size: int, scale: float, probe: ValidationProbe | None = None) -> None:
         if engine.config.label_free and mode in TRAINING_LABEL_REWARDS:
             raise ValueError(f"reward_mode={mode!r} reads the training labels, which the label-free regime (labels='none') withholds")
+        if (mode == "val_label_logprob") != (probe is not None):
+            raise ValueError("reward_mode='val_label_logprob' and the validation probe (probe_rows > 0) go together")
         self.engine = engine
+        self.probe = probe
         self.mode = mode
         self.probe_size = probe_size
         self.scale = scale
@@ -58,7 +95,9 @@ class RewardTracker:
         self.last_val_acc = 1.0 / engine.num_classes
         self._updated_batch: StepBatch | None = None
 
-    def reset(self) -> None:
+    def reset(self, episode_seed: int = 0) -> None:
+        if self.probe is not None:
+            self.probe.reset(episode_seed)
         self.last_val_acc = 1.0 / self.engine.num_classes
         self.last_probe_loss = self.engine.probe_loss(self.probe_size) if self.mode == "val_loss_delta" else None
         self._track_batch()
@@ -76,7 +115,20 @@ class RewardTracker:
             return -result.loss / self.normaliser * self.scale
         if self.mode == "label_logprob":
             return float(self._label_logprob(result).mean())
+        if self.mode == "val_label_logprob":
+            # one weight vector for the whole update (the batch env's action), applied to the probe's images
+            assert self.probe is not None
+            weights = result.logit_weights[:1].expand(self.probe.rows, -1)
+            return float(self.probe_rewards(weights).mean())
         return self._shared_reward(result)
+
+    def probe_rewards(self, weights: torch.Tensor) -> torch.Tensor:
+        """``[probe_rows]``: the rewards of weights ``[probe_rows, K]`` on the current probe
+        images; the probe then draws the next step's images."""
+        assert self.probe is not None
+        rewards = self.probe.rewards(weights, self.scale)
+        self.probe.draw()
+        return rewards
 
     def sample_rewards(self, result: StepResult) -> np.ndarray:
         """One reward per sample. ``neg_loss`` uses MTKD-RL's batch normalisation: z-score within
@@ -87,6 +139,8 @@ class RewardTracker:
             return (normalised.clamp(0.0, 1.0) * self.scale).double().cpu().numpy()
         if self.mode == "label_logprob":
             return self._label_logprob(result).double().cpu().numpy()
+        if self.mode == "val_label_logprob":
+            raise RuntimeError("val_label_logprob pays the probe rows (probe_rewards); the per-sample env asks for those")
         return np.full(result.per_sample_loss.shape[0], self._shared_reward(result), dtype=np.float64)
 
     def _label_logprob(self, result: StepResult) -> torch.Tensor:
@@ -95,18 +149,10 @@ class RewardTracker:
         if batch is None or batch.labels.shape[0] != result.logit_weights.shape[0]:
             raise RuntimeError("label_logprob has no record of the updated batch; reset() the env first")
         self._track_batch()  # the engine has prepared the next batch already
-        weights = result.logit_weights.detach().float()  # [B, K]
-        totals = weights.sum(dim=1, keepdim=True)
-        mixture_weights = weights / totals.clamp_min(1e-12)
-        # [K, B, C] -> each teacher's softened probability of the label: [B, K]
-        log_probs = torch.log_softmax(batch.teacher_logits.float() / self.engine.config.temperature, dim=-1)
-        label_log_probs = log_probs.gather(2, batch.labels.view(1, -1, 1).expand(log_probs.shape[0], -1, 1))
-        label_log_probs = label_log_probs.squeeze(2).transpose(0, 1)
-        # log sum_k w_k p_k(y), stably; log(0) = -inf terms drop out of the logsumexp
-        mixture = torch.logsumexp(label_log_probs + torch.log(mixture_weights), dim=1)
-        chance = torch.full_like(mixture, -self.normaliser)
-        mixture = torch.where(totals.squeeze(1) > 0, mixture, chance)
-        return mixture / self.normaliser * self.scale
+        mixture = mixture_label_logprob(
+            result.logit_weights, batch.teacher_logits, batch.labels, self.engine.config.temperature, self.normaliser
+        )
+        return mixture * self.scale
 
     def _shared_reward(self, result: StepResult) -> float:
         if self.mode == "val_loss_delta":
@@ -122,9 +168,14 @@ class RewardTracker:
         return 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"last_probe_loss": self.last_probe_loss, "last_val_acc": self.last_val_acc}
+        state: dict[str, Any] = {"last_probe_loss": self.last_probe_loss, "last_val_acc": self.last_val_acc}
+        if self.probe is not None:
+            state["probe"] = self.probe.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.last_probe_loss = state["last_probe_loss"]
         self.last_val_acc = state["last_val_acc"]
+        if self.probe is not None:
+            self.probe.load_state_dict(state["probe"])
         self._track_batch()  # the env restores the engine (and its prepared batch) first

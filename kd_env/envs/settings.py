@@ -8,8 +8,8 @@ from typing import Any
 
 from kd_env.weights import ACTION_MODES
 
-REWARD_MODES = ("neg_loss", "val_loss_delta", "val_acc", "label_logprob")
-STATE_PARTS = ("performance", "gap")
+REWARD_MODES = ("neg_loss", "val_loss_delta", "val_acc", "label_logprob", "val_label_logprob")
+STATE_PARTS = ("performance", "gap", "agreement")  # = kd_env.observations.STATE_PARTS (kept importable without torch)
 STORE_DTYPES = ("float16", "float32")
 PROTOCOLS = ("default", "official")
 FEATURE_TERMS = ("mse", "camkd")
@@ -100,6 +100,12 @@ class KDEnvSettings:
     reward_scale: float = 1.0
     divergence_penalty: float = -10.0
     probe_size: int = 512
+    probe_rows: int = 0
+    """``reward_mode="val_label_logprob"`` only (and required there): validation images per step
+    that the policy weights without seeing their labels and is paid for
+    (:class:`kd_env.envs.probe.ValidationProbe`). The per-sample env appends them to each batch's
+    slots (``num_envs`` becomes ``batch_size + probe_rows``; ``infos["probe"]`` marks them); the
+    batch env applies its one weight vector to them."""
     state_parts: list[str] = field(default_factory=lambda: ["performance", "gap"])
     train_size: int | None = None
     """Use only this many training images (a seeded random subset; the validation and test
@@ -182,7 +188,16 @@ class KDEnvSettings:
                 raise ValueError(f"student must be a zoo model ({', '.join(list_models())}), got {self.student!r}")
         if self.reward_mode == "val_loss_delta" and self.val_fraction <= 0:
             raise ValueError("reward_mode='val_loss_delta' needs a validation split: set val_fraction > 0")
-        if self.protocol == "official" and self.reward_mode in ("val_loss_delta", "val_acc"):
+        if (self.reward_mode == "val_label_logprob") != (self.probe_rows > 0):
+            raise ValueError(
+                f"reward_mode='val_label_logprob' and probe_rows > 0 go together (got reward_mode={self.reward_mode!r}, "
+                f"probe_rows={self.probe_rows!r}): the probe's images are what that reward pays for, e.g. probe_rows=64"
+            )
+        if self.reward_mode == "val_label_logprob" and self.val_fraction <= 0:
+            raise ValueError("reward_mode='val_label_logprob' needs a validation split: set val_fraction > 0")
+        if self.reward_mode == "val_label_logprob" and self.feature_kd:
+            raise ValueError("reward_mode='val_label_logprob' pays logit weights only: set feature_kd=False")
+        if self.protocol == "official" and self.reward_mode in ("val_loss_delta", "val_acc", "val_label_logprob"):
             raise ValueError(
                 f"protocol='official' has no validation split, so reward_mode={self.reward_mode!r} cannot be "
                 "computed: use 'neg_loss' or 'label_logprob'"
@@ -309,6 +324,7 @@ _INT_MINIMUM = {
     "batch_size": 2,
     "max_steps_per_epoch": 1,
     "probe_size": 1,
+    "probe_rows": 0,
     "teacher_seed": 0,
     "split_seed": 0,
     "train_size": 2,
