@@ -17,14 +17,14 @@ from kd_env.agents.mtkd_rl_pg import MTKDRLPG
 from kd_env.agents.routing_networks import TeacherMLP, TeacherSlices, logistic_normal_log_prob
 from kd_env.comparison import sweep
 from kd_env.comparison.presets import Method, Preset, Pretrain
+from kd_env.engine.losses import mixture_label_logprob
 from kd_env.envs import KDEnvSettings, PerSampleKDVectorEnv
-from kd_env.envs.rewards import mixture_label_logprob
 from kd_env.observations import BatchFeatureSpec, SampleStateSpec, teacher_agreement
 
 SYNTHETIC = "MultiTeacherKD-Synthetic-v0"
 BATCH = 16
 PROBE = 8
-LABEL_FREE = {"labels": "none", "reward_mode": "val_label_logprob", "probe_rows": PROBE, "feature_kd": False}
+LABEL_FREE: dict[str, Any] = {"labels": "none", "reward_mode": "val_label_logprob", "probe_rows": PROBE, "feature_kd": False}
 
 
 def probe_env(**overrides: Any) -> Any:
@@ -148,7 +148,7 @@ def test_probe_states_are_built_like_training_states() -> None:
 
 def test_batch_env_pays_its_weight_vector_on_the_probe() -> None:
     env = gym.make(SYNTHETIC, pool="specialists", epochs=1, action_mode="simplex", **LABEL_FREE)
-    kd = env.unwrapped
+    kd: Any = env.unwrapped
     env.reset(seed=0)
     indices = kd.rewards.probe.indices.clone()
     action = np.array([0.7, 0.1, 0.1, 0.1], dtype=np.float32)
@@ -240,6 +240,7 @@ def test_ppo_loss_stops_pushing_a_ratio_past_the_clip() -> None:
     advantages = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
     loss = agent.ppo_loss(mean, samples, torch.tensor(1.0), old_log_prob, advantages)
     loss.backward()
+    assert mean.grad is not None
     gradient = mean.grad[0, :, 0]
     ratio = torch.exp(logistic_normal_log_prob(samples, mean.detach(), 1.0) - old_log_prob)[0]
     assert ratio[0] > 1.2 and gradient[0] == 0  # above the clip with A > 0: held
@@ -304,7 +305,7 @@ def test_slices_read_the_agreement_column() -> None:
 
 
 # ---------------------------------------------------------------------- leave one pool out
-def _lopo_preset(scenarios: list[str]) -> Preset:
+def _lopo_preset(scenarios: list[str | None]) -> Preset:
     method = Method(
         "held out",
         "router",
@@ -361,7 +362,7 @@ def test_experiment_files_take_the_per_sample_env_arguments(tmp_path: Path) -> N
 
 
 def test_registered_envs_still_build_without_a_probe() -> None:
-    env = gym.make_vec(SYNTHETIC, vectorization_mode="vector_entry_point", num_envs=BATCH, epochs=1)
+    env: Any = gym.make_vec(SYNTHETIC, vectorization_mode="vector_entry_point", num_envs=BATCH, epochs=1)
     assert env.unwrapped.num_envs == BATCH and env.unwrapped.probe_rows == 0
     assert isinstance(env.unwrapped, PerSampleKDVectorEnv)
     assert kd_env.ENV_IDS  # the package's registry is intact

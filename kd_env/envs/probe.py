@@ -5,7 +5,7 @@ it never sees and whose labels the student never trains on: each step, ``probe_r
 drawn from the validation split (which keeps its true labels in every label regime); the policy
 weights their teachers like any training sample, and the reward is the log-probability the
 weighted teacher mixture gives each image's true label (the formula of ``label_logprob``,
-:func:`kd_env.envs.rewards.mixture_label_logprob`). It is the reward that remains when the
+:func:`kd_env.engine.losses.mixture_label_logprob`). It is the reward that remains when the
 training labels are withheld (``labels="none"``): the policy learns which teacher to trust from
 label-free features, and the labels that pay for it are the validation split's, the same labels
 model selection reads.
@@ -27,9 +27,8 @@ from typing import Any
 import torch
 
 from kd_env.engine import DistillationEngine
-from kd_env.engine.losses import per_sample_kd_loss
+from kd_env.engine.losses import mixture_label_logprob, per_sample_kd_loss
 from kd_env.engine.teacher_source import run_teachers
-from kd_env.envs.rewards import mixture_label_logprob
 from kd_env.observations import SampleStateSpec, sample_state
 
 __all__ = ["ValidationProbe"]

@@ -9,36 +9,11 @@ import numpy as np
 import torch
 
 from kd_env.engine import DistillationEngine, StepBatch, StepResult
+from kd_env.engine.losses import mixture_label_logprob
 from kd_env.envs.settings import TRAINING_LABEL_REWARDS
 
 if TYPE_CHECKING:
     from kd_env.envs.probe import ValidationProbe
-
-
-def mixture_label_logprob(
-    weights: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float, normaliser: float
-) -> torch.Tensor:
-    """``[B]``: ``log sum_k w_ik softmax(z_ik / T)[y_i] / normaliser``, the log-probability the
-    weighted teacher mixture gives each sample's label (``label_logprob`` on training samples,
-    ``val_label_logprob`` on the validation probe's).
-
-    Args:
-        weights: ``[B, K]`` non-negative teacher weights; each row is renormalised to sum to one,
-            and an all-zero row (no teacher) scores chance, ``-log(C) / normaliser``.
-        teacher_logits: ``[K, B, C]``; labels: ``[B]``; temperature: the KD temperature ``T``.
-    """
-    weights = weights.detach().float()
-    totals = weights.sum(dim=1, keepdim=True)
-    mixture_weights = weights / totals.clamp_min(1e-12)
-    # [K, B, C] -> each teacher's softened probability of the label: [B, K]
-    log_probs = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    label_log_probs = log_probs.gather(2, labels.view(1, -1, 1).expand(log_probs.shape[0], -1, 1))
-    label_log_probs = label_log_probs.squeeze(2).transpose(0, 1)
-    # log sum_k w_k p_k(y), stably; log(0) = -inf terms drop out of the logsumexp
-    mixture = torch.logsumexp(label_log_probs + torch.log(mixture_weights), dim=1)
-    chance = torch.full_like(mixture, -math.log(teacher_logits.shape[-1]))
-    mixture = torch.where(totals.squeeze(1) > 0, mixture, chance)
-    return mixture / normaliser
 
 
 class RewardTracker:
