@@ -119,7 +119,7 @@ MTKDRL_PG_DEFAULTS: dict[str, Any] = {
     "sigma_start": 1.0,
     "sigma_decay_steps": 200,
 }
-BASELINES = ("batch", "running")
+REWARD_BASELINES = ("batch", "running")
 
 
 def _check_choices(
@@ -142,8 +142,8 @@ def _check_choices(
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, (int, np.integer)) or hidden < 1):
         raise ValueError(f"hidden must be an int >= 1 or None, got {hidden!r}")
-    if baseline not in BASELINES:
-        raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+    if baseline not in REWARD_BASELINES:
+        raise ValueError(f"baseline must be one of {REWARD_BASELINES}, got {baseline!r}")
     if isinstance(baseline_momentum, bool) or not isinstance(baseline_momentum, (int, float)) or not 0 < baseline_momentum <= 1:
         raise ValueError(f"baseline_momentum must be in (0, 1], got {baseline_momentum!r}")
 
@@ -570,11 +570,6 @@ class MTKDRLPG(BaseAgent):
     # ------------------------------------------------------------------ checkpoints
     def _state_dict(self) -> dict[str, Any]:
         return {
-            "policy": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            "predict_generator": self.predict_generator.get_state(),
-            "obs_stats": self.obs_stats.state_dict(),
             "num_updates": self.num_updates,
             "learn_steps": self.learn_steps,
             "running_baseline": self.running_baseline,
@@ -588,11 +583,6 @@ class MTKDRLPG(BaseAgent):
         }
 
     def _load_state_dict(self, state: dict[str, Any]) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.predict_generator.set_state(state["predict_generator"])
-        self.obs_stats.load_state_dict(state["obs_stats"])
         self.num_updates = int(state["num_updates"])
         self.learn_steps = int(state["learn_steps"])
         baseline = state["running_baseline"]

@@ -59,7 +59,6 @@ from .rules import (
 __all__ = [
     "AEKD",
     "AVER",
-    "BASELINES",
     "BASELINE_POLICIES",
     "CAMKD",
     "CHECKPOINT_FORMAT",
@@ -331,8 +330,6 @@ BASELINE_POLICIES.update(
         "no-kd": NoKD,
     }
 )
-BASELINES = BASELINE_POLICIES
-"""Former name of :data:`BASELINE_POLICIES` (#26), kept while ``kd_env.registry`` imports it."""
 
 
 def make_baseline(name: str, env: Any, seed: int = 0, **kwargs: Any) -> BaselinePolicy:

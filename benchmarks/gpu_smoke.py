@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error("--steps must be >= 1")
 
     import kd_env  # noqa: F401  (registers the envs and policies)
-    from kd_env.comparison.presets import PRESETS
+    from kd_env.comparison.shipped import PRESETS
 
     preset = PRESETS[args.preset]
     methods = [m for m in preset.methods if args.methods is None or m.label in args.methods]

@@ -121,7 +121,7 @@ def batch_features(batch: StepBatch, spec: BatchFeatureSpec, *, progress: float,
     observation = torch.cat([per_teacher, extra]).float().cpu().numpy()
     low, high = spec.bounds(max_lr)
     # per-column replacement values: numpy broadcasts array nan/posinf/neginf, its stubs only take floats
-    return np.clip(np.nan_to_num(observation, nan=high, posinf=high, neginf=low), low, high).astype(np.float32)  # type: ignore[call-overload]
+    return np.clip(np.nan_to_num(observation, nan=high, posinf=high, neginf=low), low, high).astype(np.float32)  # type: ignore[call-overload]  # numpy applies array nan/posinf/neginf per column; its stubs type them as floats
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 One registry holds the built-ins (our agents ``reinforce``, ``mtkd-rl``, ``router`` and
 ``mtkd-rl-pg``, SB3's ``ppo``, ``a2c``, ``sac``, ``td3``, ``ddpg``, the baselines of
-:data:`kd_env.baselines.BASELINES` and the learned baseline ``mmkd``)
+:data:`kd_env.baselines.BASELINE_POLICIES` and the learned baseline ``mmkd``)
 and the user's own methods, so a new method runs through the same runner, env, TensorBoard tags
 and benchmark as the rest without editing kd-env::
 
@@ -331,7 +331,7 @@ def _builtin_specs() -> list[PolicySpec]:
     from kd_env.agents import MTKDRL, MTKDRLPG, Reinforce
     from kd_env.agents.mtkd_rl_pg import MTKDRL_PG_DEFAULTS
     from kd_env.agents.sb3 import ALGORITHMS, load_sb3_agent, make_sb3_agent
-    from kd_env.baselines import BASELINES, MMKD, load_baseline, make_baseline
+    from kd_env.baselines import BASELINE_POLICIES, MMKD, load_baseline, make_baseline
 
     specs = [
         PolicySpec("reinforce", Reinforce, kind="agent", loader=_classmethod_loader(Reinforce), builtin=True),
@@ -371,7 +371,7 @@ def _builtin_specs() -> list[PolicySpec]:
                 builtin=True,
             )
         )
-    for name, cls in BASELINES.items():
+    for name, cls in BASELINE_POLICIES.items():
         specs.append(
             PolicySpec(
                 name,

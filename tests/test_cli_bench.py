@@ -14,6 +14,7 @@ from output_checks import assert_csv_matches_json, assert_png
 from kd_env.cli import main
 from kd_env.comparison import PRESETS, Method, Preset, run_benchmark, sweep
 from kd_env.envs import ENV_IDS, KDEnvSettings
+from kd_env.envs.per_sample_env import per_sample_arguments
 from kd_env.registry import get_policy
 
 
@@ -119,6 +120,8 @@ def _assert_valid_run(run: sweep.PlannedRun, preset_name: str) -> None:
     env_kwargs = dict(config.env_kwargs)
     if spec.action_mode is not None:
         env_kwargs.setdefault("action_mode", spec.action_mode)  # as the runner sets it
+    if config.per_sample:  # the per-sample env's own arguments (include_embeddings, logits, ...)
+        env_kwargs = {name: value for name, value in env_kwargs.items() if name not in per_sample_arguments()}
     settings = KDEnvSettings.from_kwargs(**{**gym.spec(config.env_id).kwargs, **env_kwargs})
     assert settings.dataset == ENV_IDS[config.env_id], where
     inspect.signature(spec.factory).bind(None, seed=config.seed, **config.agent_kwargs)  # TypeError naming an unknown argument

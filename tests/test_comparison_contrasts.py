@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from kd_env.comparison.contrasts import contrast_rows, paired_accuracy_difference, write_contrasts
-from kd_env.comparison.presets import PRESETS, Method, Preset
+from kd_env.comparison.presets import Method, Preset
+from kd_env.comparison.shipped import PRESETS
 
 
 def test_paired_difference_is_the_mean_of_per_seed_differences():

@@ -32,7 +32,8 @@ from torch import nn
 import kd_env  # noqa: F401  (registers the envs)
 from kd_env.agents import MTKDRL
 from kd_env.baselines.rules import kd_scale_for
-from kd_env.comparison.presets import PAPER_DYNAMIC, PAPER_POOL_SIZE, PRESETS
+from kd_env.comparison.presets import PAPER_DYNAMIC, PAPER_POOL_SIZE
+from kd_env.comparison.shipped import PRESETS
 from kd_env.comparison.sweep import plan
 from kd_env.data.datasets import split_train_val
 from kd_env.envs import KDEnvSettings, MultiTeacherKDEnv, PerSampleKDVectorEnv

@@ -9,7 +9,8 @@
 (``benchmarks/`` at the repository root holds the speed and memory scripts, not this.)
 """
 
-from kd_env.comparison.presets import PRESETS, Method, Preset
+from kd_env.comparison.presets import Method, Preset
+from kd_env.comparison.shipped import PRESETS
 from kd_env.comparison.sweep import run_benchmark
 
 __all__ = ["PRESETS", "Method", "Preset", "run_benchmark"]

@@ -28,8 +28,8 @@ from kd_env.comparison import stats
 from kd_env.comparison.results import load_result, scenario_scores, task_name, test_accuracy
 
 if TYPE_CHECKING:
+    from kd_env.comparison.planned import PlannedRun
     from kd_env.comparison.presets import Preset
-    from kd_env.comparison.sweep import PlannedRun
 
 
 def paired_accuracy_difference(method: dict[int, float], compared_with: dict[int, float]) -> dict[str, Any]:

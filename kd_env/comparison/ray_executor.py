@@ -15,7 +15,7 @@ TensorBoard events and checkpoints next to it, and the driver builds the tables 
 run, so every node reads the same teachers and data.
 
 Faults: a task that fails (the run's exit status, a worker process or a node lost) is submitted
-again under the sweep's :class:`~kd_env.comparison.sweep.RetryPolicy` (Ray's own retries are off,
+again under the sweep's :class:`~kd_env.comparison.planned.RetryPolicy` (Ray's own retries are off,
 so that every attempt is counted and its error kept); the new attempt continues from the run's
 last checkpoint. If the driver dies, Ray ends its tasks and their children follow (they get
 SIGTERM when their worker dies); the same command continues the sweep.
@@ -35,7 +35,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from kd_env.comparison.sweep import DEFAULT_RETRIES, PlannedRun, RetryPolicy
+from kd_env.comparison.planned import DEFAULT_RETRIES, PlannedRun, RetryPolicy, die_with_parent
 from kd_env.utils import crash_point
 
 #: The ``pip`` extra that installs Ray for this executor.
@@ -67,7 +67,6 @@ def run_in_worker(run_dir: str, threads: int, environment: dict[str, str]) -> di
     Returns ``{"returncode": ..., "node": ...}``. Raises ``FileNotFoundError`` when the run folder
     is not visible on this node (the sweep's output folder must be on a shared filesystem).
     """
-    from kd_env.comparison.sweep import _die_with_parent
     from kd_env.utils import thread_environment
 
     folder = Path(run_dir)
@@ -83,7 +82,7 @@ def run_in_worker(run_dir: str, threads: int, environment: dict[str, str]) -> di
         log.write(f"[ray] node {node}, worker pid {os.getpid()}\n".encode())
         log.flush()
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=child_environment, preexec_fn=_die_with_parent(os.getpid())
+            command, stdout=log, stderr=subprocess.STDOUT, env=child_environment, preexec_fn=die_with_parent(os.getpid())
         )
     try:
         return {"returncode": process.wait(), "node": node}
@@ -106,7 +105,7 @@ class RayExecutor:
             sets ``CUDA_VISIBLE_DEVICES`` for the task; the preset's ``device`` env argument
             decides whether the run uses it (``--env-arg device=cuda``).
         threads: torch threads per run (default: ``cpus_per_run``, at least 1).
-        retries: attempts after a run's first failure (:class:`~kd_env.comparison.sweep.RetryPolicy`).
+        retries: attempts after a run's first failure (:class:`~kd_env.comparison.planned.RetryPolicy`).
         local_cpus: CPUs of the local instance started when there is no cluster (default: all).
     """
 

@@ -32,8 +32,8 @@ from kd_env.comparison.contrasts import paired_accuracy_difference, write_contra
 from kd_env.comparison.results import load_result, scenario_scores, test_accuracy
 
 if TYPE_CHECKING:
+    from kd_env.comparison.planned import PlannedRun
     from kd_env.comparison.presets import Preset
-    from kd_env.comparison.sweep import PlannedRun
 
 SMOOTHING_WINDOW = 25
 

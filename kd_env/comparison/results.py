@@ -12,8 +12,8 @@ import numpy as np
 from kd_env.comparison import stats
 
 if TYPE_CHECKING:
+    from kd_env.comparison.planned import PlannedRun
     from kd_env.comparison.presets import Preset
-    from kd_env.comparison.sweep import PlannedRun
 
 
 def load_result(run: PlannedRun) -> dict[str, Any]:

@@ -45,22 +45,13 @@ def check_spec(preset: Preset, source: str = "<preset>") -> None:
     check_registries(preset, SpecContext(source, None, {}))
 
 
-def _per_sample_arguments() -> set[str]:
-    """The per-sample env's constructor arguments that are not :class:`KDEnvSettings` fields."""
-    import inspect
-
-    from kd_env.envs import PerSampleKDVectorEnv
-
-    parameters = inspect.signature(PerSampleKDVectorEnv.__init__).parameters
-    return {name for name, parameter in parameters.items() if name != "self" and parameter.kind is not parameter.VAR_KEYWORD}
-
-
 def check_registries(preset: Preset, context: SpecContext) -> None:
     import inspect
 
     import gymnasium as gym
 
     from kd_env.envs import ENV_IDS, KDEnvSettings
+    from kd_env.envs.per_sample_env import per_sample_arguments
     from kd_env.registry import get_policy, import_policy_modules, policy_names
     from kd_env.teachers import POOLS
 
@@ -120,7 +111,7 @@ def check_registries(preset: Preset, context: SpecContext) -> None:
             for student, extra in method.student_env_kwargs.items()
         ]
         # the per-sample env's own arguments (include_embeddings, logits, ...) are its, not KDEnvSettings'
-        own = _per_sample_arguments() if method.per_sample else set()
+        own = per_sample_arguments() if method.per_sample else frozenset()
         for where_key, kwargs in checks:
             try:
                 KDEnvSettings.from_kwargs(**{name: value for name, value in kwargs.items() if name not in own})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -379,3 +380,11 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
         self._needs_reset = bool(state["needs_reset"])
         # absent from checkpoints written before compact states: then none are made until the next observation
         self._observation_indices = state.get("observation_indices")
+
+
+def per_sample_arguments() -> frozenset[str]:
+    """The per-sample env's own constructor arguments, which are not
+    :class:`~kd_env.envs.KDEnvSettings` fields (``num_envs``, ``include_embeddings``, ``logits``,
+    ``obs_clip``, ``render_mode``): what an experiment file's check must not send to the settings."""
+    parameters = inspect.signature(PerSampleKDVectorEnv.__init__).parameters
+    return frozenset(name for name, parameter in parameters.items() if name != "self" and parameter.kind is not parameter.VAR_KEYWORD)
