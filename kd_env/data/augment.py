@@ -122,12 +122,16 @@ class BatchTransform:
         return self._constants[device]
 
     def _random_crop(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Zero-pad the batch once, then gather each sample's window with one indexing op."""
+        # Offsets in [0, 2p]: offset p is the un-shifted image.
+        offsets = torch.randint(0, 2 * self.crop_padding + 1, (2, x.shape[0]), generator=generator, device=x.device)
+        return self._crop_at(x, offsets)
+
+    def _crop_at(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Zero-pad the batch once, then gather each sample's window (top-left corner
+        ``offsets[:, n]`` in the padded image, ``[2, B]``) with one indexing op."""
         b, c, h, w = x.shape
         p = self.crop_padding
         padded = F.pad(x, (p, p, p, p))  # zeros, still uint8: padding is black before normalising
-        # Offsets in [0, 2p]: offset p is the un-shifted image.
-        offsets = torch.randint(0, 2 * p + 1, (2, b), generator=generator, device=x.device)
         rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # [B, H]
         cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # [B, W]
         batch = torch.arange(b, device=x.device)[:, None, None, None]
@@ -137,4 +141,45 @@ class BatchTransform:
 
     def _random_flip(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+        return self._flip_where(x, flip)
+
+    @staticmethod
+    def _flip_where(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
         return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+    # ------------------------------------------------------------------ fixed views (issue #27)
+    def draw_views(self, num_images: int, views: int, seed: int) -> torch.Tensor:
+        """``views`` augmented views of each of ``num_images`` images, drawn once from ``seed``:
+        int16 ``[N, V, 3]`` on the CPU, ``(row offset, column offset, flip)`` per view, in the
+        padded image's coordinates as :meth:`__call__` draws them (offset ``crop_padding`` is the
+        un-shifted image; 0/1 flip). A CPU generator, so every device gets the same views.
+
+        Draws, in this order: the offsets (``randint``, shape ``[N, V, 2]``), then the flips
+        (``rand``, shape ``[N, V]``); an augmentation that is off draws nothing for it.
+        """
+        if views < 1:
+            raise ValueError(f"views must be >= 1, got {views!r}")
+        generator = torch.Generator().manual_seed(int(seed))
+        table = torch.zeros((num_images, views, 3), dtype=torch.int16)
+        if self.crop_padding > 0:
+            table[..., :2] = torch.randint(0, 2 * self.crop_padding + 1, (num_images, views, 2), generator=generator).to(torch.int16)
+        if self.horizontal_flip:
+            table[..., 2] = (torch.rand((num_images, views), generator=generator) < 0.5).to(torch.int16)
+        return table
+
+    def apply_views(self, images_uint8: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """The given views of a batch, normalised: uint8 ``[B, C, H, W]`` images and their
+        ``[B, 3]`` rows of a :meth:`draw_views` table, the same tensor ops as a random batch
+        (the pixels a fresh draw of those offsets and flips would give, bit for bit)."""
+        x = images_uint8
+        if x.dtype != torch.uint8 or x.ndim != 4:
+            raise TypeError(f"expected uint8 [B, C, H, W] images, got {x.dtype} {tuple(x.shape)}")
+        if views.shape != (x.shape[0], 3):
+            raise ValueError(f"expected [{x.shape[0]}, 3] views for {x.shape[0]} images, got {tuple(views.shape)}")
+        views = views.to(device=x.device, dtype=torch.long)
+        if self.crop_padding > 0:
+            x = self._crop_at(x, views[:, :2].T)
+        if self.horizontal_flip:
+            x = self._flip_where(x, views[:, 2] != 0)
+        scale, shift = self._on(x.device)
+        return x.to(torch.float32) * scale + shift

@@ -81,6 +81,10 @@ class StepBatch:
     # store or the in-memory cache when the engine reads one); empty without feature KD
     teacher_feature_maps: list[torch.Tensor] = field(default_factory=list)
     student_feature_map: torch.Tensor | None = None  # [B, C, H, W], graph; None without feature KD
+    # with fixed augmented views (augment_views, issue #27): each sample's view [B] and its row in
+    # the kept teacher outputs [B] (index * V + view); None otherwise
+    views: torch.Tensor | None = None
+    teacher_rows: torch.Tensor | None = None
 
     labels = _Withheld()
     teacher_ce = _Withheld()
@@ -91,6 +95,12 @@ class StepBatch:
     def has_training_labels(self) -> bool:
         """False in the label-free regime (the :data:`LABEL_FIELDS` are withheld)."""
         return self._labels is not None
+
+    @property
+    def kept_rows(self) -> torch.Tensor:
+        """The samples' rows in the kept teacher outputs: :attr:`teacher_rows` with views, else
+        the training indices."""
+        return self.indices if self.teacher_rows is None else self.teacher_rows
 
     @property
     def batch_size(self) -> int:

@@ -32,6 +32,18 @@ class EngineConfig:
     """Extra factor on the logit-KD term, to match a published method's loss magnitude."""
     augment: bool | None = None
     """Batched random crop / flip; ``None`` takes the dataset's default."""
+    augment_views: int | None = None
+    """Issue #27: V fixed augmented views per training image, drawn once from ``views_seed``
+    with the augmentation, the teachers' outputs on them computed once and kept (store rows
+    ``image * V + view``); each step gives every sample one of its V views, drawn from the run's
+    generator, so the teachers never run during training (:mod:`~kd_env.engine.views`). Needs
+    augmentation on. ``None``: fresh augmentation every step (the teachers run on every batch)."""
+    views_seed: int = 0
+    """The seed of the views' draw (``augment_views`` only); part of the store's key."""
+    views_store: str | None = None
+    """What the store of views keeps (``augment_views`` only): ``"logits"``, ``"embeddings"``
+    (logits and embeddings) or ``"maps"`` (and the feature maps, which feature KD reads);
+    ``None``: ``"maps"`` with feature KD, else ``"embeddings"``."""
     cache_teacher_outputs: bool = True
     """Run the teachers once over the training set when augmentation is off."""
     teacher_store: bool = True
@@ -82,6 +94,30 @@ class EngineConfig:
     correctness, the student's CE: reading one raises :class:`~kd_env.engine.batch.TrainingLabelsHidden`).
     Validation and test keep their labels (evaluation, model selection, the validation probe)."""
 
+    @property
+    def views_contents(self) -> str | None:
+        """What the store of views keeps (``views_store`` resolved); ``None`` without views."""
+        if self.augment_views is None:
+            return None
+        return self.views_store or ("maps" if self.feature_kd else "embeddings")
+
+    def _check_views(self) -> None:
+        views = self.augment_views
+        if views is None:
+            if self.views_store is not None:
+                raise ValueError(f"views_store={self.views_store!r} applies to augment_views only, which is unset")
+            return
+        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+            raise ValueError(f"augment_views must be an integer >= 1 (views per training image), got {views!r}")
+        if self.augment is False:
+            raise ValueError(f"augment_views={views} draws augmented views, but augment=False: set augment=True")
+        if self.views_store not in (None, "logits", "embeddings", "maps"):
+            raise ValueError(f"views_store must be 'logits', 'embeddings' or 'maps', got {self.views_store!r}")
+        if self.views_store == "maps" and not self.feature_kd:
+            raise ValueError("views_store='maps' keeps the feature maps for feature KD, which is off: use 'embeddings' or 'logits'")
+        if not self.cache_teacher_outputs:
+            raise ValueError(f"augment_views={views} keeps the teachers' outputs on the views: not with cache_teacher_outputs=False")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -99,5 +135,6 @@ class EngineConfig:
             raise ValueError(
                 "feature_term='camkd' reads the training labels (its weights are the heads' CE on them): not with label_free=True"
             )
+        self._check_views()
         if self.feature_term == "camkd" and num_teachers < 2:
             raise ValueError("feature_term='camkd' needs at least 2 teachers (its weights divide by K - 1)")

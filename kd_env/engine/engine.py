@@ -32,6 +32,7 @@ from kd_env.engine.rollback import all_finite, prepared_batch_finite, restore_sn
 from kd_env.engine.saved_state import EngineSavedState
 from kd_env.engine.step import prepare_batch, weighted_loss
 from kd_env.engine.teacher_source import TeacherOutputSource, TeacherPerformance
+from kd_env.engine.views import ViewTable
 from kd_env.models import KDModel
 from kd_env.teacher_outputs import TeacherBatch
 from kd_env.weights import check_weights
@@ -91,6 +92,11 @@ class DistillationEngine(EngineSavedState):
             raise ValueError(f"batch size {self.config.batch_size} exceeds the {num_train} training samples")
         cap = self.config.max_steps_per_epoch
         self.steps_per_epoch = min(full_steps, cap) if cap else full_steps
+        self.views = (
+            None
+            if self.config.augment_views is None
+            else ViewTable(self.train_transform, num_train, self.config.augment_views, self.config.views_seed, self.device)
+        )
         self.teacher_source = TeacherOutputSource(
             self.teachers,
             self.data,
@@ -100,6 +106,7 @@ class DistillationEngine(EngineSavedState):
             self.teacher_names,
             self.device,
             keep=self.config.cache_teacher_outputs and not self.augmenting,
+            views=self.views,
         )
         self.teacher_shapes = self.teacher_source.shapes
         self.student: KDModel | None = None
@@ -145,7 +152,8 @@ class DistillationEngine(EngineSavedState):
         """The teachers' logits ``[K, B, C]``, embeddings and feature maps for the training samples
         ``indices`` whose transformed pixels are ``images``: read from the store or the in-memory
         cache where the outputs were computed once (augmentation off), else one pass of every
-        teacher over ``images`` (the engine's batches and MMKD's hard batches alike)."""
+        teacher over ``images`` (the engine's batches and MMKD's hard batches alike; with
+        ``augment_views``, pixels augmented afresh are not a stored view: the teachers run)."""
         return self.teacher_source.outputs_for(indices, images)
 
     @property
@@ -155,8 +163,8 @@ class DistillationEngine(EngineSavedState):
         return self.teacher_source.by_index
 
     def teacher_performance(self, indices: torch.Tensor) -> TeacherPerformance:
-        """Logits ``[K, B, C]``, embeddings and per-sample CE ``[B, K]`` of the training samples
-        ``indices``, read again from the store or the in-memory cache: the same values the
+        """Logits ``[K, B, C]``, embeddings and per-sample CE ``[B, K]`` of the kept rows
+        ``indices`` (training samples; with ``augment_views``, :attr:`StepBatch.teacher_rows`), read again from the store or the in-memory cache: the same values the
         samples' batch had (the same arrays, the same CE formula), without the feature maps.
         The CE is ``None`` in the label-free regime (it reads the training labels).
 
@@ -223,9 +231,26 @@ class DistillationEngine(EngineSavedState):
         indices = self._epoch_batches[self.step_in_epoch]
         # label-free: no training label is read, nor anything computed from one (see EngineConfig.label_free)
         labels = None if self.config.label_free else self.data.train_labels[indices]
-        images = self.train_transform(self.data.train_images[indices], self.generator, train=True)
+        views = rows = None
+        if self.views is not None:  # each sample one of its fixed views (issue #27): kept teacher rows
+            views = self.views.draw(len(indices), self.generator)
+            images = self.views.render(self.data.train_images, indices, views)
+            rows = self.views.rows(indices, views)
+        else:
+            images = self.train_transform(self.data.train_images[indices], self.generator, train=True)
         assert self.student is not None and self.adapters is not None
-        return prepare_batch(self.student, self.adapters, self.teacher_source, self.config, indices, images, labels, self.student_format)
+        return prepare_batch(
+            self.student,
+            self.adapters,
+            self.teacher_source,
+            self.config,
+            indices,
+            images,
+            labels,
+            self.student_format,
+            rows=rows,
+            views=views,
+        )
 
     # ------------------------------------------------------------------ the step
     @entry_point

@@ -102,6 +102,12 @@ class EngineSavedState:
         saved_drop_last = state["config"].get("drop_last", True)  # absent from checkpoints before the option
         if saved_drop_last != self.config.drop_last:
             raise ValueError(f"checkpoint has drop_last={saved_drop_last!r}, this engine has {self.config.drop_last!r}")
+        for key, default in (("augment_views", None), ("views_seed", 0)):  # absent from checkpoints before views
+            saved = state["config"].get(key, default)
+            if saved != getattr(self.config, key):
+                raise ValueError(
+                    f"checkpoint has {key}={saved!r}, this engine has {getattr(self.config, key)!r}: a run never mixes the views of two stores"
+                )
         saved_label_free = state["config"].get("label_free", False)  # absent from checkpoints before the label regimes
         if saved_label_free != self.config.label_free:
             raise ValueError(f"checkpoint has label_free={saved_label_free!r}, this engine has {self.config.label_free!r}")

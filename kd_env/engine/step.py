@@ -37,10 +37,14 @@ def prepare_batch(
     images: torch.Tensor,
     labels: torch.Tensor | None,
     student_format: torch.memory_format,
+    *,
+    rows: torch.Tensor | None = None,
+    views: torch.Tensor | None = None,
 ) -> StepBatch:
     """Forward passes and per-sample quantities of the training samples ``indices`` (pixels
-    ``images``, already transformed; ``labels`` ``None`` in the label-free regime)."""
-    teacher_logits, teacher_embeddings, teacher_maps = teachers.outputs_for(indices, images)
+    ``images``, already transformed; ``labels`` ``None`` in the label-free regime). With fixed
+    augmented views, ``views`` are the samples' views and ``rows`` their kept teacher rows."""
+    teacher_logits, teacher_embeddings, teacher_maps = teachers.outputs_for(indices, images, rows)
     student_output = student.forward_all(images.contiguous(memory_format=student_format))
     teacher_ce = teacher_correct = student_ce = None
     with torch.no_grad():
@@ -77,6 +81,8 @@ def prepare_batch(
         # references to what the step already computed: no extra pass, no copy
         teacher_feature_maps=teacher_maps if config.feature_kd else [],
         student_feature_map=student_output.feature_map if config.feature_kd else None,
+        views=views,
+        teacher_rows=rows,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -14,6 +15,7 @@ from kd_env.data.labels import derived_noise_seed
 from kd_env.engine import DistillationEngine, EngineConfig
 from kd_env.envs.settings import KDEnvSettings
 from kd_env.models import KDModel, create_model
+from kd_env.teacher_outputs import StoreSize, store_size
 from kd_env.teachers import TeacherNotFoundError, ensure_pool, load_teacher, teacher_path, train_command, train_teacher
 
 
@@ -151,6 +153,9 @@ def build_engine(settings: KDEnvSettings) -> DistillationEngine:
         feature_resize=settings.feature_resize,
         select_on="test" if settings.protocol == "official" else "val",
         augment=settings.augment,
+        augment_views=settings.augment_views,
+        views_seed=settings.views_seed,
+        views_store=settings.views_store,
         max_steps_per_epoch=settings.max_steps_per_epoch,
         drop_last=settings.drop_last,
         teacher_store=settings.teacher_store,
@@ -166,6 +171,42 @@ def build_engine(settings: KDEnvSettings) -> DistillationEngine:
         device=settings.device,
         teacher_names=names,
     )
+
+
+def planned_store_size(settings: KDEnvSettings) -> tuple[StoreSize, dict[str, Any]]:
+    """The size of the teacher-output store an env with ``settings`` would keep, known before
+    building it (``kd-env store size``): data and teachers are loaded, nothing is computed over the
+    training set. With ``augment_views=V``, ``V x N`` rows; the second value says what was counted.
+    """
+    from kd_env.data import BatchTransform
+    from kd_env.engine.teacher_source import feature_map_shapes
+
+    data = load_dataset(
+        settings.dataset,
+        settings.data_root,
+        download=settings.download,
+        verify_checksums=settings.verify_checksums,
+        val_fraction=settings.effective_val_fraction,
+        split_seed=settings.split_seed,
+        device=settings.device,
+        **settings.synthetic,
+    )
+    teachers, names = resolve_teachers(settings, data)
+    data = _training_subset(data, settings.train_size, settings.split_seed)
+    sample = BatchTransform(data.mean, data.std)(data.train_images[:2], train=False)
+    shapes = feature_map_shapes([t.to(data.train_images.device).eval() for t in teachers], sample, torch.contiguous_format)
+    images = int(data.train_labels.shape[0])
+    views = settings.augment_views or 1
+    contents = (settings.views_store or ("maps" if settings.feature_kd else "embeddings")) if settings.augment_views else None
+    size = store_size(
+        images * views,
+        data.num_classes,
+        shapes,
+        embeddings=contents != "logits",
+        feature_maps=settings.feature_kd if contents is None else contents == "maps",
+        dtype=settings.store_dtype,
+    )
+    return size, {"dataset": data.name, "images": images, "views": settings.augment_views, "teachers": names, "contents": contents}
 
 
 @dataclass(frozen=True)

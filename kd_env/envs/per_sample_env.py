@@ -180,6 +180,11 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
                 f"include_embeddings={include_embeddings!r}, logits={logits!r}, labels={self.settings.labels!r} "
                 "(which withholds teacher_ce); keep the 'gap' part, the embeddings or some logits"
             )
+        if include_embeddings and "performance" in self.state_spec.state_parts and self.engine.config.views_contents == "logits":
+            raise ValueError(
+                "views_store='logits' keeps no teacher embeddings, and include_embeddings=True puts them in the state: "
+                "use views_store='embeddings' or include_embeddings=False"
+            )
         self.feature_names = self.state_spec.names
         self.single_observation_space = spaces.Box(-self.obs_clip, self.obs_clip, (self.state_spec.size,), dtype=np.float32)
         self.single_action_space = self._single_action_space()
@@ -241,7 +246,8 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
         if self.rewards.probe is not None:
             state = torch.cat([state, self.rewards.probe.states(self.state_spec, self.obs_clip)])
         self._last_observation = state.cpu().numpy().astype(np.float32)
-        self._observation_indices = self.engine.current.indices.detach().to("cpu", copy=True)
+        # the kept teacher rows: training indices, or with augment_views each sample's view's row
+        self._observation_indices = self.engine.current.kept_rows.detach().to("cpu", copy=True)
         return self._last_observation.copy()
 
     # ------------------------------------------------------------------ compact states
@@ -251,8 +257,11 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
         columns that depend on the student (cosine, KL). The teachers' columns (CE, embedding,
         logits) are read again from the teacher-output store (or the in-memory cache) then.
 
-        Returns None where that cannot be done: augmentation on (the teachers saw pixels that
-        are gone), ``observation`` not the one this env last returned (a wrapper changed it, or
+        With ``augment_views`` the rows are the samples' views' (``image * V + view``), so the
+        states rebuild bit for bit there too.
+
+        Returns None where that cannot be done: augmentation on without ``augment_views`` (the
+        teachers saw pixels that are gone), ``observation`` not the one this env last returned (a wrapper changed it, or
         an older one), or a rebuild on this device not bit for bit the same (checked once, on
         the first call; a warning then).
         """

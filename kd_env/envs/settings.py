@@ -16,6 +16,8 @@ FEATURE_TERMS = ("mse", "camkd")
 FEATURE_RESIZES = ("student", "smaller")  # = kd_env.engine.adapters.FEATURE_RESIZES (kept importable without torch)
 LABEL_REGIMES = ("full", "none", "noisy")  # = kd_env.data.labels.LABEL_REGIMES (kept importable without torch)
 LABEL_NOISE_KINDS = ("symmetric", "pairs")
+VIEWS_STORES = ("logits", "embeddings", "maps")  # = kd_env.engine.views.VIEWS_STORES (kept importable without torch)
+AUGMENTED_DATASETS = ("cifar10", "cifar100")  # augmentation on by default (kd_env.data.default_augmentation)
 TRAINING_LABEL_REWARDS = ("label_logprob",)
 """Reward modes that read the training labels: refused under ``labels="none"``. The others do not:
 ``neg_loss`` is the weighted training loss, which has no CE term without labels; ``val_loss_delta``
@@ -90,6 +92,24 @@ class KDEnvSettings:
     and the reported number is the best test accuracy over epochs, so that a paper number can be
     put next to ours. Validation-based rewards are not available then."""
     augment: bool | None = None
+    augment_views: int | None = None
+    """Issue #27 (FKD-style): V fixed augmented views per training image, drawn once from
+    ``views_seed`` with the dataset's augmentation (crop offsets, flip); the teachers' outputs on
+    all V x N views are computed once and kept in the teacher-output store (the views' count,
+    seed and augmentation in its key), and every step gives each sample one of its V views, drawn
+    from the run's generator: the teachers never run during training, and the student trains on
+    the very pixels the teachers saw. Needs augmentation on (``augment=True``; CIFAR's default).
+    The store holds ``V x N x (K x C logits + the embeddings [+ the feature maps])``: ``kd-env
+    store size`` states it before building, and a disk that cannot hold it is refused.
+    ``None``: fresh augmentation each step (the teachers run on every batch)."""
+    views_seed: int = 0
+    """``augment_views`` only: the seed of the views' draw (independent of the run's seed, so one
+    store serves every run)."""
+    views_store: str | None = None
+    """``augment_views`` only: what the store keeps per view: ``"logits"``, ``"embeddings"``
+    (logits and embeddings) or ``"maps"`` (and the feature maps); ``None``: ``"maps"`` with
+    ``feature_kd=True`` (feature KD reads them), else ``"embeddings"``. ``feature_kd=True`` is
+    refused without the maps, the error stating their size."""
     max_steps_per_epoch: int | None = None
     drop_last: bool = True
     """Skip each epoch's last, partial batch (CA-MKD's and MMKD's loaders; kd-env's default).
@@ -204,7 +224,27 @@ class KDEnvSettings:
             )
         if self.feature_term == "camkd" and not self.feature_kd:
             raise ValueError("feature_term='camkd' is a feature-KD term: set feature_kd=True (or feature_term='mse')")
+        self._check_views()
         self._check_label_regime()
+
+    def _check_views(self) -> None:
+        """``augment_views`` needs augmentation on; ``views_seed`` and ``views_store`` need ``augment_views``."""
+        views = self.augment_views
+        if views is None:
+            for name, value, default in (("views_seed", self.views_seed, 0), ("views_store", self.views_store, None)):
+                if value != default:
+                    raise ValueError(f"{name}={value!r} applies to augment_views only, which is unset")
+            return
+        augmenting = self.augment if self.augment is not None else self.dataset in AUGMENTED_DATASETS
+        if not augmenting:
+            raise ValueError(
+                f"augment_views={views} draws views with the augmentation, which is off here "
+                f"(augment={self.augment!r}, dataset {self.dataset!r}): set augment=True, or leave augment_views unset"
+            )
+        if self.views_store not in (None, *VIEWS_STORES):
+            raise ValueError(f"views_store must be one of {VIEWS_STORES} or None, got {self.views_store!r}")
+        if self.views_store == "maps" and not self.feature_kd:
+            raise ValueError("views_store='maps' keeps the feature maps for feature KD, which is off: use 'embeddings' or 'logits'")
 
     def _check_label_regime(self) -> None:
         """The label regime and its noise arguments, and what the label-free regime refuses."""
@@ -301,6 +341,8 @@ _OPTIONAL = {
     "max_steps_per_epoch",
     "train_size",
     "label_noise_seed",
+    "augment_views",
+    "views_store",
 }
 _BOOL_FIELDS = ("download", "verify_checksums", "train_teachers", "feature_kd", "augment", "teacher_store", "drop_last")
 _STR_FIELDS = (
@@ -318,6 +360,7 @@ _STR_FIELDS = (
     "feature_resize",
     "labels",
     "label_noise_kind",
+    "views_store",
 )
 _INT_MINIMUM = {
     "epochs": 1,
@@ -330,6 +373,8 @@ _INT_MINIMUM = {
     "train_size": 2,
     "feature_kd_from_epoch": 0,
     "label_noise_seed": 0,
+    "augment_views": 1,
+    "views_seed": 0,
 }
 # name -> (minimum or None, strictly greater)
 _FLOAT_MINIMUM: dict[str, tuple[float | None, bool]] = {

@@ -83,6 +83,7 @@ from kd_env.teacher_outputs.format import (
     _check_file,
     _read_manifest,
     _with_digest,
+    describe_views,
 )
 from kd_env.teacher_outputs.key import (
     FORMAT_VERSION,
@@ -95,6 +96,7 @@ from kd_env.teacher_outputs.key import (
 )
 from kd_env.teacher_outputs.maintenance import clear_stores, list_stores
 from kd_env.teacher_outputs.reading import read_rows
+from kd_env.teacher_outputs.size import StoreSize, check_free_space, format_bytes, store_size
 
 try:  # POSIX only; without it two builders may both build (the loser discards its copy)
     import fcntl
@@ -104,15 +106,19 @@ except ImportError:  # pragma: no cover - Windows
 __all__ = [
     "FORMAT_VERSION",
     "STORE_DTYPES",
+    "StoreSize",
     "TeacherBatch",
     "TeacherOutputStore",
     "TeacherStoreError",
     "TeacherStoreUnavailable",
+    "check_free_space",
     "clear_stores",
     "data_checksum",
+    "format_bytes",
     "list_stores",
     "store_key",
     "store_key_inputs",
+    "store_size",
     "stores_dir",
     "teacher_checksum",
 ]
@@ -240,6 +246,7 @@ class TeacherOutputStore:
             self.close()
             raise TeacherStoreError(f"cannot map {path}: {exc}") from exc
         self.num_teachers = int(manifest["arrays"]["logits"]["shape"][1])
+        self.has_embeddings = "embedding.0" in self.arrays
         self.has_feature_maps = "feature_map.0" in self.arrays
 
     # ------------------------------------------------------------------ opening
@@ -255,7 +262,9 @@ class TeacherOutputStore:
             raise TeacherStoreError(f"no store at {folder}")
         manifest = _read_manifest(folder)
         if expected_key is not None and manifest["key"] != expected_key:
-            raise TeacherStoreError(f"the store holds key {manifest['key']}, expected {expected_key}")
+            raise TeacherStoreError(
+                f"the store holds key {manifest['key']} (built for {describe_views(manifest['key_inputs'])}), expected {expected_key}"
+            )
         rng = random.Random(secrets.randbits(64))  # a different sampled block on every open
         for entry in manifest["arrays"].values():
             _check_file(folder, entry, full, rng)
@@ -270,16 +279,20 @@ class TeacherOutputStore:
         cache_dir: str | os.PathLike | None = None,
         teacher_names: Sequence[str] | None = None,
         build_info: Mapping[str, Any] | None = None,
+        expected_bytes: int | None = None,
     ) -> TeacherOutputStore:
         """The store for ``key_inputs``: opened if a valid one exists, else built from ``compute()``.
 
         ``compute()`` yields teacher outputs for consecutive chunks of the training set, in order.
         A store that fails verification is removed and rebuilt (one warning log line). A second
         process asking for the same store while it is being built waits for the builder.
+        ``expected_bytes`` (:func:`~kd_env.teacher_outputs.size.store_size`): checked against the
+        disk's free space before the build starts.
 
         Raises:
             TeacherStoreUnavailable: nothing can be written in the cache folder (read-only, disk
-                full, ...); no partial store is left behind.
+                full, too little free space for ``expected_bytes``, ...); no partial store is
+                left behind.
         """
         root = stores_dir(cache_dir)
         key = store_key(key_inputs)
@@ -306,6 +319,8 @@ class TeacherOutputStore:
                     _remove_folder(folder)
                 except OSError as exc:
                     raise TeacherStoreUnavailable(exc.errno, f"cannot replace the invalid store {folder}: {exc.strerror or exc}") from exc
+            if expected_bytes is not None:
+                check_free_space(root, expected_bytes)
             return cls._build(folder, key, key_inputs, compute, teacher_names, build_info)
 
     @classmethod
@@ -324,6 +339,7 @@ class TeacherOutputStore:
         temp = folder.parent / f".{key}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         writers: list[_NpyWriter] = []
         store_maps = "feature_maps" in key_inputs["arrays"]
+        store_embeddings = "embeddings" in key_inputs["arrays"]
         try:
             temp.mkdir()
             for logits, embeddings, feature_maps in compute():
@@ -331,12 +347,12 @@ class TeacherOutputStore:
                     specs = _array_specs(
                         logits.shape[0],
                         logits.shape[2],
-                        [e.shape[1] for e in embeddings],
+                        [e.shape[1] for e in embeddings] if store_embeddings else [],
                         [tuple(m.shape[1:]) for m in feature_maps] if store_maps else None,
                         key_inputs["dtype"],
                     )
                     writers = [_NpyWriter(temp / spec.file, spec, num_samples) for spec in specs]
-                chunk = [logits.transpose(0, 1), *embeddings, *(feature_maps if store_maps else [])]
+                chunk = [logits.transpose(0, 1), *(embeddings if store_embeddings else []), *(feature_maps if store_maps else [])]
                 for writer, tensor in zip(writers, chunk):
                     # .contiguous(): channels-last feature maps are stored in NCHW order
                     writer.append(tensor.detach().to("cpu").contiguous().numpy())
@@ -388,7 +404,8 @@ class TeacherOutputStore:
 
     def batch(self, indices: torch.Tensor | np.ndarray, device: str | torch.device = "cpu", *, feature_maps: bool = True) -> TeacherBatch:
         """The rows ``indices`` of every array, as float32 tensors on ``device`` (without the
-        feature maps, the largest arrays, where ``feature_maps`` is False)."""
+        feature maps, the largest arrays, where ``feature_maps`` is False; the embeddings an empty
+        list where the store keeps logits only)."""
         rows = indices.detach().to("cpu").numpy() if isinstance(indices, torch.Tensor) else np.asarray(indices)
         rows = rows.astype(np.int64, copy=False)
 
@@ -396,7 +413,7 @@ class TeacherOutputStore:
             return torch.from_numpy(self._read_rows(name, rows)).to(device=device, dtype=torch.float32)
 
         logits = gather("logits").transpose(0, 1)
-        embeddings = [gather(f"embedding.{k}") for k in range(self.num_teachers)]
+        embeddings = [gather(f"embedding.{k}") for k in range(self.num_teachers)] if self.has_embeddings else []
         maps = [gather(f"feature_map.{k}") for k in range(self.num_teachers)] if feature_maps and self.has_feature_maps else []
         return logits, embeddings, maps
 

@@ -100,9 +100,23 @@ def _read_manifest(folder: Path) -> dict[str, Any]:
         raise TeacherStoreError(f"{MANIFEST} was modified after it was written (its digest does not match)")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise TeacherStoreError(f"format version {manifest.get('format_version')}, this kd-env reads {FORMAT_VERSION}")
-    if store_key(manifest["key_inputs"]) != manifest.get("key") or folder.name != manifest.get("key"):
-        raise TeacherStoreError("the manifest's key does not match its contents or the folder name")
+    if store_key(manifest["key_inputs"]) != manifest.get("key"):
+        raise TeacherStoreError("the manifest's key does not match its contents")
+    if folder.name != manifest.get("key"):
+        raise TeacherStoreError(
+            f"the folder {folder.name} holds the store of key {manifest.get('key')}, built for {describe_views(manifest['key_inputs'])}"
+        )
     return manifest
+
+
+def describe_views(key_inputs: Mapping[str, Any]) -> str:
+    """What a store's rows are, in words: ``"the un-augmented images"`` or its views' count, seed
+    and augmentation (issue #27)."""
+    views = key_inputs.get("views")
+    if not views:
+        return "the un-augmented images"
+    flip = ", horizontal flip" if views.get("horizontal_flip") else ""
+    return f"{views['count']} augmented views per image (seed {views['seed']}, crop padding {views['crop_padding']}{flip})"
 
 
 def _hash_block(file: IO[bytes], index: int, block_size: int) -> str:

@@ -60,20 +60,36 @@ def store_key_inputs(
     *,
     feature_maps: bool,
     dtype: str = "float16",
+    embeddings: bool = True,
+    views: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything that determines a store's content, as a JSON-serialisable dict."""
+    """Everything that determines a store's content, as a JSON-serialisable dict.
+
+    ``views`` (issue #27): the augmented views the store holds, V rows per training image (row
+    ``image * V + view``): their count, seed, augmentation parameters and the SHA-256 of the drawn
+    table (:func:`kd_env.engine.views.ViewTable.key_inputs`); ``None`` for the un-augmented images,
+    one row each (the keys of the stores built before views are unchanged). ``embeddings=False``
+    keeps the logits only (with views, where no consumer reads the embeddings).
+    """
     if dtype not in STORE_DTYPES:
         raise ValueError(f"store dtype must be one of {STORE_DTYPES}, got {dtype!r}")
-    return {
+    if feature_maps and not embeddings:
+        raise ValueError("a store with feature maps keeps the embeddings too")
+    arrays = ["logits", *(["embeddings"] if embeddings else []), *(["feature_maps"] if feature_maps else [])]
+    inputs = {
         "format_version": FORMAT_VERSION,
         "teachers": [{"class": type(t).__qualname__, "sha256": teacher_checksum(t)} for t in teachers],
         "data_sha256": data_checksum(images, labels),
         "num_samples": int(labels.shape[0]),
         "mean": [float(m) for m in mean],
         "std": [float(s) for s in std],
-        "arrays": ["logits", "embeddings", "feature_maps"] if feature_maps else ["logits", "embeddings"],
+        "arrays": arrays,
         "dtype": dtype,
     }
+    if views is not None:
+        inputs["views"] = dict(views)
+        inputs["num_samples"] = int(labels.shape[0]) * int(views["count"])
+    return inputs
 
 
 def _canonical(data: Any) -> bytes:
