@@ -6,7 +6,7 @@ function per command group; every leaf command sets ``func`` (via ``set_defaults
 an ``add_..._parser(subparsers)`` and a ``cmd_...`` function and call the former from
 :func:`build_parser`.
 
-The groups: :mod:`~kd_env.cli.train`, :mod:`~kd_env.cli.bench` (and ``demo``),
+The groups: :mod:`~kd_env.cli.train`, :mod:`~kd_env.cli.bench` (and ``demo``), :mod:`~kd_env.cli.tune`,
 :mod:`~kd_env.cli.teachers`, :mod:`~kd_env.cli.data`, :mod:`~kd_env.cli.store`; shared pieces in
 :mod:`~kd_env.cli.common`, error messages in :mod:`~kd_env.cli.errors`.
 
@@ -15,6 +15,8 @@ Commands:
     kd-env train --env ID --agent NAME [--per-sample] [--env-arg k=v ...] [--import MODULE] [--resume]
     kd-env bench --preset quick|suite|fmnist|cifar100-paper [--out DIR] [--jobs N]
     kd-env bench --spec my_experiment.yaml [--out DIR]  # an experiment file; --show-preset NAME prints one
+    kd-env bench --spec FILE --tuned OUT/best_params.yaml  # adds '<label> (tuned)' rows (issue #28)
+    kd-env tune --spec FILE --method LABEL ... --trials N --tuning-seeds 100 101 [--scenarios POOL ...] [--jobs N]
     kd-env data check|fetch DATASET
     kd-env teachers train --dataset fashion_mnist [--arch mlp --arch cnn_w16 ...] [--epochs N]
     kd-env teachers list [--dataset NAME] [--json]
@@ -34,6 +36,7 @@ from kd_env.cli.errors import describe_error
 from kd_env.cli.store import add_store_parser, cmd_store_clear, cmd_store_list, cmd_store_verify
 from kd_env.cli.teachers import add_teachers_parser, cmd_teachers_list, cmd_teachers_train
 from kd_env.cli.train import add_train_parser, cmd_train
+from kd_env.cli.tune import add_tune_parser, cmd_tune
 
 __all__ = [
     "add_bench_parser",
@@ -42,6 +45,7 @@ __all__ = [
     "add_store_parser",
     "add_teachers_parser",
     "add_train_parser",
+    "add_tune_parser",
     "build_parser",
     "cmd_bench",
     "cmd_data_check",
@@ -53,6 +57,7 @@ __all__ = [
     "cmd_teachers_list",
     "cmd_teachers_train",
     "cmd_train",
+    "cmd_tune",
     "describe_error",
     "main",
 ]
@@ -68,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(subparsers)
     add_train_parser(subparsers)
     add_bench_parser(subparsers)
+    add_tune_parser(subparsers)
     add_teachers_parser(subparsers)
     add_data_parser(subparsers)
     add_store_parser(subparsers)

@@ -4,6 +4,7 @@ plots) and ``kd-env demo`` (the teacher pool, then the quick benchmark)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,13 @@ def add_bench_parser(subparsers: Any) -> None:
         default=[],
         metavar="MODULE",
         help="import a module first in every run (one that calls kd_env.register_policy / register_pool)",
+    )
+    bench.add_argument(
+        "--tuned",
+        default=None,
+        metavar="FILE",
+        help="a best_params.yaml of kd-env tune: adds a '<label> (tuned)' row after each tuned method (its tuned agent arguments, "
+        "the evaluation seeds) and a contrast of the two",
     )
     bench.add_argument("--no-progress", action="store_true")
     _add_threads_arg(bench)
@@ -106,6 +114,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         # read and checked before anything runs: a bad file is one line naming the key and its line
         preset = load_spec(args.spec)
+    if getattr(args, "tuned", None):
+        from kd_env.comparison.sweep import resolve_preset
+        from kd_env.comparison.tuned import add_tuned_rows
+
+        name, resolved = resolve_preset(preset)
+        preset = add_tuned_rows(dataclasses.replace(resolved, name=name), args.tuned)
     out = args.out or f"results/{preset if isinstance(preset, str) else preset.name}"
     try:
         run_benchmark(
