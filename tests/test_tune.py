@@ -237,3 +237,24 @@ def test_a_study_killed_mid_trial_continues_without_losing_finished_trials(tmp_p
     entry = yaml.safe_load((out / BEST_PARAMS_FILE).read_text())["methods"]["AEKD"]
     assert entry["trials_run"] == 3 and entry["trials_interrupted"] == 1
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in after) == 3
+
+
+def test_bench_tuned_adds_the_tuned_rows_to_what_it_runs(tmp_path, monkeypatch, capsys):
+    import kd_env.comparison
+
+    tune(_preset(), tmp_path, _settings(labels=("AEKD",), trials=2), executor=FakeExecutor(_score), progress=False)
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(dump_spec(_preset()))
+    seen: list[Preset] = []
+
+    def fake_run_benchmark(preset: Preset, out: Any, *args: Any, **kwargs: Any) -> list[Any]:
+        seen.append(preset)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "results.md").write_text("")
+        return []
+
+    monkeypatch.setattr(kd_env.comparison, "run_benchmark", fake_run_benchmark)
+    assert main(["bench", "--spec", str(spec), "--tuned", str(tmp_path / BEST_PARAMS_FILE), "--out", str(tmp_path / "bench")]) == 0
+    assert [method.label for method in seen[0].methods] == ["AVER", "AEKD", "AEKD (tuned)", "Random"]
+    best = yaml.safe_load((tmp_path / BEST_PARAMS_FILE).read_text())["methods"]["AEKD"]["params"]
+    assert seen[0].methods[2].agent_kwargs == best and seen[0].seeds == [0, 1]
