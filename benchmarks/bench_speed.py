@@ -32,6 +32,11 @@ Sections (each prints ratios; the goals are from the project's issues):
   (the suite's leading agent) and of the label-free router (issue #23: no training labels, paid
   on the validation probe), each against AVER in the same regime, each run in its own process:
   wall time and peak RSS ratios (goal <= 1.05 each).
+* ``views`` (issue #27): augmentation on (crop + flip), ``--train-size`` images (default 20,000),
+  one epoch each, its own process each, set-up included: the official-style loop (PIL crop and
+  flip in the ``DataLoader``), kd-env with fresh augmentation (the teachers on every batch) and
+  kd-env with ``augment_views=--views`` (default 4; the store built beforehand, warm): the ratios
+  official-style / kd-env with views (goal >= 2.0) and official-style / fresh augmentation.
 * ``imports`` (issue #12): resident memory (RSS) of a fresh process after ``import torch``,
   after ``import kd_env`` (and its time), and of one synthetic-env worker (an env built, reset
   and stepped once, as in each ``SubprocVecEnv`` / async worker); which heavy modules each
@@ -65,11 +70,14 @@ from speed_children import IMPORTS_CHILD, child
 from speed_inprocess import bench_accuracy, bench_env, bench_step, bench_teachers16, setup
 
 
-def _run_child(kind: str, steps: int, batch_size: int, epochs: int = 1) -> dict:
+def _run_child(kind: str, steps: int, batch_size: int, epochs: int = 1, *extra: str) -> dict:
     """One measurement in a fresh process (its own peak RSS); the child's last JSON line."""
     output = (
         subprocess.run(
-            [sys.executable, __file__, "--child", kind, "--steps", str(steps), "--batch-size", str(batch_size), "--epochs", str(epochs)],
+            [
+                *(sys.executable, __file__, "--child", kind, "--steps", str(steps)),
+                *("--batch-size", str(batch_size), "--epochs", str(epochs), *extra),
+            ],
             check=True,
             capture_output=True,
             text=True,
@@ -100,6 +108,32 @@ def bench_epoch(steps: int, batch_size: int, rounds: int) -> None:
     print(f"  peak RSS: reference {memory['reference']:.0f} MiB | kd-env {memory['kd_env']:.0f} MiB")
     setup = statistics.median(r.get("setup_seconds", float("nan")) for r in results["kd_env"])
     print(f"  of kd-env's time, env construction + reset (warm teacher-output store): {setup:.2f} s")
+
+
+def bench_views(steps: int, batch_size: int, rounds: int, train_size: int, views: int) -> None:
+    """Augmentation on: the official-style loop, kd-env with fresh augmentation and kd-env with
+    fixed views (store warm), one epoch each in its own process, rounds alternating."""
+    extra = ("--train-size", str(train_size), "--views", str(views))
+    built = _run_child("views:construct", 0, batch_size, 1, *extra)  # builds the store of views if missing
+    results: dict[str, list[dict]] = {"reference": [], "fresh": [], "views": []}
+    for _ in range(rounds):
+        for kind in results:
+            results[kind].append(_run_child(f"views:{kind}", steps, batch_size, 1, *extra))
+    seconds = {kind: statistics.median(r["seconds"] for r in runs) for kind, runs in results.items()}
+    memory = {kind: max(r["peak_rss_mib"] for r in runs) for kind, runs in results.items()}
+    label = "a full epoch" if steps <= 0 or steps >= 10**9 else f"{steps} updates"
+    print(
+        f"[views] Fashion-MNIST, augmentation on (crop 4 + flip), {train_size} training images, batch {batch_size}, {label}, "
+        f"median of {rounds}, one process per run, set-up included"
+    )
+    print(f"  store of {views} views: construction + reset {built['seconds']:.1f} s (the build, when it ran then)")
+    print(
+        f"  official-style loop {seconds['reference']:.2f} s | kd-env, fresh augmentation {seconds['fresh']:.2f} s | "
+        f"kd-env, {views} views {seconds['views']:.2f} s"
+    )
+    print(f"  ratio official-style / kd-env with {views} views = {seconds['reference'] / seconds['views']:.2f}  (goal >= 2.0)")
+    print(f"  ratio official-style / kd-env with fresh augmentation = {seconds['reference'] / seconds['fresh']:.2f}")
+    print(f"  peak RSS: official-style {memory['reference']:.0f} MiB | fresh {memory['fresh']:.0f} MiB | views {memory['views']:.0f} MiB")
 
 
 def bench_store(batch_size: int, rounds: int) -> None:
@@ -265,7 +299,7 @@ def main() -> None:
     parser.add_argument(
         "--section",
         action="append",
-        choices=["all", "step", "epoch", "env", "store", "run", "teachers16", "accuracy", "agents", "imports", "sweep"],
+        choices=["all", "step", "epoch", "env", "store", "run", "teachers16", "accuracy", "agents", "imports", "sweep", "views"],
         help="repeatable; default: all",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: $KD_BENCH_THREADS or 2)")
@@ -276,17 +310,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="updates per epoch measured (0: a full epoch)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--sweep-preset", default="quick", help="the preset the sweep section runs")
+    parser.add_argument("--train-size", type=int, default=20000, help="training images in the views section")
+    parser.add_argument("--views", type=int, default=4, help="augment_views in the views section")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads is not None:  # the children read it too
         os.environ["KD_BENCH_THREADS"] = str(args.threads)
     steps = args.steps if args.steps > 0 else 10**9
     if args.child:
-        child(args.child, steps, args.batch_size, args.epochs)
+        child(args.child, steps, args.batch_size, args.epochs, args.train_size, args.views)
         return
     sections = set(args.section or ["all"])
     if "all" in sections:
-        sections = {"step", "epoch", "env", "store", "run", "teachers16", "accuracy", "agents", "imports", "sweep"}
+        sections = {"step", "epoch", "env", "store", "run", "teachers16", "accuracy", "agents", "imports", "sweep", "views"}
     torch.set_num_threads(int(os.environ.get("KD_BENCH_THREADS", "2")))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
     if "step" in sections:
@@ -309,6 +345,8 @@ def main() -> None:
         bench_imports(max(3, args.rounds))
     if "sweep" in sections:
         bench_sweep(args.sweep_preset, args.steps)
+    if "views" in sections:
+        bench_views(steps, args.batch_size, args.rounds, args.train_size, args.views)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,12 @@ import torch
 from speed_inprocess import DATASET, setup
 
 
-def _reference_epoch(steps: int, batch_size: int, epochs: int = 1) -> float:
-    """Epochs written the way the public MTKD-RL / RepDistiller code does it; set-up included."""
+def _reference_epoch(steps: int, batch_size: int, epochs: int = 1, augment: bool = False, train_size: int | None = None) -> float:
+    """Epochs written the way the public MTKD-RL / RepDistiller code does it; set-up included.
+    ``augment``: torchvision's ``RandomCrop(padding=4)`` and ``RandomHorizontalFlip`` on the PIL
+    images first, as the official CIFAR loaders do; ``train_size``: the first that many images."""
     import torch.nn.functional as F
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
     from kd_env.data import find_data_root
@@ -31,8 +33,11 @@ def _reference_epoch(steps: int, batch_size: int, epochs: int = 1) -> float:
     start = time.perf_counter()  # set-up counts: loading data and teachers is part of a run
     engine, data, teachers = setup(batch_size)  # for the same models and adapters only
     root = find_data_root(DATASET)
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(data.mean, data.std)])
-    dataset = datasets.FashionMNIST(str(root), train=True, transform=transform, download=False)
+    augmentation = [transforms.RandomCrop(28, padding=4), transforms.RandomHorizontalFlip()] if augment else []
+    transform = transforms.Compose([*augmentation, transforms.ToTensor(), transforms.Normalize(data.mean, data.std)])
+    dataset: Any = datasets.FashionMNIST(str(root), train=True, transform=transform, download=False)
+    if train_size is not None:
+        dataset = Subset(dataset, range(train_size))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=2, drop_last=True)
     torch.manual_seed(0)
     student = engine.student_factory()
@@ -72,8 +77,9 @@ def _reference_epoch(steps: int, batch_size: int, epochs: int = 1) -> float:
     return time.perf_counter() - start
 
 
-def _kd_env_epoch(steps: int, batch_size: int, epochs: int = 1) -> float:
-    """A kd-env run through the batch-level env; the time includes building the env (set-up)."""
+def _kd_env_epoch(steps: int, batch_size: int, epochs: int = 1, **env_kwargs: Any) -> float:
+    """A kd-env run through the batch-level env; the time includes building the env (set-up).
+    ``env_kwargs``: more env arguments (``augment``, ``augment_views``, ``train_size``)."""
     import gymnasium as gym
     import numpy as np
 
@@ -87,6 +93,7 @@ def _kd_env_epoch(steps: int, batch_size: int, epochs: int = 1) -> float:
         max_steps_per_epoch=steps,
         reward_mode="neg_loss",
         action_mode="simplex",
+        **env_kwargs,
     ).unwrapped
     action = np.full(env.action_space.shape, 1.0, dtype=np.float32)
     env.reset(seed=0)
@@ -97,14 +104,14 @@ def _kd_env_epoch(steps: int, batch_size: int, epochs: int = 1) -> float:
     return time.perf_counter() - start
 
 
-def _construct_and_reset(batch_size: int) -> float:
+def _construct_and_reset(batch_size: int, **env_kwargs: Any) -> float:
     """Env construction + reset, timed in a fresh process (data, teachers, store opened or built)."""
     import gymnasium as gym
 
     import kd_env  # noqa: F401
 
     start = time.perf_counter()
-    env = gym.make("MultiTeacherKD-FashionMNIST-v0", epochs=1, batch_size=batch_size).unwrapped
+    env = gym.make("MultiTeacherKD-FashionMNIST-v0", epochs=1, batch_size=batch_size, **env_kwargs).unwrapped
     env.reset(seed=0)
     return time.perf_counter() - start
 
@@ -160,11 +167,28 @@ def _agent_run(spec: str, epochs: int) -> float:
         return time.perf_counter() - start
 
 
-def child(kind: str, steps: int, batch_size: int, epochs: int = 1) -> None:
-    """One measurement of ``kind`` (``reference``, ``kd_env``, ``construct`` or ``agent:<spec>``);
-    prints it as the last JSON line, which ``bench_speed.py`` reads."""
+def _views_child(variant: str, steps: int, batch_size: int, epochs: int, train_size: int, views: int) -> float:
+    """The ``views`` section's runs (issue #27), augmentation on: ``reference`` (the official-style
+    loop), ``fresh`` (kd-env, the teachers on every batch), ``views`` (kd-env, ``augment_views``,
+    the store warm) and ``construct`` (builds that store)."""
+    env_kwargs: dict[str, Any] = {"augment": True, "train_size": train_size}
+    if variant == "reference":
+        return _reference_epoch(steps, batch_size, epochs, augment=True, train_size=train_size)
+    if variant == "fresh":
+        return _kd_env_epoch(steps, batch_size, epochs, **env_kwargs)
+    env_kwargs["augment_views"] = views
+    if variant == "construct":
+        return _construct_and_reset(batch_size, **env_kwargs)
+    return _kd_env_epoch(steps, batch_size, epochs, **env_kwargs)
+
+
+def child(kind: str, steps: int, batch_size: int, epochs: int = 1, train_size: int = 20000, views: int = 4) -> None:
+    """One measurement of ``kind`` (``reference``, ``kd_env``, ``construct``, ``views:<variant>``
+    or ``agent:<spec>``); prints it as the last JSON line, which ``bench_speed.py`` reads."""
     torch.set_num_threads(int(os.environ.get("KD_BENCH_THREADS", "2")))
-    if kind == "reference":
+    if kind.startswith("views:"):
+        seconds = _views_child(kind.split(":", 1)[1], steps, batch_size, epochs, train_size, views)
+    elif kind == "reference":
         seconds = _reference_epoch(steps, batch_size, epochs)
     elif kind == "kd_env":
         seconds = _kd_env_epoch(steps, batch_size, epochs)

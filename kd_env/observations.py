@@ -290,7 +290,8 @@ class CompactStates:
     Why: MTKD-RL's agent keeps every state of an epoch for its update. Whole, that is
     ``batches x B x state_dim`` floats (101 MB for a Fashion-MNIST epoch with the default pool);
     compact, ``B x (1 + 2 K)`` numbers per batch (2.2 MB). CIFAR-100 (340 MB) trains with
-    augmentation, so its states stay whole.
+    augmentation, so its states stay whole, unless it trains on fixed views (``augment_views``,
+    issue #27): then ``indices`` are the samples' views' rows in the store (``image * V + view``).
     """
 
     indices: torch.Tensor  # [B] int64, CPU

@@ -117,7 +117,13 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
     ``label_noise`` (a rate in ``[0, 1)``, required) of the training labels corrupted once,
     ``label_noise_kind`` ``"symmetric"`` or ``"pairs"`` (``c -> c + 1 mod C``), from
     ``label_noise_seed`` (default: derived from ``split_seed``)); validation and test keep their
-    true labels in every regime. Plus ``steps_per_action`` (updates per
+    true labels in every regime. Fixed augmented views (issue #27, FKD-style): ``augment_views``
+    (V views per training image, drawn once from ``views_seed`` with the augmentation, which must
+    be on; the teachers' outputs on them kept in the teacher-output store, so the teachers never
+    run during training; each step gives every sample one of its views, from the run's
+    generator), ``views_store`` (``"logits"``, ``"embeddings"`` or ``"maps"``: what the store
+    keeps per view; ``None`` picks ``"maps"`` with feature KD). ``kd-env store size`` states the
+    store's size before it is built; a disk that cannot hold it is refused. Plus ``steps_per_action`` (updates per
     action, rewards summed) and ``render_mode``: ``"ansi"`` (``render()`` returns a one-line text
     summary), ``"human"`` (that line is printed at every reset and step) or None; other modes
     (SB3's ``make_vec_env`` asks for ``"rgb_array"``) warn and turn rendering off.
@@ -142,6 +148,8 @@ class MultiTeacherKDEnv(KDEnvCore, gym.Env[np.ndarray, np.ndarray]):
       argument"); float64 and torch-tensor actions are applied as their float32 rounding.
     * v0, issue #23 (new options, every earlier run unchanged): ``reward_mode="val_label_logprob"``
       with ``probe_rows``; ``state_parts`` may add ``"agreement"``.
+    * v0, issue #27 (new options, every earlier run unchanged): ``augment_views``,
+      ``views_seed``, ``views_store``.
     """
 
     metadata = {"render_modes": ["ansi", "human"], "render_fps": 1}

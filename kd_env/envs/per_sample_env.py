@@ -101,7 +101,10 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
     ``batch_size + P`` slots. ``include_embeddings``, ``logits``,
     ``obs_clip``, and every argument of the batch-level env except ``steps_per_action``, the
     label regime (``labels``, ``label_noise``, ``label_noise_kind``, ``label_noise_seed``)
-    included. There is no render mode: any ``render_mode`` warns and rendering stays off.
+    included, and the fixed augmented views (``augment_views``, ``views_seed``, ``views_store``;
+    with views the compact states hold each sample's view's row, and rebuild bit for bit;
+    ``views_store="logits"`` needs ``include_embeddings=False``). There is no render mode: any
+    ``render_mode`` warns and rendering stays off.
 
     ``pickle`` / ``copy.deepcopy`` give a faithful copy, as for the batch env.
 
@@ -118,6 +121,8 @@ class PerSampleKDVectorEnv(KDEnvCore, VectorEnv):
       vector env carries ``autoreset_mode`` as an attribute, as Gymnasium's do.
     * v0, issue #23 (new options, every earlier run unchanged): ``reward_mode="val_label_logprob"``
       with ``probe_rows`` (the probe's rows after the batch's); the ``"agreement"`` state part.
+    * v0, issue #27 (new options, every earlier run unchanged): ``augment_views``, ``views_seed``,
+      ``views_store``.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}

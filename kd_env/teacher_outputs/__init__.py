@@ -22,6 +22,14 @@ Layout: ``<cache>/teacher_outputs/<key>/`` holds one ``.npy`` file per array and
 Rows are in the order of the engine's training set (after the validation split), so a batch is
 a row gather.
 
+Augmented views (issue #27, ``augment_views=V``): a store of the teachers' outputs on V fixed
+augmented views of every training image has ``V x N`` rows, row ``image * V + view``; the views'
+count, seed, augmentation and the SHA-256 of their table are in the key (``key_inputs["views"]``),
+so a run never opens a store of other views (one found under its key, a copy, is rebuilt with one
+warning line naming the views it was built for). Such a store may keep the logits only, or the
+logits and embeddings (``arrays``). Its size is known before the build
+(:mod:`~kd_env.teacher_outputs.size`) and checked against the disk's free space.
+
 Key: the folder name is the SHA-256 (first 32 hex digits) of the canonical JSON of
 :func:`store_key_inputs`: the format version, each teacher's class and weight checksum (the
 checkpoint's ``sha256`` metadata when the model carries ``teacher_metadata``, else
@@ -48,7 +56,8 @@ engine computes the outputs in memory as before.
 
 The package: :mod:`~kd_env.teacher_outputs.key` (the key), :mod:`~kd_env.teacher_outputs.format`
 (errors, array files, manifest and verification), :mod:`~kd_env.teacher_outputs.maintenance`
-(list / verify / clear); the store itself, its builder and reader, here.
+(list / verify / clear), :mod:`~kd_env.teacher_outputs.size` (a store's size, the free-space
+check); the store itself, its builder and reader, here.
 """
 
 from __future__ import annotations
