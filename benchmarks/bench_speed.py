@@ -203,7 +203,7 @@ _AGENT_PAIRS = [
 ]
 
 
-def bench_agents(batch_size: int, rounds: int) -> None:
+def bench_agents(batch_size: int, rounds: int, only: list[str] | None = None) -> None:
     """Per-sample agents against AVER: one 1-epoch `kd-env train` run each, own processes,
     rounds alternating between the runs.
 
@@ -211,9 +211,11 @@ def bench_agents(batch_size: int, rounds: int) -> None:
     over rounds of the paired ratios (agent / AVER within one round: the runs of a round are
     minutes apart, so load that drifts over the whole benchmark cancels). Peak RSS varies by
     +-5% between identical runs (the epoch-end evaluation's transient allocations), hence both.
+    ``only``: the pairs whose label contains one of these strings (default: every pair).
     """
+    pairs = [pair for pair in _AGENT_PAIRS if not only or any(text in pair[0] for text in only)]
     _run_child("construct", 0, batch_size)
-    specs = list(dict.fromkeys(spec for _, aver, agent in _AGENT_PAIRS for spec in (aver, agent)))
+    specs = list(dict.fromkeys(spec for _, aver, agent in pairs for spec in (aver, agent)))
     results: dict[str, list[dict]] = {spec: [] for spec in specs}
     for _ in range(rounds):
         for spec in specs:
@@ -221,7 +223,7 @@ def bench_agents(batch_size: int, rounds: int) -> None:
     seconds = {spec: statistics.median(r["seconds"] for r in runs) for spec, runs in results.items()}
     memory = {spec: max(r["peak_rss_mib"] for r in runs) for spec, runs in results.items()}
     print(f"[agents] one 1-epoch `kd-env train` run each (Fashion-MNIST, default pool), {rounds} rounds")
-    for label, aver, agent in _AGENT_PAIRS:
+    for label, aver, agent in pairs:
         paired = {
             key: statistics.median(mine[key] / theirs[key] for mine, theirs in zip(results[agent], results[aver]))
             for key in ("seconds", "peak_rss_mib")
@@ -310,6 +312,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=0, help="updates per epoch measured (0: a full epoch)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--sweep-preset", default="quick", help="the preset the sweep section runs")
+    parser.add_argument(
+        "--agent-pair", action="append", help="repeatable: the agents section's pairs whose label contains this (e.g. Label-free)"
+    )
     parser.add_argument("--train-size", type=int, default=20000, help="training images in the views section")
     parser.add_argument("--views", type=int, default=4, help="augment_views in the views section")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -340,7 +345,7 @@ def main() -> None:
     if "accuracy" in sections:
         bench_accuracy(args.batch_size, args.seeds)
     if "agents" in sections:
-        bench_agents(args.batch_size, args.rounds)
+        bench_agents(args.batch_size, args.rounds, args.agent_pair)
     if "imports" in sections:
         bench_imports(max(3, args.rounds))
     if "sweep" in sections:
