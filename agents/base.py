@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from kd_env.checkpoint_io import read_checkpoint, write_checkpoint
+from kd_env.checkpoint_format import read_checkpoint, write_checkpoint
 
 from .callbacks import AgentCallback, CallbackLike, StepRecord, as_callback_list
 from .vector_view import EnvLike, VectorView, box_from_state, box_to_state, check_box, same_box
@@ -341,8 +341,8 @@ class BaseAgent(ABC):
                 an episode), or None for a predict-only agent.
 
         Raises:
-            kd_env.checkpoint_io.CheckpointNotFoundError: no file at ``path`` (a ``FileNotFoundError``).
-            kd_env.checkpoint_io.CheckpointReadError: the file is corrupt, is not an agent
+            kd_env.checkpoint_format.CheckpointNotFoundError: no file at ``path`` (a ``FileNotFoundError``).
+            kd_env.checkpoint_format.CheckpointReadError: the file is corrupt, is not an agent
                 checkpoint or holds another agent class (a ``ValueError``).
             ValueError: ``env``'s spaces differ from the saved ones.
         """

@@ -52,7 +52,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from kd_env.checkpoint_io import read_checkpoint, write_checkpoint
+from kd_env.checkpoint_format import read_checkpoint, write_checkpoint
 from kd_env.engine.engine import StepBatch
 from kd_env.envs.batch_env import MultiTeacherKDEnv
 from kd_env.envs.per_sample_env import PerSampleKDVectorEnv

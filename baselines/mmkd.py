@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from kd_env.checkpoint_io import read_checkpoint, write_checkpoint
+from kd_env.checkpoint_format import read_checkpoint, write_checkpoint
 from kd_env.engine import StepBatch
 from kd_env.engine.modes import entry_point
 
@@ -300,7 +300,7 @@ class MMKD(BaselinePolicy):
     # ------------------------------------------------------------------ checkpoints
     def save(self, path: str | Path) -> Path:
         """The keyword arguments, the weight networks, Adam's state, the buffer, the generators and
-        the meta step owed (atomically, through :func:`~kd_env.checkpoint_io.write_checkpoint`)."""
+        the meta step owed (atomically, through :func:`~kd_env.checkpoint_format.write_checkpoint`)."""
         return write_checkpoint(
             path,
             CHECKPOINT_FORMAT,

@@ -32,7 +32,7 @@ from kd_env.baselines.mmkd import (
     meta_update,
     unrolled_outer_loss,
 )
-from kd_env.checkpoint_io import CheckpointReadError
+from kd_env.checkpoint_format import CheckpointReadError
 from kd_env.engine.adapters import FeatureAdapter, match_teacher_map
 from kd_env.envs import PerSampleKDVectorEnv
 from kd_env.registry import get_policy

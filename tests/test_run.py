@@ -113,8 +113,8 @@ def test_global_rng_states_round_trip_through_the_checkpoint_reader(tmp_path):
 
     import numpy as np
 
-    from kd_env.checkpoint_io import CheckpointReadError
-    from kd_env.run.checkpoints import _restore_global_rng, _save_global_rng
+    from kd_env.checkpoint_format import CheckpointReadError
+    from kd_env.run.run_folder import _restore_global_rng, _save_global_rng
 
     _save_global_rng(tmp_path / "rng.pt")
     expected = (torch.rand(3), np.random.rand(3), random.random())

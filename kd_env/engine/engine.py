@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from kd_env.action_weights import check_weights
 from kd_env.data import BatchTransform, DatasetSplits, batch_indices, default_augmentation
 from kd_env.engine.adapters import build_adapters
 from kd_env.engine.batch import StepBatch, StepResult
@@ -35,7 +36,6 @@ from kd_env.engine.teacher_source import TeacherOutputSource, TeacherPerformance
 from kd_env.engine.views import ViewTable
 from kd_env.models import KDModel
 from kd_env.teacher_outputs import TeacherBatch
-from kd_env.weights import check_weights
 
 __all__ = ["DistillationEngine", "EngineConfig", "StepBatch", "StepResult"]
 

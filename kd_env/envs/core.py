@@ -16,14 +16,14 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from kd_env.checkpoint_io import read_checkpoint, write_checkpoint
+from kd_env.action_weights import action_to_weights, validate_action
+from kd_env.checkpoint_format import read_checkpoint, write_checkpoint
 from kd_env.engine import DistillationEngine, StepResult
 from kd_env.engine.modes import entry_point, student_autograd
 from kd_env.envs.assembly import build_engine
 from kd_env.envs.probe import ValidationProbe
 from kd_env.envs.rewards import RewardTracker
 from kd_env.envs.settings import KDEnvSettings
-from kd_env.weights import action_to_weights, validate_action
 
 
 def step_info(engine: DistillationEngine, result: StepResult) -> dict[str, Any]:

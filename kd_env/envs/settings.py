@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from kd_env.weights import ACTION_MODES
+from kd_env.action_weights import ACTION_MODES
 
 REWARD_MODES = ("neg_loss", "val_loss_delta", "val_acc", "label_logprob", "val_label_logprob")
 STATE_PARTS = ("performance", "gap", "agreement")  # = kd_env.observations.STATE_PARTS (kept importable without torch)

@@ -23,7 +23,7 @@ TensorBoard tags (stable; ``<teacher>`` is the teacher's name, x axis = env step
 
 The package: :mod:`~kd_env.run.config` (:class:`RunConfig`, :class:`RunResult`, :func:`make_env`),
 :mod:`~kd_env.run.records` (:class:`RunLogger`: TensorBoard, progress bar, curves),
-:mod:`~kd_env.run.checkpoints` (checkpoints as units, the run folder's lock),
+:mod:`~kd_env.run.run_folder` (checkpoints as units, the run folder's lock),
 :mod:`~kd_env.run.drivers` (:data:`DRIVERS`); :func:`train` here ties them together.
 """
 
@@ -41,7 +41,10 @@ from typing import Any
 import torch
 
 from kd_env.registry import policy_names
-from kd_env.run.checkpoints import (
+from kd_env.run.config import RUN_FILE, RunConfig, RunResult, make_env
+from kd_env.run.drivers import DRIVERS, Driver, PolicyActionError, RunContext, SavePolicy
+from kd_env.run.records import RunLogger, purge_tensorboard_events, reduce_vector_info
+from kd_env.run.run_folder import (
     ENV_CHECKPOINT,
     RNG_FILE,
     STATE_FILE,
@@ -55,9 +58,6 @@ from kd_env.run.checkpoints import (
     _write_json,
     verify_checkpoint,
 )
-from kd_env.run.config import RUN_FILE, RunConfig, RunResult, make_env
-from kd_env.run.drivers import DRIVERS, Driver, PolicyActionError, RunContext, SavePolicy
-from kd_env.run.records import RunLogger, purge_tensorboard_events, reduce_vector_info
 from kd_env.utils import crash_point
 
 __all__ = [

@@ -18,9 +18,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from kd_env.registry import PolicySpec
-from kd_env.run.checkpoints import ENV_CHECKPOINT, RNG_FILE, _checkpoint_dir, _restore_global_rng
 from kd_env.run.config import RunConfig
 from kd_env.run.records import RunLogger, reduce_vector_info
+from kd_env.run.run_folder import ENV_CHECKPOINT, RNG_FILE, _checkpoint_dir, _restore_global_rng
 
 SavePolicy = Callable[[Path], object]
 """Writes a policy's checkpoint files into the folder it is given."""

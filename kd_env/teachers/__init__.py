@@ -1,6 +1,6 @@
 """Teachers: the frozen networks a KD environment distils from, and the pools they form.
 
-* :mod:`~kd_env.teachers.checkpoints`: where a teacher's checkpoint lives, how it is written
+* :mod:`~kd_env.teachers.teacher_files`: where a teacher's checkpoint lives, how it is written
   (atomically, with a checksum of its weights) and loaded (verified);
 * :mod:`~kd_env.teachers.recipes`: the training recipe and what data a teacher sees (all of it,
   a class subset, relabelled classes);
@@ -10,22 +10,6 @@
   own via :func:`register_pool`), trained once and cached.
 """
 
-from .checkpoints import (
-    TEACHER_FORMAT,
-    TeacherCheckpointError,
-    TeacherChecksumError,
-    TeacherMismatchError,
-    TeacherNotFoundError,
-    TeacherPermissionError,
-    load_teacher,
-    read_teacher_metadata,
-    save_teacher,
-    state_dict_sha256,
-    teacher_path,
-    teachers_dir,
-    train_command,
-    verify_teacher,
-)
 from .evaluation import accuracy_by_class_group, evaluate_accuracy, predict_classes
 from .pools import (
     POOLS,
@@ -49,6 +33,22 @@ from .recipes import (
     derangement,
     lr_for_epoch,
     lr_milestones,
+)
+from .teacher_files import (
+    TEACHER_FORMAT,
+    TeacherCheckpointError,
+    TeacherChecksumError,
+    TeacherMismatchError,
+    TeacherNotFoundError,
+    TeacherPermissionError,
+    load_teacher,
+    read_teacher_metadata,
+    save_teacher,
+    state_dict_sha256,
+    teacher_path,
+    teachers_dir,
+    train_command,
+    verify_teacher,
 )
 from .training import PARTIAL_FORMAT, train_teacher
 

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import TeacherCheckpointError, TeacherNotFoundError, teacher_path, teachers_dir, verify_teacher
 from .recipes import TEACHER_POOLS, TeacherRecipe
+from .teacher_files import TeacherCheckpointError, TeacherNotFoundError, teacher_path, teachers_dir, verify_teacher
 
 PathLike = str | os.PathLike
 
@@ -312,7 +312,7 @@ def ensure_teacher_pool(
         TeacherNotFoundError: some files are missing and ``train_missing`` is False; the message
             lists them and gives the command that trains them.
     """
-    from .checkpoints import train_command
+    from .teacher_files import train_command
     from .training import train_teacher
 
     if archs is None:

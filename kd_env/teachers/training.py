@@ -23,12 +23,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from kd_env.checkpoint_io import read_checkpoint, write_checkpoint
+from kd_env.checkpoint_format import read_checkpoint, write_checkpoint
 from kd_env.engine.modes import student_autograd
 
-from .checkpoints import _cpu_state_dict, _partial_path, save_teacher, teacher_path
 from .evaluation import accuracy_by_class_group, channels_last_input, evaluate_accuracy, predict_classes, uses_conv
 from .recipes import default_recipe, derangement, lr_for_epoch
+from .teacher_files import _cpu_state_dict, _partial_path, save_teacher, teacher_path
 
 PARTIAL_FORMAT = "kd_env.teacher_partial/1"
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kd_env.checkpoint_io import CheckpointNotFoundError, read_checkpoint, write_checkpoint
+from kd_env.checkpoint_format import CheckpointNotFoundError, read_checkpoint, write_checkpoint
 from kd_env.run.config import RunConfig
 from kd_env.utils import atomic_write, crash_point, fsync_dir, remove_stale_temporaries
 
@@ -178,7 +178,7 @@ def _save_global_rng(path: Path) -> None:
 
 def _restore_global_rng(path: Path) -> None:
     """Put back the states :func:`_save_global_rng` wrote (read with the one checkpoint reader:
-    a damaged or foreign file raises :class:`~kd_env.checkpoint_io.CheckpointReadError`)."""
+    a damaged or foreign file raises :class:`~kd_env.checkpoint_format.CheckpointReadError`)."""
     try:
         state = read_checkpoint(
             path,

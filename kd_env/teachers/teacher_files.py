@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from kd_env.checkpoint_io import (
+from kd_env.checkpoint_format import (
     CheckpointNotFoundError,
     CheckpointPermissionError,
     CheckpointReadError,
@@ -199,7 +199,7 @@ def _guess_train_command(path: Path, expected_arch: str | None, expected_dataset
 def _read_checkpoint(
     path: Path, expected_arch: str | None = None, expected_dataset: str | None = None, *, mmap: bool = False
 ) -> dict[str, Any]:
-    """The checkpoint's dict, read by :func:`kd_env.checkpoint_io.read_checkpoint`; its errors
+    """The checkpoint's dict, read by :func:`kd_env.checkpoint_format.read_checkpoint`; its errors
     become the teacher error classes callers catch, each naming the command that replaces the file."""
     command = _guess_train_command(path, expected_arch, expected_dataset)
     try:

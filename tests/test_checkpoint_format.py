@@ -1,4 +1,4 @@
-"""The one checkpoint writer and reader (kd_env.checkpoint_io): every failure names the file and the fix."""
+"""The one checkpoint writer and reader (kd_env.checkpoint_format): every failure names the file and the fix."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from kd_env.checkpoint_io import (
+from kd_env.checkpoint_format import (
     CheckpointNotFoundError,
     CheckpointPermissionError,
     CheckpointReadError,
