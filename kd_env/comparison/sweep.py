@@ -68,6 +68,43 @@ def _env_kwargs(
     return env_kwargs
 
 
+def planned_run(
+    preset: Preset,
+    method: Method,
+    scenario: str | None,
+    student: str | None,
+    run_dir: Path,
+    *,
+    seed: int,
+    out: Path,
+    env_kwargs: dict[str, Any] | None = None,
+    agent_kwargs: dict[str, Any] | None = None,
+    student_runs: int = 1,
+    overrides: dict[str, Any] | None = None,
+    imports: list[str] | None = None,
+    checkpoint_every: int = SWEEP_CHECKPOINT_EVERY,
+    tensorboard: bool = True,
+) -> PlannedRun:
+    """One run of ``method`` on ``scenario`` x ``student`` as every sweep starts it (its own
+    process, no progress bar, the preset's imports); ``env_kwargs`` / ``agent_kwargs`` default to
+    the method's on that cell."""
+    config = RunConfig(
+        env_id=preset.env_id,
+        agent=method.agent,
+        run_dir=str(run_dir),
+        per_sample=method.per_sample,
+        env_kwargs=_env_kwargs(preset, method, scenario, student, overrides) if env_kwargs is None else env_kwargs,
+        agent_kwargs=dict(method.agent_kwargs) if agent_kwargs is None else agent_kwargs,
+        seed=seed,
+        student_runs=student_runs,
+        checkpoint_every=checkpoint_every,
+        progress=False,
+        tensorboard=tensorboard,
+        imports=_imports(preset, out, imports),
+    )
+    return PlannedRun(method, scenario, student, config)
+
+
 def pretraining_chain(
     preset: Preset,
     method: Method,
@@ -105,20 +142,23 @@ def pretraining_chain(
         if pretrain.leave_one_pool_out:
             tag = f"without-{scenario}__{position}-{pool}__{tag}"
         name = "__".join(part for part in ((None if pretrain.leave_one_pool_out else scenario), student, method.agent, tag) if part)
-        config = RunConfig(
-            env_id=preset.env_id,
-            agent=method.agent,
-            run_dir=str(out / "pretrain" / name),
-            per_sample=method.per_sample,
-            env_kwargs=env_kwargs,
-            agent_kwargs=agent_kwargs,
-            seed=pretrain.seed,
-            student_runs=pretrain.student_runs,
-            checkpoint_every=checkpoint_every,
-            progress=False,
-            imports=_imports(preset, out, imports),
+        run_dir = out / "pretrain" / name
+        chain.append(
+            planned_run(
+                preset,
+                method,
+                pool,
+                student,
+                run_dir,
+                seed=pretrain.seed,
+                out=out,
+                env_kwargs=env_kwargs,
+                agent_kwargs=agent_kwargs,
+                student_runs=pretrain.student_runs,
+                imports=imports,
+                checkpoint_every=checkpoint_every,
+            )
         )
-        chain.append(PlannedRun(method, pool, student, config))
     return chain
 
 
@@ -157,19 +197,22 @@ def plan(
                     trained = pretraining_run(preset, method, scenario, student, out, overrides, imports, checkpoint_every)
                     agent_kwargs.update(policy_path=str(trained.run_dir / "checkpoints" / "agent.pt"), learn=False)
                 for seed in preset.seeds:
-                    config = RunConfig(
-                        env_id=preset.env_id,
-                        agent=method.agent,
-                        run_dir=str(out / "runs" / run_name(method, scenario, student, seed)),
-                        per_sample=method.per_sample,
-                        env_kwargs=_env_kwargs(preset, method, scenario, student, overrides),
-                        agent_kwargs=agent_kwargs,
-                        seed=seed,
-                        checkpoint_every=checkpoint_every,
-                        progress=False,
-                        imports=_imports(preset, out, imports),
+                    run_dir = out / "runs" / run_name(method, scenario, student, seed)
+                    runs.append(
+                        planned_run(
+                            preset,
+                            method,
+                            scenario,
+                            student,
+                            run_dir,
+                            seed=seed,
+                            out=out,
+                            agent_kwargs=agent_kwargs,
+                            overrides=overrides,
+                            imports=imports,
+                            checkpoint_every=checkpoint_every,
+                        )
                     )
-                    runs.append(PlannedRun(method, scenario, student, config))
     return runs
 
 

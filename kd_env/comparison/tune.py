@@ -45,9 +45,8 @@ from kd_env.comparison.planned import DEFAULT_RETRIES, Executor, PlannedRun
 from kd_env.comparison.presets import Method, Preset
 from kd_env.comparison.search_space import SearchSpace, load_search_space
 from kd_env.comparison.spec_schema import Key, SpecError
-from kd_env.comparison.sweep import SWEEP_CHECKPOINT_EVERY, _env_kwargs, _imports, _slug, prepare_teachers
+from kd_env.comparison.sweep import _slug, planned_run, prepare_teachers
 from kd_env.comparison.tuned import BEST_PARAMS_FILE, budget_table, write_tuned
-from kd_env.run import RunConfig
 
 __all__ = ["STUDY_FILE", "TuneSettings", "check_tuning", "tune"]
 
@@ -155,20 +154,7 @@ def trial_runs(
     for scenario in scenarios:
         for student in preset.students:
             name = "__".join(part for part in (scenario, student, f"seed{seed}") if part)
-            config = RunConfig(
-                env_id=preset.env_id,
-                agent=method.agent,
-                run_dir=str(folder / name),
-                per_sample=method.per_sample,
-                env_kwargs=_env_kwargs(preset, tuned, scenario, student, None),
-                agent_kwargs=dict(tuned.agent_kwargs),
-                seed=seed,
-                checkpoint_every=SWEEP_CHECKPOINT_EVERY,
-                progress=False,
-                tensorboard=False,
-                imports=_imports(preset, out, None),
-            )
-            runs.append(PlannedRun(tuned, scenario, student, config))
+            runs.append(planned_run(preset, tuned, scenario, student, folder / name, seed=seed, out=out, tensorboard=False))
     return runs
 
 
