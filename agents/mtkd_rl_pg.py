@@ -61,11 +61,8 @@ What it sees, in the suite's label-free rows (``include_embeddings=False``):
   back its prediction, :func:`~kd_env.observations.teacher_agreement`), so one scorer takes any
   pool, any K: the leave-one-pool-out rows (``Pretrain(leave_one_pool_out=True)``).
 
-``update="ppo"``: PPO's clipped surrogate (``ppo_epochs`` full-batch epochs, ``clip_range``) on
-each rollout instead of one REINFORCE step; each decision is a one-step bandit episode, so there
-is no critic and no GAE (the advantage is the reward less the batch mean). With the probe's
-rewards and z-scored advantages, PPO (lr 3e-3, 4 epochs) beat REINFORCE on the tuning seeds
-(specialists, seeds 100-101: 76% vs 50% of the oracle's gain over AVER); the suite reports both.
+``update="ppo"``: PPO's clipped surrogate instead of one REINFORCE step
+(:mod:`~kd_env.agents.routing_updates`, where the update rules live).
 
 Transfer: ``policy_path=`` starts from a saved agent's network and observation statistics;
 ``learn=False`` freezes it (no updates, no statistics, deterministic weights ``w(s)``), so a
@@ -101,6 +98,7 @@ from .mtkd_rl_network import MTKDRLNetwork, PriorColumns
 from .per_sample import per_sample_env, refuse_label_free, resolve_state_layout, routing_layout_of
 from .reinforce import RunningMeanStd
 from .routing_networks import TeacherMLP, TeacherScorer, TeacherSlices, logistic_normal_log_prob
+from .routing_updates import RolloutUpdates
 
 __all__ = ["MTKDRLPG", "MTKDRL_PG_DEFAULTS", "NETWORKS", "TeacherScorer", "TeacherSlices", "logistic_normal_log_prob", "routing_layout_of"]
 
@@ -148,7 +146,7 @@ def _check_choices(
         raise ValueError(f"baseline_momentum must be in (0, 1], got {baseline_momentum!r}")
 
 
-class MTKDRLPG(BaseAgent):
+class MTKDRLPG(RolloutUpdates, BaseAgent):
     """Per-sample teacher weights from a logistic-normal policy, trained by REINFORCE (see the module docstring).
 
     Args:
@@ -457,106 +455,6 @@ class MTKDRLPG(BaseAgent):
         if len(self._rollout_rewards) < self.n_steps:
             return None
         return self._update()
-
-    def advantages(self, rewards: torch.Tensor) -> torch.Tensor:
-        """``A = r - b`` ``[T, B]`` (``b``: the per-step batch mean, or the running mean with
-        ``baseline="running"``), divided by its standard deviation over the rollout with
-        ``normalize_advantage=True``."""
-        if self.baseline == "batch":
-            advantages = rewards - rewards.mean(dim=1, keepdim=True)
-        else:
-            reference = float(rewards.mean()) if self.running_baseline is None else self.running_baseline
-            advantages = rewards - reference
-        if self.normalize_advantage and advantages.numel() > 1:
-            advantages = advantages / (advantages.std() + 1e-8)
-        return advantages
-
-    def policy_loss(
-        self, mean: torch.Tensor, samples: torch.Tensor, sigmas: torch.Tensor, rewards: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """REINFORCE's loss over a rollout, and its advantages.
-
-        Args:
-            mean: ``[T, B, K]`` the policy's mean ``log w(s)`` (with gradient) on the rollout's
-                states; samples: ``[T, B, K]`` the sampled logits ``u``; sigmas: ``[T]`` the
-                ``sigma`` each step was sampled with; rewards: ``[T, B]``.
-
-        Returns:
-            ``-mean(log pi(u|s) * A)`` with ``A`` from :meth:`advantages`, and ``A``.
-        """
-        advantages = self.advantages(rewards)
-        log_prob = logistic_normal_log_prob(samples, mean, sigmas.view(-1, 1, 1))
-        return -(log_prob * advantages).mean(), advantages
-
-    def _gradient_step(self, loss: torch.Tensor) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        max_norm = self.max_grad_norm if self.max_grad_norm is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
-        self.optimizer.step()
-        return float(grad_norm)
-
-    def _update(self) -> dict[str, float]:
-        inputs = torch.cat(self._rollout_inputs)  # [T * B, ...]: one forward pass for the rollout
-        raw = torch.cat(self._rollout_raw) if self._rollout_raw else None
-        samples = torch.stack(self._rollout_samples)
-        sigmas = torch.tensor(self._rollout_sigmas, dtype=torch.float32)
-        rewards = torch.stack(self._rollout_rewards)
-        self._discard_rollout()
-        mean = self._mean_from(inputs, raw).reshape(samples.shape)
-        if self.update == "reinforce":
-            loss, _ = self.policy_loss(mean, samples, sigmas, rewards)
-            grad_norm = self._gradient_step(loss)
-        else:
-            loss, grad_norm = self._ppo_epochs(mean, inputs, raw, samples, sigmas, rewards)
-        if self.baseline == "running":  # updated after use: the baseline must not see these rewards' actions
-            mean_reward = float(rewards.mean())
-            previous = mean_reward if self.running_baseline is None else self.running_baseline
-            self.running_baseline = (1 - self.baseline_momentum) * previous + self.baseline_momentum * mean_reward
-        self.num_updates += 1
-        # the largest weight of the rollout's last step before this update (no extra forward pass)
-        top_weight = mean[-1].detach().exp().max(dim=-1).values.mean()
-        return {
-            "policy_loss": float(loss.detach()),
-            "reward_mean": float(rewards.mean()),
-            "sigma": float(sigmas[-1]),
-            "grad_norm": grad_norm,
-            "top_weight": float(top_weight),
-        }
-
-    def ppo_loss(
-        self, mean: torch.Tensor, samples: torch.Tensor, sigma: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor
-    ) -> torch.Tensor:
-        """PPO's clipped surrogate, ``-mean(min(rho A, clip(rho, 1 - c, 1 + c) A))`` with
-        ``rho = pi(u|s) / pi_old(u|s)``: a decision whose ratio has left the clip range in the
-        direction its advantage pushes contributes no gradient."""
-        ratio = torch.exp(logistic_normal_log_prob(samples, mean, sigma) - old_log_prob)
-        clipped = ratio.clamp(1.0 - self.clip_range, 1.0 + self.clip_range)
-        return -torch.minimum(ratio * advantages, clipped * advantages).mean()
-
-    def _ppo_epochs(
-        self,
-        mean: torch.Tensor,
-        inputs: torch.Tensor,
-        raw: torch.Tensor | None,
-        samples: torch.Tensor,
-        sigmas: torch.Tensor,
-        rewards: torch.Tensor,
-    ) -> tuple[torch.Tensor, float]:
-        """PPO's clipped surrogate (Schulman et al. 2017) over the rollout, ``ppo_epochs`` full-batch
-        steps. Each decision is a one-step episode of a contextual bandit, so the advantage is
-        the reward less the baseline (no critic, no GAE: there is no later reward to bootstrap)."""
-        advantages = self.advantages(rewards)
-        sigma = sigmas.view(-1, 1, 1)
-        # the policy acted with these parameters: the rollout is collected between updates
-        old_log_prob = logistic_normal_log_prob(samples, mean.detach(), sigma)
-        loss, grad_norm = mean.new_zeros(()), 0.0
-        for epoch in range(self.ppo_epochs):
-            if epoch:
-                mean = self._mean_from(inputs, raw).reshape(samples.shape)
-            loss = self.ppo_loss(mean, samples, sigma, old_log_prob, advantages)
-            grad_norm = self._gradient_step(loss)
-        return loss, grad_norm
 
     def _predict(self, observation: np.ndarray, deterministic: bool) -> np.ndarray:
         states = torch.from_numpy(observation)
