@@ -284,6 +284,11 @@ class TeacherOutputSource:
             for batch in self.views.chunks(images, self.config.eval_batch_size):
                 yield self.run(batch)
             return
+        yield from self.chunks(images)
+
+    def chunks(self, images: torch.Tensor) -> Iterator[TeacherBatch]:
+        """Outputs over ``images`` (uint8, untransformed; e.g. a whole split), evaluation
+        transform, ``eval_batch_size`` images at a time, in order."""
         for start in range(0, images.shape[0], self.config.eval_batch_size):
             batch = self.eval_transform(images[start : start + self.config.eval_batch_size], train=False)
             yield self.run(batch)

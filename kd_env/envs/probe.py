@@ -28,7 +28,7 @@ import torch
 
 from kd_env.engine import DistillationEngine
 from kd_env.engine.losses import mixture_label_logprob, per_sample_kd_loss
-from kd_env.engine.teacher_source import run_teachers
+from kd_env.engine.teacher_source import gather_teacher_outputs
 from kd_env.observations import SampleStateSpec, sample_state
 
 __all__ = ["ValidationProbe"]
@@ -56,20 +56,14 @@ class ValidationProbe:
         self._teacher_logits: torch.Tensor | None = None  # [K, N_val, C]
         self._teacher_embeddings: list[torch.Tensor] = []
 
-    @torch.inference_mode()
-    def _teacher_outputs(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """The teachers' logits and embeddings over the whole validation split (once)."""
-        if self._teacher_logits is None:
-            engine = self.engine
-            images = engine.data.val_images
-            logits, embeddings = [], []
-            for start in range(0, images.shape[0], engine.config.eval_batch_size):
-                batch = engine.eval_transform(images[start : start + engine.config.eval_batch_size], train=False)
-                chunk_logits, chunk_embeddings, _ = run_teachers(engine.teachers, batch, engine.teacher_format)
-                logits.append(chunk_logits)
-                embeddings.append(chunk_embeddings)
-            self._teacher_logits = torch.cat(logits, dim=1)
-            self._teacher_embeddings = [torch.cat(parts) for parts in zip(*embeddings)]
+    def _teacher_outputs(self, embeddings: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The teachers' logits (and, when asked, embeddings) over the whole validation split,
+        computed once by the engine's teacher source (the embeddings only where a state reads
+        them: a CIFAR-100 pool's are ~100 MB)."""
+        if self._teacher_logits is None or (embeddings and not self._teacher_embeddings):
+            chunks = self.engine.teacher_source.chunks(self.engine.data.val_images)
+            outputs = gather_teacher_outputs(chunks, feature_kd=False, embeddings_kept=embeddings)
+            self._teacher_logits, self._teacher_embeddings = outputs["logits"], outputs["embeddings"]
         return self._teacher_logits, self._teacher_embeddings
 
     def reset(self, episode_seed: int) -> None:
@@ -90,7 +84,7 @@ class ValidationProbe:
         assert self.indices is not None
         if spec.feature_kd:
             raise ValueError("the validation probe has no feature-KD columns: use feature_kd=False with probe_rows > 0")
-        logits, embeddings = self._teacher_outputs()
+        logits, embeddings = self._teacher_outputs(embeddings=spec.include_embeddings)
         device = self.engine.device
         teacher_logits = logits[:, self.indices].to(device)
         teacher_embeddings = [embedding[self.indices].to(device) for embedding in embeddings]
