@@ -121,6 +121,38 @@ def test_tuning_seeds_that_are_evaluation_seeds_are_refused_at_the_files_key(tmp
     assert "no search space for agent 'aver'" in capsys.readouterr().err and not out.exists()
 
 
+def test_shipped_search_spaces_hold_their_agents_untuned_settings():
+    from kd_env.comparison.search_space import untuned_values
+
+    for agent in SHIPPED_AGENTS:
+        values, missing = untuned_values(agent, {}, load_search_space(agent), "MultiTeacherKD-FashionMNIST-v0", False)
+        assert not missing, f"{agent}: {missing}"
+        assert set(values) == {param.name for param in load_search_space(agent).params}
+    # a method's own agent_kwargs win over the defaults; a value outside the space is named
+    space = load_search_space("aekd")
+    assert untuned_values("aekd", {"cap": 0.75}, space, None, False) == ({"cap": 0.75}, [])
+    assert untuned_values("aekd", {"cap": 0.1}, space, None, False) == ({}, ["cap=0.1 (not in the space)"])
+
+
+def test_the_first_trial_of_a_study_is_the_methods_untuned_settings(tmp_path, capsys):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    preset = _preset(
+        methods=[Method("AEKD", "aekd", agent_kwargs={"cap": 0.9}), Method("Random", "random", agent_kwargs={"concentration": 50.0})]
+    )
+    executor = FakeExecutor(_score)
+    entries = tune(preset, tmp_path, _settings(trials=3), executor=executor, progress=False)
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / STUDY_FILE)))
+    first = optuna.load_study(study_name="AEKD", storage=storage).trials[0]
+    assert first.params == {"cap": 0.9} and first.user_attrs["untuned"] is True
+    assert entries["AEKD"]["untuned_value"] == pytest.approx(_score({"cap": 0.9}, 0), abs=1e-6)
+    assert entries["AEKD"]["trials_run"] == 3  # the untuned trial counts in the budget
+    # a setting outside the space cannot be a trial: said, and the study samples all its trials
+    assert "Random: the untuned settings are not a trial (concentration=50.0 (not in the space)" in capsys.readouterr().err
+    assert entries["Random"]["untuned_value"] is None and entries["Random"]["trials_run"] == 3
+
+
 # ------------------------------------------------------------------------- budget and output
 def test_every_method_gets_the_same_budget_and_the_bench_reads_the_best_parameters(tmp_path):
     executor = FakeExecutor(_score)

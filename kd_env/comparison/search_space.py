@@ -26,7 +26,15 @@ from typing import Any
 
 from kd_env.comparison.spec_schema import SpecContext, SpecError, check_keys, parse_yaml
 
-__all__ = ["Param", "SearchSpace", "accepted_parameters", "default_space_folder", "load_search_space", "space_path"]
+__all__ = [
+    "Param",
+    "SearchSpace",
+    "accepted_parameters",
+    "default_space_folder",
+    "load_search_space",
+    "space_path",
+    "untuned_values",
+]
 
 _RANGE_KEYS = ["low", "high", "log", "step", "choices"]
 
@@ -49,6 +57,19 @@ class Param:
             return "categorical"
         integral = all(isinstance(v, int) and not isinstance(v, bool) for v in (self.low, self.high))
         return "int" if integral and (self.step is None or float(self.step).is_integer()) else "float"
+
+    def holds(self, value: Any) -> bool:
+        """Whether ``value`` lies in this parameter's space: one of the ``choices``, or a number in
+        ``[low, high]`` (an integer for an integer range). Optuna would take a value outside with a
+        warning, but TPE then models it (a 0 in a log range breaks its density), so it is refused."""
+        if self.choices is not None:
+            return value in self.choices
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        assert self.low is not None and self.high is not None
+        if self.kind == "int" and not float(value).is_integer():
+            return False
+        return self.low <= value <= self.high
 
     def suggest(self, trial: Any) -> Any:
         """The value of this parameter for an Optuna ``trial`` (``trial.suggest_*``)."""
@@ -108,6 +129,54 @@ def accepted_parameters(agent: str) -> set[str] | None:
         return None if names is None else (names | set(ENV_SIDE_KEYS)) - {"self", "env", "policy", "seed", "device"}
     names = _keywords(factory)
     return None if names is None else names - {"env", "seed"}
+
+
+def untuned_values(
+    agent: str, agent_kwargs: dict[str, Any], space: SearchSpace, env_id: str | None, per_sample: bool
+) -> tuple[dict[str, Any], list[str]]:
+    """The values a method runs with untuned, for each parameter of ``space``: its ``agent_kwargs``,
+    else what the agent's factory fixes or defaults to (an SB3 agent: its RL Zoo-style yaml section
+    for ``env_id``, then the algorithm's constructor). Returns the values Optuna can take and the
+    names of those it cannot (no default found, or a value outside ``choices``), each with why."""
+    from kd_env.registry import get_policy
+
+    factory: Any = get_policy(agent).factory
+    target: Any = factory.func if isinstance(factory, functools.partial) else factory
+    fixed_args = factory.args if isinstance(factory, functools.partial) else ()
+    known: dict[str, Any] = {}
+    name = getattr(target, "__name__", "")
+    if name == "make_baseline" and fixed_args:
+        from kd_env.baselines.policies import BASELINE_POLICIES, registry_key
+
+        known.update(_defaults(BASELINE_POLICIES[registry_key(fixed_args[0])].__init__))
+    elif name == "make_sb3_agent" and fixed_args:
+        from kd_env.agents.sb3_hyperparams import ALGORITHMS, raw_hyperparams
+
+        known.update(_defaults(ALGORITHMS[fixed_args[0]].__init__))
+        known.update(raw_hyperparams(fixed_args[0], env_id, per_sample))
+    else:
+        known.update(_defaults(target))
+    if isinstance(factory, functools.partial):
+        known.update(factory.keywords)
+    known.update(agent_kwargs)
+    values: dict[str, Any] = {}
+    missing: list[str] = []
+    for param in space.params:
+        if param.name not in known:
+            missing.append(f"{param.name} (no default found)")
+        elif not param.holds(known[param.name]):
+            missing.append(f"{param.name}={known[param.name]!r} (not in the space)")
+        else:
+            values[param.name] = known[param.name]
+    return values, missing
+
+
+def _defaults(function: Any) -> dict[str, Any]:
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
 
 
 def _keywords(function: Any) -> set[str] | None:

@@ -23,8 +23,12 @@ trial killed mid-way is marked failed-as-interrupted (not counted in the budget)
 parameters are tried again first; its runs that finished are reused (a trial's run folders are
 named by its parameters) and a run that was stopped continues from its checkpoint.
 
-Every method gets the same number of trials (``trials``): counted are complete, pruned and failed
-ones (a run that failed every attempt fails its trial). The best trial's parameters and the
+A new study's first trial is the method's untuned settings (its ``agent_kwargs``, else the agent's
+defaults: :func:`~kd_env.comparison.search_space.untuned_values`), as RL Zoo tries the defaults
+first: the tuned row is picked against them on the same seeds, and the file reports both values.
+
+Every method gets the same number of trials (``trials``, the untuned one included): counted are
+complete, pruned and failed ones (a run that failed every attempt fails its trial). The best trial's parameters and the
 budget spent (trials, wall time, CPU-seconds) go to ``<out>/best_params.yaml``
 (:mod:`~kd_env.comparison.tuned`), which ``kd-env bench --tuned`` reads.
 """
@@ -43,7 +47,7 @@ from typing import Any
 
 from kd_env.comparison.planned import DEFAULT_RETRIES, Executor, PlannedRun
 from kd_env.comparison.presets import Method, Preset
-from kd_env.comparison.search_space import SearchSpace, load_search_space
+from kd_env.comparison.search_space import SearchSpace, load_search_space, untuned_values
 from kd_env.comparison.spec_schema import Key, SpecError
 from kd_env.comparison.sweep import _slug, planned_run, prepare_teachers
 from kd_env.comparison.tuned import BEST_PARAMS_FILE, budget_table, write_tuned
@@ -51,6 +55,9 @@ from kd_env.comparison.tuned import BEST_PARAMS_FILE, budget_table, write_tuned
 __all__ = ["STUDY_FILE", "TuneSettings", "check_tuning", "tune"]
 
 STUDY_FILE = "study.journal"
+
+#: The user attribute that marks a study's first trial, the method's untuned settings.
+UNTUNED = "untuned"
 
 
 @dataclass(frozen=True)
@@ -237,6 +244,8 @@ def _run_study(
         "space": [dataclasses.asdict(param) for param in space.params],
     }
     study = _open_study(storage, method, settings, identity)
+    if not study.get_trials(deepcopy=False):
+        _enqueue_untuned(study, preset, method, space)
     interrupted = _recover_interrupted(study)
     if interrupted:
         print(f"{method.label}: {interrupted} trial(s) interrupted by a stop; their parameters are tried again", file=sys.stderr)
@@ -289,6 +298,19 @@ def _run_study(
     return _summary(study, method, settings)
 
 
+def _enqueue_untuned(study: Any, preset: Preset, method: Method, space: SearchSpace) -> None:
+    """A new study's first trial: the method as the experiment runs it untuned (RL Zoo's practice
+    of trying the defaults first), so the tuned row is chosen against them on the same seeds."""
+    values, missing = untuned_values(method.agent, dict(method.agent_kwargs), space, preset.env_id, method.per_sample)
+    if missing:
+        print(
+            f"{method.label}: the untuned settings are not a trial ({', '.join(missing)}; {space.source}): widen the space to hold them",
+            file=sys.stderr,
+        )
+        return
+    study.enqueue_trial(values, user_attrs={UNTUNED: True})
+
+
 def _say(method: Method, number: int, what: str, value: float | None, params: dict[str, Any]) -> None:
     """One line per finished trial, on stderr (``progress`` only turns the executor's bars off)."""
     shown = "" if value is None else f", mean best val acc {100 * value:.2f}"
@@ -302,6 +324,8 @@ def _summary(study: Any, method: Method, settings: TuneSettings) -> dict[str, An
     counts = _counted(study)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     best = max(complete, key=lambda trial: trial.value) if complete else None
+    untuned = next((trial for trial in study.get_trials(deepcopy=False) if trial.user_attrs.get(UNTUNED)), None)
+    untuned_value = untuned.value if untuned is not None and untuned.state == TrialState.COMPLETE else None
     threads = study.user_attrs.get("threads", 1)
     run_seconds = sum(trial.user_attrs.get("run_seconds", 0.0) for trial in study.get_trials(deepcopy=False))
     return {
@@ -309,6 +333,7 @@ def _summary(study: Any, method: Method, settings: TuneSettings) -> dict[str, An
         "params": None if best is None else dict(best.params),
         "best_value": None if best is None else round(float(best.value), 6),
         "best_trial": None if best is None else best.number,
+        "untuned_value": None if untuned_value is None else round(float(untuned_value), 6),
         "trials_budget": settings.trials,
         "trials_run": counts["complete"] + counts["pruned"] + counts["failed"],
         "trials_complete": counts["complete"],
