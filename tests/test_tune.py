@@ -228,6 +228,30 @@ def test_a_trial_left_running_is_tried_again_and_not_counted(tmp_path):
     assert trials[2].params == left.params and trials[2].user_attrs["retry_of"] == left.number
 
 
+def test_a_resumed_study_keeps_its_untuned_trial_and_samples_afresh(tmp_path):
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    executor = FakeExecutor(_score)
+    preset = _preset(methods=[Method("AEKD", "aekd", agent_kwargs={"cap": 0.9})])
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / STUDY_FILE)))
+    # the killed session's sampler as tune() seeds a new study's (sampler_seed 0, no trials before)
+    sampler = optuna.samplers.TPESampler(n_startup_trials=4, seed=0, constant_liar=True)
+    study = optuna.create_study(study_name="AEKD", storage=storage, direction="maximize", sampler=sampler)
+    study.enqueue_trial({"cap": 0.9}, user_attrs={"untuned": True})
+    distribution = {"cap": optuna.distributions.FloatDistribution(0.2, 1.0)}
+    untuned = study.ask(distribution)  # a session killed while its untuned trial and a sampled one ran
+    sampled = study.ask(distribution)
+    entries = tune(preset, tmp_path, _settings(labels=("AEKD",), trials=4, startup_trials=4), executor=executor, progress=False)
+    trials = optuna.load_study(study_name="AEKD", storage=storage).trials
+    retried = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
+    assert retried[untuned.number].params == {"cap": 0.9} and retried[untuned.number].user_attrs["untuned"] is True
+    assert entries["AEKD"]["untuned_value"] == pytest.approx(_score({"cap": 0.9}, 0), abs=1e-6)
+    # the new session's random trials are not the killed session's again
+    fresh = [t.params["cap"] for t in trials if t.number > sampled.number and "retry_of" not in t.user_attrs]
+    assert fresh and sampled.params["cap"] not in fresh
+
+
 # --------------------------------------------------------------------------- a real study, killed
 @pytest.mark.slow
 def test_a_study_killed_mid_trial_continues_without_losing_finished_trials(tmp_path):

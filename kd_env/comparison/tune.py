@@ -70,7 +70,7 @@ class TuneSettings:
         tuning_seeds: seeds of the tuning runs; never evaluation seeds of the experiment.
         scenarios: the pools to tune on (scenarios of the experiment); empty: all of them.
         startup_trials: random trials before TPE models, and finished trials before the pruner prunes.
-        sampler_seed: TPE's seed (a resumed study continues from ``sampler_seed + trials so far``).
+        sampler_seed: TPE's seed (a resumed study continues from ``sampler_seed + trials so far``, interrupted ones included).
         space_folder: where ``<agent>.yml`` search spaces are (default: the shipped ones).
         parallel: trials at once (``None``: the executor's ``jobs``, else 1).
     """
@@ -197,7 +197,8 @@ def _recover_interrupted(study: Any) -> int:
     stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for trial in stale:
         study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(dict(trial.params), user_attrs={"retry_of": trial.number})
+        again = {"retry_of": trial.number, **({UNTUNED: True} if trial.user_attrs.get(UNTUNED) else {})}
+        study.enqueue_trial(dict(trial.params), user_attrs=again)
     return len(stale)
 
 
@@ -213,9 +214,11 @@ def _open_study(storage: Any, method: Method, settings: TuneSettings, identity: 
             f"{json.dumps({k: before.get(k) for k in changed})} there; use another --out"
         )
     study.set_user_attr("identity", identity)
-    finished = sum(_counted(study).values())
+    # a resumed session seeds TPE apart from the sessions before it (trials left running included),
+    # or its random start-up trials would repeat theirs
+    earlier = len(study.get_trials(deepcopy=False))
     study.sampler = optuna.samplers.TPESampler(
-        n_startup_trials=settings.startup_trials, seed=settings.sampler_seed + finished, constant_liar=True
+        n_startup_trials=settings.startup_trials, seed=settings.sampler_seed + earlier, constant_liar=True
     )
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=settings.startup_trials, n_warmup_steps=0)
     return study
@@ -324,8 +327,12 @@ def _summary(study: Any, method: Method, settings: TuneSettings) -> dict[str, An
     counts = _counted(study)
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     best = max(complete, key=lambda trial: trial.value) if complete else None
-    untuned = next((trial for trial in study.get_trials(deepcopy=False) if trial.user_attrs.get(UNTUNED)), None)
-    untuned_value = untuned.value if untuned is not None and untuned.state == TrialState.COMPLETE else None
+    marked: set[int] = set()  # the untuned trial, and its retries (a journal from before retries carried the mark)
+    for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get(UNTUNED) or trial.user_attrs.get("retry_of") in marked:
+            marked.add(trial.number)
+    untuned = [trial for trial in complete if trial.number in marked]
+    untuned_value = untuned[0].value if untuned else None
     threads = study.user_attrs.get("threads", 1)
     run_seconds = sum(trial.user_attrs.get("run_seconds", 0.0) for trial in study.get_trials(deepcopy=False))
     return {
