@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -119,6 +120,47 @@ def test_tuning_seeds_that_are_evaluation_seeds_are_refused_at_the_files_key(tmp
     assert "'EBKD?' (--method) is not a method label" in capsys.readouterr().err
     assert main([*args[:-4], "100", "--method", "AVER", "--out", str(out)]) == 1  # AVER has no knob
     assert "no search space for agent 'aver'" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "message"),
+    [
+        ("{methods: [AEKD, EBKD?], trials: 2, tuning_seeds: [100]}", "tune.methods[1]", "'EBKD?' is not a method label"),
+        ("{methods: [AEKD], trials: 2, tuning_seeds: [1, 100]}", "tune.tuning_seeds", "seeds [1] are evaluation seeds of the file"),
+        ("{methods: [AEKD], trials: 0, tuning_seeds: [100]}", "tune.trials", "at least 1 trial per method, got 0"),
+        ("{methods: [AEKD], trials: 2, tuning_seeds: [100], scenarios: [nowhere]}", "tune.scenarios[0]", "'nowhere' is not a scenario"),
+        ("{methods: [AEKD], trials: 2}", "tune", "missing key 'tuning_seeds'"),
+    ],
+)
+def test_a_bad_tune_section_is_one_error_at_its_key(tmp_path, section, key, message):
+    from kd_env.comparison.spec import load_spec
+
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(dump_spec(_preset()) + f"tune: {section}\n")
+    with pytest.raises(SpecError, match=rf"{spec}: {re.escape(key)}: .*{re.escape(message)}"):
+        load_spec(spec)
+
+
+def test_the_tune_section_runs_without_flags_and_flags_override_it(tmp_path, capsys, monkeypatch):
+    import kd_env.comparison.tune as tune_module
+    from kd_env.comparison.presets import Tuning
+    from kd_env.comparison.spec import load_spec
+
+    spec = tmp_path / "tiny.yaml"
+    section = Tuning(methods=["AEKD", "Random"], trials=3, tuning_seeds=[100, 101], startup_trials=2)
+    spec.write_text(dump_spec(_preset(tune=section)))
+    assert load_spec(spec).tune == section  # written and read back
+    seen: list[TuneSettings] = []
+    monkeypatch.setattr(tune_module, "tune", lambda preset, out, settings, *args, **kwargs: seen.append(settings) or {})
+    assert main(["tune", "--spec", str(spec), "--out", str(tmp_path / "out")]) == 0
+    assert (seen[0].labels, seen[0].trials, seen[0].tuning_seeds, seen[0].startup_trials) == (("AEKD", "Random"), 3, (100, 101), 2)
+    assert seen[0].given_as("trials") == f"tune.trials of {spec}"
+    assert main(["tune", "--spec", str(spec), "--trials", "5", "--method", "AEKD", "--out", str(tmp_path / "out")]) == 0
+    assert (seen[1].labels, seen[1].trials, seen[1].tuning_seeds) == (("AEKD",), 5, (100, 101))
+    # without a section, the three settings must come as flags: nothing runs
+    spec.write_text(dump_spec(_preset()))
+    assert main(["tune", "--spec", str(spec), "--trials", "2", "--out", str(tmp_path / "out")]) == 2
+    assert "give --method, --tuning-seeds, or write a `tune:` section" in capsys.readouterr().err and len(seen) == 2
 
 
 def test_shipped_search_spaces_hold_their_agents_untuned_settings():

@@ -18,22 +18,36 @@ def add_tune_parser(subparsers: Any) -> None:
         help="tune methods of an experiment with Optuna (TPE, median pruner), the same number of trials each",
         description="One Optuna study per --method: trials of the method at sampled parameters (agents/hyperparams/search/<agent>.yml) "
         "on the tuning scenarios x --tuning-seeds (never evaluation seeds), objective the mean best validation accuracy. "
-        "The study is kept in OUT/study.journal (rerun the same command to continue it); the best parameters and the budget "
+        "Settings not given as flags come from the experiment's `tune:` section. The study is kept in OUT/study.journal (rerun the same command to continue it); the best parameters and the budget "
         "spent go to OUT/best_params.yaml, which `kd-env bench --tuned OUT/best_params.yaml` evaluates as '<label> (tuned)' rows.",
     )
     what = tune.add_mutually_exclusive_group(required=True)
     what.add_argument("--preset", default=None, choices=list(PRESETS), help="a built-in preset")
     what.add_argument("--spec", default=None, metavar="FILE", help="an experiment file (YAML)")
-    tune.add_argument("--method", dest="methods", action="append", required=True, metavar="LABEL", help="a method label to tune (repeat)")
-    tune.add_argument("--trials", type=int, required=True, help="trials per method (the same budget for every method)")
     tune.add_argument(
-        "--tuning-seeds", type=int, nargs="+", required=True, metavar="SEED", help="seeds of the tuning runs (not evaluation seeds)"
+        "--method",
+        dest="methods",
+        action="append",
+        default=None,
+        metavar="LABEL",
+        help="a method label to tune (repeat; default: tune.methods)",
+    )
+    tune.add_argument("--trials", type=int, default=None, help="trials per method, the same budget for every method (default: tune.trials)")
+    tune.add_argument(
+        "--tuning-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="seeds of the tuning runs, never evaluation seeds (default: tune.tuning_seeds)",
     )
     tune.add_argument(
-        "--scenarios", nargs="+", default=[], metavar="POOL", help="the scenarios to tune on (default: all of the experiment's)"
+        "--scenarios", nargs="+", default=None, metavar="POOL", help="the scenarios to tune on (default: tune.scenarios, else all)"
     )
-    tune.add_argument("--startup-trials", type=int, default=5, help="random trials before TPE, finished trials before pruning (default 5)")
-    tune.add_argument("--sampler-seed", type=int, default=0, help="TPE's seed (default 0)")
+    tune.add_argument(
+        "--startup-trials", type=int, default=None, help="random trials before TPE, finished trials before pruning (default 5)"
+    )
+    tune.add_argument("--sampler-seed", type=int, default=None, help="TPE's seed (default 0)")
     tune.add_argument("--space-dir", default=None, metavar="DIR", help="folder of <agent>.yml search spaces (default: the shipped ones)")
     tune.add_argument("--out", default=None, help="output folder (default: results/tune-<preset or file name>)")
     tune.add_argument("--env-arg", action="append", metavar="KEY=VALUE", help="override an env argument of every run")
@@ -59,10 +73,42 @@ def _experiment(args: argparse.Namespace) -> tuple[Any, str, dict[Any, int]]:
     return preset, source, parse_yaml(text, source)[1]
 
 
+def tune_settings(args: argparse.Namespace, section: Any, source: str) -> Any:
+    """The session's :class:`~kd_env.comparison.tune.TuneSettings`: each from its flag, else from the
+    experiment's ``tune:`` section (``section``, or ``None``), else its default.
+
+    Raises:
+        ValueError: the methods, the budget or the tuning seeds given nowhere.
+    """
+    from kd_env.comparison.tune import TuneSettings
+
+    flags = {"labels": "methods", "trials": "trials", "tuning_seeds": "tuning_seeds", "scenarios": "scenarios"}
+    flags.update(startup_trials="startup_trials", sampler_seed="sampler_seed")
+    values: dict[str, Any] = {}
+    arguments: dict[str, str] = {}
+    for name, flag in flags.items():
+        given = getattr(args, flag)
+        key = "methods" if name == "labels" else name
+        if given is not None:
+            values[name], arguments[name] = given, "--" + ("method" if flag == "methods" else flag.replace("_", "-"))
+        elif section is not None:
+            values[name], arguments[name] = getattr(section, key), f"tune.{key} of {source}"
+    missing = [
+        f"--{'method' if name == 'labels' else name.replace('_', '-')}"
+        for name in ("labels", "trials", "tuning_seeds")
+        if name not in values
+    ]
+    if missing:
+        raise ValueError(f"give {', '.join(missing)}, or write a `tune:` section in the experiment file ({source})")
+    scenarios = tuple(None if pool in ("null", "none") else pool for pool in values.pop("scenarios", ()))
+    tuple_values = {name: tuple(values.pop(name)) for name in ("labels", "tuning_seeds")}
+    return TuneSettings(**tuple_values, **values, scenarios=scenarios, space_folder=args.space_dir, arguments=arguments)
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from kd_env.comparison.planned import DEFAULT_RETRIES
     from kd_env.comparison.spec import fold_overrides
-    from kd_env.comparison.tune import TuneSettings, tune
+    from kd_env.comparison.tune import tune
     from kd_env.comparison.tuned import BEST_PARAMS_FILE, budget_table
 
     retries = DEFAULT_RETRIES if args.retries is None else args.retries
@@ -72,16 +118,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
     preset, source, lines = _experiment(args)
     preset = fold_overrides(preset, _key_values(args.env_arg, "--env-arg"))
     threads = _apply_threads(args.threads, jobs=args.jobs) if args.executor == "local" else args.threads
-    settings = TuneSettings(
-        labels=tuple(args.methods),
-        trials=args.trials,
-        tuning_seeds=tuple(args.tuning_seeds),
-        scenarios=tuple(None if pool in ("null", "none") else pool for pool in args.scenarios),
-        startup_trials=args.startup_trials,
-        sampler_seed=args.sampler_seed,
-        space_folder=args.space_dir,
-        arguments={"labels": "--method", "trials": "--trials", "tuning_seeds": "--tuning-seeds", "scenarios": "--scenarios"},
-    )
+    try:
+        settings = tune_settings(args, preset.tune, source)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     out = Path(args.out or f"results/tune-{preset.name or 'custom'}")
     entries = tune(
         preset,

@@ -86,6 +86,28 @@ class InlinePool:
             raise ValueError("an inline pool needs at least one teacher")
 
 
+@dataclass(frozen=True)
+class Tuning:
+    """An experiment's ``tune:`` section (issue #28): what ``kd-env tune --spec FILE`` (or
+    ``--preset NAME``) runs when no flag says otherwise, so a study is reproduced from its file.
+
+    Args:
+        methods: labels of the methods to tune (each gets ``trials`` trials).
+        trials: the budget per method, the untuned trial included.
+        tuning_seeds: the tuning runs' seeds; never evaluation seeds of the experiment.
+        scenarios: the pools to tune on (empty: every scenario of the experiment).
+        startup_trials: random trials before TPE, finished trials before the pruner prunes.
+        sampler_seed: TPE's seed.
+    """
+
+    methods: list[str]
+    trials: int
+    tuning_seeds: list[int]
+    scenarios: list[str | None] = field(default_factory=list)
+    startup_trials: int = 5
+    sampler_seed: int = 0
+
+
 @dataclass
 class Preset:
     """A sweep: ``scenarios x students x methods x seeds`` on ``env_id``.
@@ -125,6 +147,8 @@ class Preset:
     or ``kd_env.register_pool`` (``kd-env bench --import``)."""
     pools: dict[str, InlinePool] = field(default_factory=dict)
     """Teacher pools the preset declares itself, by scenario name."""
+    tune: Tuning | None = None
+    """How ``kd-env tune`` tunes this experiment's methods by default (its runs are not the sweep's)."""
 
     def __post_init__(self) -> None:
         labels = {method.label for method in self.methods}

@@ -160,6 +160,23 @@ def _check_references(values: dict[str, Any], data: Mapping[str, Any], context: 
                     f"{student!r} is not a student of the file",
                     f"the students: {preset.students}",
                 )
+    section = values.get("tune")
+    if section is not None:  # what kd-env tune would run: checked with the file, nothing runs first
+        for index, label in enumerate(section.methods):
+            if label not in labels:
+                raise context.error(("tune", "methods", index), f"{label!r} is not a method label", f"the methods: {', '.join(labels)}")
+        for index, scenario in enumerate(section.scenarios):
+            if scenario not in preset.scenarios:
+                raise context.error(
+                    ("tune", "scenarios", index), f"{scenario!r} is not a scenario of the file", f"the scenarios: {preset.scenarios}"
+                )
+        shared = sorted(set(section.tuning_seeds) & set(preset.seeds))
+        if shared:
+            raise context.error(
+                ("tune", "tuning_seeds"), f"seeds {shared} are evaluation seeds of the file", "tuning seeds must be disjoint from `seeds`"
+            )
+        if section.trials < 1:
+            raise context.error(("tune", "trials"), f"the budget must be at least 1 trial per method, got {section.trials}")
     for index, scenario in enumerate(preset.control_scenarios):
         if scenario not in preset.scenarios:
             raise context.error(
@@ -208,6 +225,8 @@ def spec_data(preset: Preset) -> dict[str, Any]:
         value = getattr(preset, key)
         if key in ("baseline", "oracle") and value not in labels:
             continue  # the default label of a preset without that row: a file may not name a missing method
+        if key == "tune" and value is None:
+            continue  # no tune section: kd-env tune takes its flags
         if key == "scenarios":
             value = [_pool_data(s, preset.pools[s]) if s in preset.pools else s for s in value]
         elif key == "methods":

@@ -39,6 +39,7 @@ PRESET_KEYS = (
     "oracle",
     "contrasts",
     "train_teachers",
+    "tune",
 )
 
 
