@@ -217,6 +217,9 @@ def test_every_method_gets_the_same_budget_and_the_bench_reads_the_best_paramete
     labels = [method.label for method in preset.methods]
     assert labels == ["AVER", "AEKD", "AEKD (tuned)", "Random", "Random (tuned)"]
     assert ("AEKD (tuned)", "AEKD") in preset.contrasts
+    # the experiment's own contrasts again, tuned against tuned (AVER has no knob: as it is)
+    with_contrasts = add_tuned_rows(_preset(contrasts=[("AEKD", "Random"), ("AEKD", "AVER")]), tmp_path / BEST_PARAMS_FILE)
+    assert with_contrasts.contrasts[-2:] == [("AEKD (tuned)", "Random (tuned)"), ("AEKD (tuned)", "AVER")]
     tuned_runs = [run for run in plan(preset, tmp_path / "bench") if run.method.label == "AEKD (tuned)"]
     assert [run.config.seed for run in tuned_runs] == [0, 1]  # the evaluation seeds
     assert all(run.config.agent_kwargs == entries["AEKD"]["params"] for run in tuned_runs)

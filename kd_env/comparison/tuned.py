@@ -26,7 +26,8 @@ trial's parameters and the budget the study spent::
 :func:`add_tuned_rows` adds a row ``<label> (tuned)`` after each tuned method of an experiment:
 the same method with its ``agent_kwargs`` updated by the tuned parameters, evaluated at the
 experiment's (evaluation) seeds, and a contrast ``(<label> (tuned), <label>)`` so the report
-compares the two paired by seed. Tuning seeds that are evaluation seeds are refused.
+compares the two paired by seed; each of the experiment's contrasts with a tuned side is added
+again with the tuned rows in (tuned against tuned: the fair comparison). Tuning seeds that are evaluation seeds are refused.
 """
 
 from __future__ import annotations
@@ -122,7 +123,14 @@ def add_tuned_rows(preset: Preset, path: str | Path) -> Preset:
         methods.append(method)
         if method.label in tuned:
             methods.append(tuned[method.label])
+    # each tuned row against its untuned self, then the experiment's own contrasts read again with
+    # the tuned rows wherever a side was tuned (a rule without a knob stands as it is)
     contrasts = [*preset.contrasts, *((row.label, label) for label, row in tuned.items())]
+    for pair in preset.contrasts:
+        if any(label in tuned for label in pair):
+            again = (tuned[pair[0]].label if pair[0] in tuned else pair[0], tuned[pair[1]].label if pair[1] in tuned else pair[1])
+            if again not in contrasts:
+                contrasts.append(again)
     return dataclasses.replace(preset, methods=methods, contrasts=contrasts)
 
 
