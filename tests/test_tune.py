@@ -232,6 +232,12 @@ def test_every_method_gets_the_same_budget_and_the_bench_reads_the_best_paramete
     calls = len(executor.calls)
     tune(_preset(), tmp_path, _settings(), executor=executor, progress=False)
     assert len(executor.calls) == calls
+    # a space with choices continues too (its identity read back from the journal is the same)
+    folder = tmp_path / "spaces"
+    _space(folder, "random", "concentration: {choices: [0.5, 1.0, 2.0]}\n")
+    with_choices = _settings(labels=("Random",), trials=2, space_folder=str(folder))
+    tune(_preset(), tmp_path / "choices", with_choices, executor=executor, progress=False)
+    assert tune(_preset(), tmp_path / "choices", with_choices, executor=executor, progress=False)["Random"]["trials_run"] == 2
     assert tune(_preset(), tmp_path, _settings(trials=5), executor=executor, progress=False)["AEKD"]["trials_run"] == 5
 
 

@@ -246,6 +246,7 @@ def _run_study(
         "scenarios": list(scenarios),
         "space": [dataclasses.asdict(param) for param in space.params],
     }
+    identity = json.loads(json.dumps(identity))  # as the journal gives it back (a range's choices: a list)
     study = _open_study(storage, method, settings, identity)
     if not study.get_trials(deepcopy=False):
         _enqueue_untuned(study, preset, method, space)
