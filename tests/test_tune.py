@@ -190,6 +190,7 @@ def test_the_first_trial_of_a_study_is_the_methods_untuned_settings(tmp_path, ca
     assert first.params == {"cap": 0.9} and first.user_attrs["untuned"] is True
     assert entries["AEKD"]["untuned_value"] == pytest.approx(_score({"cap": 0.9}, 0), abs=1e-6)
     assert entries["AEKD"]["trials_run"] == 3  # the untuned trial counts in the budget
+    assert entries["AEKD"]["best_is_untuned"] == (entries["AEKD"]["best_trial"] == 0)
     # a setting outside the space cannot be a trial: said, and the study samples all its trials
     assert "Random: the untuned settings are not a trial (concentration=50.0 (not in the space)" in capsys.readouterr().err
     assert entries["Random"]["untuned_value"] is None and entries["Random"]["trials_run"] == 3
@@ -220,6 +221,13 @@ def test_every_method_gets_the_same_budget_and_the_bench_reads_the_best_paramete
     # the experiment's own contrasts again, tuned against tuned (AVER has no knob: as it is)
     with_contrasts = add_tuned_rows(_preset(contrasts=[("AEKD", "Random"), ("AEKD", "AVER")]), tmp_path / BEST_PARAMS_FILE)
     assert with_contrasts.contrasts[-2:] == [("AEKD (tuned)", "Random (tuned)"), ("AEKD (tuned)", "AVER")]
+    # a method whose untuned settings won gets no row (the same runs): its row stands as its tuned row
+    data = yaml.safe_load((tmp_path / BEST_PARAMS_FILE).read_text())
+    data["methods"]["Random"]["best_is_untuned"] = True
+    (tmp_path / "kept.yaml").write_text(yaml.safe_dump(data))
+    kept = add_tuned_rows(_preset(contrasts=[("AEKD", "Random")]), tmp_path / "kept.yaml")
+    assert [method.label for method in kept.methods] == ["AVER", "AEKD", "AEKD (tuned)", "Random"]
+    assert kept.contrasts == [("AEKD", "Random"), ("AEKD (tuned)", "AEKD"), ("AEKD (tuned)", "Random")]
     tuned_runs = [run for run in plan(preset, tmp_path / "bench") if run.method.label == "AEKD (tuned)"]
     assert [run.config.seed for run in tuned_runs] == [0, 1]  # the evaluation seeds
     assert all(run.config.agent_kwargs == entries["AEKD"]["params"] for run in tuned_runs)

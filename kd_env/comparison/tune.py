@@ -342,6 +342,7 @@ def _summary(study: Any, method: Method, settings: TuneSettings) -> dict[str, An
         "best_value": None if best is None else round(float(best.value), 6),
         "best_trial": None if best is None else best.number,
         "untuned_value": None if untuned_value is None else round(float(untuned_value), 6),
+        "best_is_untuned": best is not None and best.number in marked,
         "trials_budget": settings.trials,
         "trials_run": counts["complete"] + counts["pruned"] + counts["failed"],
         "trials_complete": counts["complete"],

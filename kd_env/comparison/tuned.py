@@ -14,6 +14,7 @@ trial's parameters and the budget the study spent::
         best_value: 0.7412          # mean best validation accuracy over scenarios x tuning seeds
         best_trial: 5
         untuned_value: 0.7330       # trial 0: the method's untuned settings, on the same seeds
+        best_is_untuned: false      # true: no trial beat them; the method's row is its tuned row
         trials_budget: 8
         trials_run: 8               # complete + pruned + failed: every method gets the same number
         trials_complete: 6
@@ -27,7 +28,9 @@ trial's parameters and the budget the study spent::
 the same method with its ``agent_kwargs`` updated by the tuned parameters, evaluated at the
 experiment's (evaluation) seeds, and a contrast ``(<label> (tuned), <label>)`` so the report
 compares the two paired by seed; each of the experiment's contrasts with a tuned side is added
-again with the tuned rows in (tuned against tuned: the fair comparison). Tuning seeds that are evaluation seeds are refused.
+again with the tuned rows in (tuned against tuned: the fair comparison). A method whose untuned
+settings won its study gets no row of its own (it would rerun the same runs): its row stands as
+its tuned row in those contrasts. Tuning seeds that are evaluation seeds are refused.
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ def add_tuned_rows(preset: Preset, path: str | Path) -> Preset:
             continue
         if not isinstance(params, dict):
             raise context.error((*key, "params"), f"expected a mapping of the agent's arguments, got {params!r}")
+        if entry.get("best_is_untuned"):  # the untuned settings won: the method's row is its tuned row
+            continue
         new_label = label + TUNED_SUFFIX
         if new_label in by_label:
             raise context.error(key, f"the experiment has a method {new_label!r} already")
@@ -124,7 +129,8 @@ def add_tuned_rows(preset: Preset, path: str | Path) -> Preset:
         if method.label in tuned:
             methods.append(tuned[method.label])
     # each tuned row against its untuned self, then the experiment's own contrasts read again with
-    # the tuned rows wherever a side was tuned (a rule without a knob stands as it is)
+    # the tuned rows wherever a side was tuned (a rule without a knob, or a method whose untuned
+    # settings won, stands as it is)
     contrasts = [*preset.contrasts, *((row.label, label) for label, row in tuned.items())]
     for pair in preset.contrasts:
         if any(label in tuned for label in pair):
@@ -144,6 +150,8 @@ def budget_table(methods: Mapping[str, Mapping[str, Any]]) -> str:
     for label, entry in methods.items():
         best, untuned = entry.get("best_value"), entry.get("untuned_value")
         params = ", ".join(f"{k}={_short(v)}" for k, v in (entry.get("params") or {}).items()) or "none (no trial completed)"
+        if entry.get("best_is_untuned"):
+            params = f"the untuned settings ({params})"
         lines.append(
             f"| {label} | {entry['trials_run']} ({entry['trials_budget']}) | {entry['trials_complete']} | {entry['trials_pruned']} "
             f"| {entry['trials_failed']} | {entry['trials_interrupted']} | {entry['wall_time_s'] / 60:.1f} min "
