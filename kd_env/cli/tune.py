@@ -100,9 +100,15 @@ def tune_settings(args: argparse.Namespace, section: Any, source: str) -> Any:
     ]
     if missing:
         raise ValueError(f"give {', '.join(missing)}, or write a `tune:` section in the experiment file ({source})")
-    scenarios = tuple(None if pool in ("null", "none") else pool for pool in values.pop("scenarios", ()))
-    tuple_values = {name: tuple(values.pop(name)) for name in ("labels", "tuning_seeds")}
-    return TuneSettings(**tuple_values, **values, scenarios=scenarios, space_folder=args.space_dir, arguments=arguments)
+    return TuneSettings(
+        labels=tuple(values["labels"]),
+        trials=values["trials"],
+        tuning_seeds=tuple(values["tuning_seeds"]),
+        scenarios=tuple(None if pool in ("null", "none") else pool for pool in values.get("scenarios", ())),
+        space_folder=args.space_dir,
+        arguments=arguments,
+        **{name: values[name] for name in ("startup_trials", "sampler_seed") if name in values},  # else TuneSettings' defaults
+    )
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
