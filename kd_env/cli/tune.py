@@ -82,22 +82,23 @@ def tune_settings(args: argparse.Namespace, section: Any, source: str) -> Any:
     """
     from kd_env.comparison.tune import TuneSettings
 
-    flags = {"labels": "methods", "trials": "trials", "tuning_seeds": "tuning_seeds", "scenarios": "scenarios"}
-    flags.update(startup_trials="startup_trials", sampler_seed="sampler_seed")
+    # each setting: (its TuneSettings field, its args attribute and key of the tune: section, its flag)
+    settings = [
+        ("labels", "methods", "--method"),
+        ("trials", "trials", "--trials"),
+        ("tuning_seeds", "tuning_seeds", "--tuning-seeds"),
+        ("scenarios", "scenarios", "--scenarios"),
+        ("startup_trials", "startup_trials", "--startup-trials"),
+        ("sampler_seed", "sampler_seed", "--sampler-seed"),
+    ]
     values: dict[str, Any] = {}
     arguments: dict[str, str] = {}
-    for name, flag in flags.items():
-        given = getattr(args, flag)
-        key = "methods" if name == "labels" else name
-        if given is not None:
-            values[name], arguments[name] = given, "--" + ("method" if flag == "methods" else flag.replace("_", "-"))
+    for name, key, flag in settings:
+        if getattr(args, key) is not None:
+            values[name], arguments[name] = getattr(args, key), flag
         elif section is not None:
             values[name], arguments[name] = getattr(section, key), f"tune.{key} of {source}"
-    missing = [
-        f"--{'method' if name == 'labels' else name.replace('_', '-')}"
-        for name in ("labels", "trials", "tuning_seeds")
-        if name not in values
-    ]
+    missing = [flag for name, _, flag in settings[:3] if name not in values]
     if missing:
         raise ValueError(f"give {', '.join(missing)}, or write a `tune:` section in the experiment file ({source})")
     return TuneSettings(

@@ -106,29 +106,40 @@ def space_path(agent: str, folder: str | Path | None = None) -> Path:
     return Path(folder or default_space_folder()) / f"{agent}.yml"
 
 
-def accepted_parameters(agent: str) -> set[str] | None:
-    """The keyword arguments the registered ``agent`` takes, or ``None`` when they cannot be read
-    (a factory with ``**kwargs`` that is none of kd-env's). Looks through the factories that pass
-    their keywords on: a rule's constructor (``make_baseline``), an SB3 algorithm's constructor
-    plus RL Zoo's env-side keys (``make_sb3_agent``)."""
+def _constructor(agent: str) -> tuple[Any, set[str], str | None]:
+    """Where the registered ``agent``'s keyword arguments are declared, looking through the
+    factories that pass them on: the callable to read (a rule's constructor for ``make_baseline``,
+    an SB3 algorithm's for ``make_sb3_agent``, else the factory itself, a partial's fixed keywords
+    as its defaults), the names kd-env passes itself, and the SB3 algorithm (or ``None``)."""
     from kd_env.registry import get_policy
 
     factory: Any = get_policy(agent).factory
-    target: Any = factory.func if isinstance(factory, functools.partial) else factory
     fixed = factory.args if isinstance(factory, functools.partial) else ()
-    name = getattr(target, "__name__", "")
+    name = getattr(factory.func if isinstance(factory, functools.partial) else factory, "__name__", "")
     if name == "make_baseline" and fixed:
         from kd_env.baselines.policies import BASELINE_POLICIES, registry_key
 
-        names = _keywords(BASELINE_POLICIES[registry_key(fixed[0])].__init__)
-        return None if names is None else names - {"self", "env", "seed"}
+        return BASELINE_POLICIES[registry_key(fixed[0])].__init__, {"self", "env", "seed"}, None
     if name == "make_sb3_agent" and fixed:
-        from kd_env.agents.sb3_hyperparams import ALGORITHMS, ENV_SIDE_KEYS
+        from kd_env.agents.sb3_hyperparams import ALGORITHMS
 
-        names = _keywords(ALGORITHMS[fixed[0]].__init__)
-        return None if names is None else (names | set(ENV_SIDE_KEYS)) - {"self", "env", "policy", "seed", "device"}
-    names = _keywords(factory)
-    return None if names is None else names - {"env", "seed"}
+        return ALGORITHMS[fixed[0]].__init__, {"self", "env", "policy", "seed", "device"}, fixed[0]
+    return factory, {"env", "seed"}, None
+
+
+def accepted_parameters(agent: str) -> set[str] | None:
+    """The keyword arguments the registered ``agent`` takes (:func:`_constructor`; an SB3 agent
+    also RL Zoo's env-side keys), or ``None`` when they cannot be read (a factory with
+    ``**kwargs`` that is none of kd-env's)."""
+    function, passed, algo = _constructor(agent)
+    names = _keywords(function)
+    if names is None:
+        return None
+    if algo is not None:
+        from kd_env.agents.sb3_hyperparams import ENV_SIDE_KEYS
+
+        names |= set(ENV_SIDE_KEYS)
+    return names - passed
 
 
 def untuned_values(
@@ -138,26 +149,12 @@ def untuned_values(
     else what the agent's factory fixes or defaults to (an SB3 agent: its RL Zoo-style yaml section
     for ``env_id``, then the algorithm's constructor). Returns the values Optuna can take and the
     names of those it cannot (no default found, or a value outside ``choices``), each with why."""
-    from kd_env.registry import get_policy
+    function, _, algo = _constructor(agent)
+    known = _defaults(function)
+    if algo is not None:
+        from kd_env.agents.sb3_hyperparams import raw_hyperparams
 
-    factory: Any = get_policy(agent).factory
-    target: Any = factory.func if isinstance(factory, functools.partial) else factory
-    fixed_args = factory.args if isinstance(factory, functools.partial) else ()
-    known: dict[str, Any] = {}
-    name = getattr(target, "__name__", "")
-    if name == "make_baseline" and fixed_args:
-        from kd_env.baselines.policies import BASELINE_POLICIES, registry_key
-
-        known.update(_defaults(BASELINE_POLICIES[registry_key(fixed_args[0])].__init__))
-    elif name == "make_sb3_agent" and fixed_args:
-        from kd_env.agents.sb3_hyperparams import ALGORITHMS, raw_hyperparams
-
-        known.update(_defaults(ALGORITHMS[fixed_args[0]].__init__))
-        known.update(raw_hyperparams(fixed_args[0], env_id, per_sample))
-    else:
-        known.update(_defaults(target))
-    if isinstance(factory, functools.partial):
-        known.update(factory.keywords)
+        known.update(raw_hyperparams(algo, env_id, per_sample))
     known.update(agent_kwargs)
     values: dict[str, Any] = {}
     missing: list[str] = []
